@@ -1,0 +1,198 @@
+// The WebAssembly engine as the rest of keel sees it: modules, per-thread
+// contexts, instances, host functions, values and traps. No engine type
+// appears here; a backend (src/engine/spidermonkey/) implements it.
+#ifndef KEEL_ENGINE_ENGINE_H_
+#define KEEL_ENGINE_ENGINE_H_
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "engine/module_info.h"
+#include "keel/status.h"
+#include "keel/value.h"
+
+namespace keel::engine {
+
+inline constexpr uint32_t kWasmPageSize = 65536;
+
+// Per-instance state owned by the instance and reachable from host
+// functions (e.g. a WASI context). Used on the instance's thread only.
+class HostState {
+ public:
+  virtual ~HostState() = default;
+};
+
+// What a host function sees of the instance that called it. Valid only
+// during the host call, on the calling thread.
+class Caller {
+ public:
+  virtual ~Caller() = default;
+
+  // The instance's linear memory (empty if it has none). Valid until the
+  // host function returns.
+  virtual std::span<uint8_t> Memory() = 0;
+
+  // Bounds-checked copies; kTrap/kMemoryOutOfBounds style errors as
+  // kInvalidArgument naming the range when out of bounds.
+  [[nodiscard]] Result<void> Read(uint64_t offset, std::span<uint8_t> out);
+  [[nodiscard]] Result<void> Write(uint64_t offset, std::span<const uint8_t> in);
+
+  // True once an interrupt aimed at the running call was requested. Host
+  // functions that block must wake up and return Error(kInterrupted).
+  virtual bool interrupted() const = 0;
+
+  // `hook` runs (on the requesting thread) when an interrupt for the running
+  // call is requested, so a blocked host function can wake itself. Cleared
+  // when the host function returns. Runs at once if already interrupted.
+  virtual void SetInterruptHook(std::function<void()> hook) = 0;
+
+  virtual HostState* host_state() = 0;
+};
+
+// A host function. Writes results.size() values of the declared types into
+// `results`. An Error ends the guest's call with that error: kInterrupted
+// becomes an interrupted call; anything else becomes a trap of kind
+// kHostError (kExit traps keep their kind) carrying the message.
+using HostFunc = std::function<Result<void>(Caller& caller, std::span<const Value> args,
+                                            std::span<Value> results)>;
+
+// Host functions by (module, name). Immutable once shared; thread-safe for
+// reads.
+class Linker {
+ public:
+  struct Entry {
+    FuncType type;
+    HostFunc fn;
+  };
+  // Replaces an existing definition of the same name.
+  void Define(std::string module, std::string name, FuncType type, HostFunc fn);
+  const Entry* Find(std::string_view module, std::string_view name) const;
+
+ private:
+  std::map<std::pair<std::string, std::string>, Entry, std::less<>> entries_;
+};
+
+struct CompileOptions {
+  // Every instance's linear memory is capped at this many 64 KiB pages:
+  // instantiation fails above it and memory.grow past it returns -1.
+  uint32_t max_memory_pages = 16384;  // 1 GiB
+};
+
+// A compiled module. Immutable and thread-safe; instantiate it in any
+// context. Shared by shared_ptr; it must not outlive the process's engine.
+class Module {
+ public:
+  virtual ~Module() = default;
+  virtual const ModuleInfo& info() const = 0;
+  virtual const CompileOptions& options() const = 0;
+};
+
+// An exported function resolved once, then called many times.
+struct Func {
+  uint32_t export_index = 0;
+  const FuncType* type = nullptr;
+};
+
+// An instance. Lives on the thread of the context that made it; every call
+// must come from that thread. Once a call ends interrupted or trapped the
+// instance is poisoned: every later call fails with kFailedPrecondition.
+class Instance {
+ public:
+  virtual ~Instance() = default;
+
+  // The exported function `name`; kNotFound if there is none.
+  [[nodiscard]] virtual Result<Func> Lookup(std::string_view name) const = 0;
+
+  // Calls `func`, tagged `call_tag` (nonzero) so that an interrupt request
+  // for another tag can never stop it. Checks argument count and types
+  // (kInvalidArgument); fills `results` (size must equal the result count).
+  // On trap: kTrap with a kind; on interrupt: kInterrupted.
+  [[nodiscard]] virtual Result<void> Call(const Func& func, std::span<const Value> args,
+                                          std::span<Value> results, uint64_t call_tag) = 0;
+
+  // Convenience: looks up and calls, returning the results.
+  [[nodiscard]] Result<std::vector<Value>> Invoke(std::string_view name,
+                                                  std::span<const Value> args,
+                                                  uint64_t call_tag);
+
+  // Linear memory (0 bytes if none). Valid until the next call.
+  virtual std::span<uint8_t> Memory() = 0;
+  // Bounds-checked copies; kInvalidArgument when out of range.
+  [[nodiscard]] Result<void> ReadMemory(uint64_t offset, std::span<uint8_t> out);
+  [[nodiscard]] Result<void> WriteMemory(uint64_t offset, std::span<const uint8_t> in);
+
+  virtual bool poisoned() const = 0;
+  // Marks the instance unusable, e.g. when the guest broke the byte ABI and
+  // its state can no longer be trusted. Idempotent.
+  virtual void Poison(std::string reason) = 0;
+  // Why it was poisoned; empty while healthy.
+  virtual const std::string& poison_reason() const = 0;
+  virtual const Module& module() const = 0;
+  virtual HostState* host_state() = 0;
+};
+
+// Thread-safe handle that asks a context to interrupt the call with a given
+// tag. Stays valid (and becomes a no-op) after its context is gone.
+class Interrupter {
+ public:
+  virtual ~Interrupter() = default;
+  // If the running call has tag `call_tag`, it stops at its next safe point
+  // (or when its blocking host function notices). Otherwise nothing happens,
+  // now or later.
+  virtual void Request(uint64_t call_tag) = 0;
+};
+
+struct ContextOptions {
+  // Native stack the guest may use on this thread before kStackOverflow.
+  size_t stack_quota_bytes = 1 << 20;
+};
+
+// One per thread: the engine's per-thread state. Created, used and
+// destroyed on one thread.
+class Context {
+ public:
+  virtual ~Context() = default;
+
+  // Instantiates `module`, binding its function imports from `linker` by
+  // (module, name) and exact signature; runs its start function (tagged
+  // `call_tag`, so it can be interrupted). kLinkError names the import
+  // that is missing or mistyped.
+  [[nodiscard]] virtual Result<std::unique_ptr<Instance>> Instantiate(
+      std::shared_ptr<const Module> module, std::shared_ptr<const Linker> linker,
+      std::unique_ptr<HostState> host_state, uint64_t call_tag) = 0;
+
+  virtual std::shared_ptr<Interrupter> interrupter() = 0;
+
+  // Gives the engine a chance to free dropped instances; cheap when there is
+  // nothing to do. Call when idle.
+  virtual void MaybeCollectGarbage() = 0;
+};
+
+// The process-wide engine. Thread-safe. Never destroyed.
+class Engine {
+ public:
+  virtual ~Engine() = default;
+
+  // Validates and compiles; any thread. kInvalidModule says what is wrong.
+  [[nodiscard]] virtual Result<std::shared_ptr<const Module>> Compile(
+      std::span<const uint8_t> bytes, const CompileOptions& options = {}) = 0;
+
+  // A context for the calling thread.
+  [[nodiscard]] virtual Result<std::unique_ptr<Context>> NewContext(
+      const ContextOptions& options = {}) = 0;
+
+  virtual std::string_view name() const = 0;
+};
+
+// The default engine (SpiderMonkey), started on first use.
+Engine& DefaultEngine();
+
+}  // namespace keel::engine
+
+#endif  // KEEL_ENGINE_ENGINE_H_
