@@ -1,0 +1,75 @@
+#include "engine/engine.h"
+
+#include <cstring>
+#include <string>
+
+namespace keel {
+namespace {
+
+// Returns the subspan [offset, offset+len) of `memory`, or an error naming
+// the range when it does not fit (checked without overflow).
+Result<std::span<uint8_t>> Slice(std::span<uint8_t> memory, uint64_t offset, uint64_t len) {
+  if (offset > memory.size() || len > memory.size() - offset) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "memory range [" + std::to_string(offset) + ", +" + std::to_string(len) +
+                         ") is outside linear memory of " + std::to_string(memory.size()) +
+                         " bytes");
+  }
+  return memory.subspan(offset, len);
+}
+
+Result<void> CopyOut(std::span<uint8_t> memory, uint64_t offset, std::span<uint8_t> out) {
+  auto src = Slice(memory, offset, out.size());
+  if (!src) return MakeError(src.error());
+  if (!out.empty()) std::memcpy(out.data(), src->data(), out.size());
+  return {};
+}
+
+Result<void> CopyIn(std::span<uint8_t> memory, uint64_t offset, std::span<const uint8_t> in) {
+  auto dst = Slice(memory, offset, in.size());
+  if (!dst) return MakeError(dst.error());
+  if (!in.empty()) std::memcpy(dst->data(), in.data(), in.size());
+  return {};
+}
+
+}  // namespace
+
+Result<void> Caller::Read(uint64_t offset, std::span<uint8_t> out) {
+  return CopyOut(Memory(), offset, out);
+}
+
+Result<void> Caller::Write(uint64_t offset, std::span<const uint8_t> in) {
+  return CopyIn(Memory(), offset, in);
+}
+
+void Linker::Define(std::string module, std::string name, FuncType type, HostFunc fn) {
+  entries_[{std::move(module), std::move(name)}] = Entry{std::move(type), std::move(fn)};
+}
+
+const Linker::Entry* Linker::Find(std::string_view module, std::string_view name) const {
+  auto it = entries_.find(std::pair<std::string, std::string>(module, name));
+  return it == entries_.end() ? nullptr : &it->second;
+}
+
+}  // namespace keel
+
+namespace keel::engine {
+
+Result<void> Instance::ReadMemory(uint64_t offset, std::span<uint8_t> out) {
+  return CopyOut(Memory(), offset, out);
+}
+
+Result<void> Instance::WriteMemory(uint64_t offset, std::span<const uint8_t> in) {
+  return CopyIn(Memory(), offset, in);
+}
+
+Result<std::vector<Value>> Instance::Invoke(std::string_view name, std::span<const Value> args,
+                                            uint64_t call_tag) {
+  auto func = Lookup(name);
+  if (!func) return MakeError(func.error());
+  std::vector<Value> results(func->type->results.size());
+  if (auto ok = Call(*func, args, results, call_tag); !ok) return MakeError(ok.error());
+  return results;
+}
+
+}  // namespace keel::engine
