@@ -72,4 +72,47 @@ Result<std::vector<Value>> Instance::Invoke(std::string_view name, std::span<con
   return results;
 }
 
+Result<Func> LookupFunc(const ModuleInfo& info, std::string_view name) {
+  for (uint32_t i = 0; i < info.exports.size(); ++i) {
+    const ExportInfo& e = info.exports[i];
+    if (e.name != name) continue;
+    if (e.kind != ExternKind::kFunc) {
+      return MakeError(ErrorCode::kNotFound, "export '" + std::string(name) + "' is not a function");
+    }
+    if (!e.func_supported) {
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "export '" + std::string(name) +
+                           "' uses value types keel cannot pass (v128 or references)");
+    }
+    return Func{i, &e.func};
+  }
+  return MakeError(ErrorCode::kNotFound, "no export named '" + std::string(name) + "'");
+}
+
+Result<void> CheckImports(const ModuleInfo& info, const Linker* linker) {
+  for (const ImportInfo& imp : info.imports) {
+    std::string name = "'" + imp.module + "'.'" + imp.name + "'";
+    if (imp.kind != ExternKind::kFunc) {
+      return MakeError(ErrorCode::kLinkError, "import " + name + " is a " +
+                                                  Describe(imp.kind, imp.func, imp.limits) +
+                                                  "; the host provides only functions");
+    }
+    if (!imp.func_supported) {
+      return MakeError(ErrorCode::kLinkError,
+                       "import " + name + " uses value types the host cannot provide (v128 or references)");
+    }
+    const Linker::Entry* entry = linker ? linker->Find(imp.module, imp.name) : nullptr;
+    if (!entry) {
+      return MakeError(ErrorCode::kLinkError,
+                       "missing import " + name + " of type " + imp.func.ToString());
+    }
+    if (!(entry->type == imp.func)) {
+      return MakeError(ErrorCode::kLinkError, "import " + name + " has type " +
+                                                  imp.func.ToString() + " but the host defines " +
+                                                  entry->type.ToString());
+    }
+  }
+  return {};
+}
+
 }  // namespace keel::engine

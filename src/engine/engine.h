@@ -61,7 +61,10 @@ class Instance {
   [[nodiscard]] virtual Result<Func> Lookup(std::string_view name) const = 0;
 
   // Calls `func`, tagged `call_tag` (nonzero) so that an interrupt request
-  // for another tag can never stop it. Checks argument count and types
+  // for another tag can never stop it. Tags on one context never decrease;
+  // engine calls that make up one logical call (e.g. the phases of a byte
+  // call) share a tag, so one request stops whichever of them is running
+  // or next. Checks argument count and types
   // (kInvalidArgument); fills `results` (size must equal the result count).
   // On trap: kTrap with a kind; on interrupt: kInterrupted.
   [[nodiscard]] virtual Result<void> Call(const Func& func, std::span<const Value> args,
@@ -124,6 +127,16 @@ class Context {
   // nothing to do. Call when idle.
   virtual void MaybeCollectGarbage() = 0;
 };
+
+// The function export `name` of `info`: kNotFound when there is none (or
+// it is not a function), kInvalidArgument when its signature uses types
+// keel cannot pass (v128, references).
+[[nodiscard]] Result<Func> LookupFunc(const ModuleInfo& info, std::string_view name);
+
+// Checks that `linker` provides every import of `info` with the exact type
+// and that all imports are functions. kLinkError naming the first import
+// that is missing or mistyped.
+[[nodiscard]] Result<void> CheckImports(const ModuleInfo& info, const Linker* linker);
 
 // The process-wide engine. Thread-safe. Never destroyed.
 class Engine {

@@ -21,11 +21,16 @@ struct Limits {
   std::optional<uint64_t> max;
 };
 
+// A function whose signature uses a value type keel cannot pass (v128,
+// funcref, externref, ...) is still a valid import or export: it is recorded
+// with func_supported = false and an empty `func`. keel refuses to call it or
+// to bind a host function to it; everything else about the module works.
 struct ImportInfo {
   std::string module;
   std::string name;
   ExternKind kind = ExternKind::kFunc;
   FuncType func;        // kind == kFunc
+  bool func_supported = true;  // kind == kFunc; see above
   Limits limits;        // kind == kMemory or kTable
 };
 
@@ -34,6 +39,7 @@ struct ExportInfo {
   ExternKind kind = ExternKind::kFunc;
   uint32_t index = 0;   // index in the kind's index space
   FuncType func;        // kind == kFunc
+  bool func_supported = true;  // kind == kFunc; see ImportInfo
   Limits limits;        // kind == kMemory or kTable
 };
 
@@ -54,7 +60,10 @@ std::string Describe(ExternKind kind, const FuncType& func, const Limits& limits
 // Reads the sections keel needs (types, imports, functions, tables, memories,
 // globals, exports, start). Returns kInvalidModule naming the first problem
 // (bad magic, truncation, section out of order, index out of range, ...).
-// Full validation of code bodies is left to the engine.
+// Full validation of code bodies is left to the engine. Accepts the
+// encodings of the common proposals (multi-value, reference types, bulk
+// memory, SIMD, threads' shared memories, memory64, exceptions' tags) but at
+// most one memory in all (no multi-memory).
 [[nodiscard]] Result<ModuleInfo> ReadModuleInfo(std::span<const uint8_t> bytes);
 
 // Returns a copy of `bytes` whose defined memory has maximum

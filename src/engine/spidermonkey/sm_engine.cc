@@ -238,7 +238,7 @@ class SmModule final : public Module {
 // Interrupts
 
 // Shared between a context and its Interrupter handles; outlives both.
-// Calls on one context carry strictly increasing tags, so "the largest tag
+// Calls on one context carry tags that never decrease, so "the largest tag
 // ever requested" is enough to remember a request that raced ahead of the
 // call it targets, and a stale request can never match a later call.
 struct InterruptState {
@@ -542,15 +542,7 @@ Result<void> SmInstance::Guarded(uint64_t call_tag, std::string_view what, Fn&& 
 }
 
 Result<Func> SmInstance::Lookup(std::string_view name) const {
-  const auto& exports = module_->info().exports;
-  for (uint32_t i = 0; i < exports.size(); ++i) {
-    if (exports[i].name != name) continue;
-    if (exports[i].kind != ExternKind::kFunc) {
-      return MakeError(ErrorCode::kNotFound, "export '" + std::string(name) + "' is not a function");
-    }
-    return Func{i, &exports[i].func};
-  }
-  return MakeError(ErrorCode::kNotFound, "no export named '" + std::string(name) + "'");
+  return LookupFunc(module_->info(), name);
 }
 
 JSObject* SmInstance::ExportObject(uint32_t export_index) const {
@@ -751,24 +743,7 @@ bool SmInstance::HostTrampoline(JSContext* cx, unsigned argc, JS::Value* vp) {
 
 Result<void> SmInstance::Initialize(uint64_t call_tag) {
   const ModuleInfo& info = module_->info();
-  for (const ImportInfo& imp : info.imports) {
-    if (imp.kind != ExternKind::kFunc) {
-      return MakeError(ErrorCode::kLinkError,
-                       "import '" + imp.module + "'.'" + imp.name + "' is a " +
-                           Describe(imp.kind, imp.func, imp.limits) +
-                           "; the host provides only functions");
-    }
-    const Linker::Entry* entry = linker_ ? linker_->Find(imp.module, imp.name) : nullptr;
-    if (!entry) {
-      return MakeError(ErrorCode::kLinkError, "missing import '" + imp.module + "'.'" + imp.name +
-                                                  "' of type " + imp.func.ToString());
-    }
-    if (!(entry->type == imp.func)) {
-      return MakeError(ErrorCode::kLinkError, "import '" + imp.module + "'.'" + imp.name +
-                                                  "' has type " + imp.func.ToString() +
-                                                  " but the host defines " + entry->type.ToString());
-    }
-  }
+  if (auto linked = CheckImports(info, linker_.get()); !linked) return linked;
 
   JS::RootedObject module_obj(cx_, ctx_->ModuleObject(module_));
   if (!module_obj) {

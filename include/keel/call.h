@@ -1,0 +1,126 @@
+// A call handle: the caller's side of one call submitted to a pool.
+//
+// How a call can end, and what happens to the instance it ran on:
+//
+//   outcome                      handle resolves         instance
+//   ---------------------------  ----------------------  ------------------------------
+//   returns normally             values / bytes          back to the pool, healthy
+//   Cancel() or handle dropped
+//     while queued               kCancelled (withdrawn)  never touched: the call never runs
+//     while running/post_return  kCancelled (detached),  the call runs to its end; result
+//                                at once                 goes to the detached sink; healthy
+//   deadline passes
+//     while queued               kDeadlineExceeded       never touched: the call never runs
+//     while running/post_return  kDeadlineExceeded,      interrupted at its next safe point,
+//                                at once                 then poisoned and replaced
+//   guest traps (either phase)   kTrap (kind, message,   poisoned and replaced
+//                                wasm backtrace)
+//   guest breaks the byte ABI    kInvalidArgument or     poisoned and replaced
+//                                kResourceExhausted
+//   runtime shuts down
+//     while queued               kShuttingDown           never touched
+//     while running              runs to the end within  healthy; if the drain period ends
+//                                the drain period        first: interrupted, kShuttingDown
+//
+// Every handle resolves exactly once; every completion callback runs
+// exactly once. No caller thread ever runs guest code, and waiting on a
+// handle never outlasts the call's deadline (plus watchdog latency).
+#ifndef KEEL_CALL_H_
+#define KEEL_CALL_H_
+
+#include <chrono>
+#include <coroutine>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "keel/status.h"
+#include "keel/value.h"
+
+namespace keel {
+
+using CallId = uint64_t;
+
+namespace internal {
+struct CallRecord;
+struct CallAccess;
+}  // namespace internal
+
+// States of a call: kQueued -> kRunning -> kPostReturn -> kDone, or
+// kQueued -> kWithdrawn. kPostReturn is the guest's cleanup phase of a byte
+// call (cabi_post_*); numeric calls go from kRunning to kDone.
+enum class CallState : uint8_t { kQueued, kRunning, kPostReturn, kDone, kWithdrawn };
+
+// What Cancel() achieved.
+enum class CancelOutcome : uint8_t {
+  kWithdrawn,  // it had not started and never will
+  kDetached,   // it was running; it will finish; its result goes to the detached sink
+  kTooLate,    // it had already resolved (done, failed, timed out, or cancelled before)
+};
+
+std::string_view ToString(CallState state);
+std::string_view ToString(CancelOutcome outcome);
+
+// What a successful call produced: `values` for numeric calls, `bytes` for
+// byte calls.
+struct CallOutput {
+  std::vector<Value> values;
+  std::vector<uint8_t> bytes;
+};
+
+using CallResult = Result<CallOutput>;
+
+// Move-only. Thread-safe: Cancel, Wait, state and OnComplete may be called
+// from any thread, concurrently. Destroying a handle whose call has not
+// resolved cancels the call (withdrawn or detached, as Cancel()).
+class Call {
+ public:
+  Call() = default;
+  Call(Call&& other) noexcept = default;
+  Call& operator=(Call&& other) noexcept;
+  Call(const Call&) = delete;
+  Call& operator=(const Call&) = delete;
+  ~Call();
+
+  // False for a default-constructed or moved-from handle.
+  bool valid() const { return record_ != nullptr; }
+  CallId id() const;
+  CallState state() const;
+  // True once the handle has resolved.
+  bool ready() const;
+
+  // Thread-safe and idempotent; returns what it achieved (see above). The
+  // second and later calls return kTooLate.
+  CancelOutcome Cancel();
+
+  // Blocks until the call resolves; returns its result, which stays valid
+  // as long as this handle.
+  const CallResult& Wait() const;
+  // As Wait(), giving up after `timeout`: nullptr then, and the call goes on.
+  const CallResult* WaitFor(std::chrono::nanoseconds timeout) const;
+
+  // Runs `fn` exactly once with the result, on a keel callback thread (never
+  // on the caller's thread, never on a worker), also if already resolved.
+  // Callbacks must not block for long: they share the callback threads.
+  void OnComplete(std::function<void(const CallResult&)> fn) const;
+
+  // `co_await call` suspends until the call resolves and resumes on a keel
+  // callback thread with a copy of the result.
+  struct Awaiter {
+    const Call* call;
+    bool await_ready() const { return call->ready(); }
+    void await_suspend(std::coroutine_handle<> handle) const;
+    CallResult await_resume() const { return call->Wait(); }
+  };
+  Awaiter operator co_await() const { return Awaiter{this}; }
+
+ private:
+  friend struct internal::CallAccess;
+  explicit Call(std::shared_ptr<internal::CallRecord> record) : record_(std::move(record)) {}
+  std::shared_ptr<internal::CallRecord> record_;
+};
+
+}  // namespace keel
+
+#endif  // KEEL_CALL_H_

@@ -1,0 +1,87 @@
+// In-process metrics of a runtime: counters, gauges and latency histograms.
+// A snapshot is a plain value; take one with Runtime::Metrics().
+#ifndef KEEL_METRICS_H_
+#define KEEL_METRICS_H_
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "keel/status.h"
+
+namespace keel {
+
+// Log-scale latency histogram: bucket i counts samples <= bounds[i]
+// (seconds); the last bucket is +Inf.
+struct HistogramSnapshot {
+  std::vector<double> bounds;
+  std::vector<uint64_t> counts;  // per bucket, not cumulative; size bounds.size() + 1
+  uint64_t count = 0;
+  double sum_seconds = 0;
+  // Estimated q-quantile in seconds (q in [0, 1]); 0 when empty.
+  double Quantile(double q) const;
+};
+
+inline constexpr size_t kTrapKinds = static_cast<size_t>(TrapKind::kOther) + 1;
+
+// How accepted calls resolved. Every accepted call resolves exactly once,
+// so: submitted == ok + errors + traps_total() + cancelled_queued + detached
+//                  + deadline_queued + deadline_running + shutting_down
+//                  + unavailable + (calls not yet resolved).
+struct ResolutionCounts {
+  uint64_t ok = 0;
+  uint64_t errors = 0;             // byte-ABI violations, host errors, engine failures
+  std::array<uint64_t, kTrapKinds> traps{};  // by TrapKind
+  uint64_t cancelled_queued = 0;   // withdrawn before start
+  uint64_t detached = 0;           // cancelled while running
+  uint64_t deadline_queued = 0;    // deadline passed before start
+  uint64_t deadline_running = 0;   // deadline passed while running
+  uint64_t shutting_down = 0;
+  uint64_t unavailable = 0;        // failed while queued because the module was quarantined
+  uint64_t traps_total() const;
+  uint64_t total() const;
+};
+
+// What happened to calls that entered the guest. Every started call ends
+// exactly once: started == run_ok + run_trapped + run_interrupted
+//                        + run_failed + (calls running now).
+struct RunCounts {
+  uint64_t started = 0;
+  uint64_t run_ok = 0;
+  uint64_t run_trapped = 0;
+  uint64_t run_interrupted = 0;
+  uint64_t run_failed = 0;         // ABI violations and other non-trap errors
+};
+
+struct InstanceCounts {
+  uint64_t created = 0;
+  uint64_t poisoned = 0;           // by trap, interrupt or ABI violation
+  uint64_t replaced = 0;           // replacements of poisoned instances ready
+  uint64_t recycled = 0;           // retired by the recycle policy
+  uint64_t instantiation_failures = 0;
+  uint64_t quarantines = 0;        // times a module entered quarantine
+};
+
+struct MetricsSnapshot {
+  uint64_t submitted = 0;          // accepted by Submit
+  uint64_t rejected_overloaded = 0;
+  uint64_t rejected_deadline = 0;  // deadline already passed at Submit
+  uint64_t rejected_unavailable = 0;
+  uint64_t rejected_shutting_down = 0;
+  ResolutionCounts resolved;
+  RunCounts runs;
+  InstanceCounts instances;
+  uint64_t detached_results = 0;   // results of detached calls handed to the sink
+  // Gauges.
+  int64_t queued = 0;
+  int64_t running = 0;
+  int64_t instances_live = 0;
+  HistogramSnapshot queue_wait;    // submit to start
+  HistogramSnapshot run_time;      // start to end of both phases
+  HistogramSnapshot end_to_end;    // submit to resolution
+};
+
+}  // namespace keel
+
+#endif  // KEEL_METRICS_H_

@@ -1,0 +1,234 @@
+// keel's runtime: worker threads that own the WebAssembly engine, pools of
+// instances per module, and submission of calls that are safe to cancel.
+//
+//   auto runtime = keel::Runtime::Create({.workers = 2});
+//   auto module = (*runtime)->Compile(bytes, {.name = "add"});
+//   auto pool = (*runtime)->CreatePool(*module, {.instances = 2});
+//   auto call = (*pool)->Submit("add", {Value::I32(1), Value::I32(2)},
+//                               {.timeout = std::chrono::milliseconds(50)});
+//   const CallResult& r = call->Wait();
+//
+// See keel/call.h for what happens on each way a call can end.
+#ifndef KEEL_RUNTIME_H_
+#define KEEL_RUNTIME_H_
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <stop_token>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "keel/call.h"
+#include "keel/host.h"
+#include "keel/metrics.h"
+#include "keel/status.h"
+#include "keel/value.h"
+
+namespace keel {
+
+using Clock = std::chrono::steady_clock;
+
+namespace engine {
+class Module;
+}  // namespace engine
+
+// Receives the results of calls whose callers detached (cancelled while
+// running), so that finished work is not silently lost. Runs on a keel
+// callback thread.
+using DetachedSink = std::function<void(CallId id, const CallResult& result)>;
+
+struct RuntimeOptions {
+  // Worker threads, each with its own engine context. 0: one per core.
+  int workers = 0;
+  // Native stack of each worker; guests may use all but a safety margin.
+  size_t worker_stack_bytes = 8 << 20;
+  // Threads that run completion callbacks, coroutine resumptions and the
+  // detached sink.
+  int callback_threads = 1;
+  DetachedSink detached_sink;
+  // Default drain period of Shutdown() and of the destructor.
+  std::chrono::milliseconds drain_grace{5000};
+};
+
+struct ModuleOptions {
+  std::string name;                    // for errors and metrics
+  uint32_t max_memory_pages = 16384;   // per-instance cap (1 GiB)
+};
+
+// A compiled module. Immutable; thread-safe; shared.
+class Module {
+ public:
+  struct Export {
+    std::string name;
+    std::string kind;   // "func", "memory", "table", "global", "tag"
+    FuncType type;      // for functions
+    bool byte_callable = false;  // usable with Pool::SubmitBytes
+  };
+  struct Import {
+    std::string module;
+    std::string name;
+    std::string description;     // e.g. "func (i32) -> (i32)"
+  };
+
+  const std::string& name() const { return name_; }
+  // Lowercase hex SHA-256 of the bytes as given.
+  const std::string& digest() const { return digest_; }
+  size_t size_bytes() const { return size_bytes_; }
+  const std::vector<Export>& exports() const { return exports_; }
+  const std::vector<Import>& imports() const { return imports_; }
+  const Export* FindExport(std::string_view name) const;
+
+  // Internal: the engine's module.
+  const std::shared_ptr<const engine::Module>& engine_module() const { return engine_module_; }
+
+ private:
+  friend class Runtime;
+  std::string name_;
+  std::string digest_;
+  size_t size_bytes_ = 0;
+  std::vector<Export> exports_;
+  std::vector<Import> imports_;
+  std::shared_ptr<const engine::Module> engine_module_;
+};
+
+// When a pool retires a healthy instance and builds a fresh one.
+struct RecyclePolicy {
+  bool fresh_per_call = false;                // a new instance for every call
+  uint64_t max_calls = 0;                     // retire after N calls (0: never)
+  std::chrono::milliseconds max_idle{0};      // retire after T unused (0: never)
+};
+
+struct QuarantinePolicy {
+  // Consecutive instantiation failures that quarantine the module.
+  int failures = 3;
+  std::chrono::milliseconds initial_backoff{100};
+  std::chrono::milliseconds max_backoff{30000};
+};
+
+struct ByteCallLimits {
+  size_t max_input_bytes = 16 << 20;
+  size_t max_output_bytes = 16 << 20;
+};
+
+struct PoolOptions {
+  // Instances kept ready; 0: one per worker. Spread over the workers.
+  size_t instances = 0;
+  // Calls waiting for an instance; Submit fails with kOverloaded beyond.
+  size_t max_queue = 1024;
+  RecyclePolicy recycle;
+  QuarantinePolicy quarantine;
+  ByteCallLimits byte_limits;
+  // Deadline for calls submitted without one (0: none).
+  std::chrono::milliseconds default_timeout{0};
+  // Deadline for building one instance (including its start function).
+  std::chrono::milliseconds instantiate_timeout{5000};
+  // Host functions the module may import.
+  std::shared_ptr<const Linker> linker;
+  // Makes the per-instance host state (e.g. a WASI context); may be empty.
+  std::function<std::unique_ptr<HostState>()> host_state_factory;
+};
+
+struct CallOptions {
+  // Relative deadline from Submit; covers queue time and both phases.
+  // 0: the pool's default_timeout.
+  std::chrono::nanoseconds timeout{0};
+  // Absolute deadline; the earlier of this and `timeout` applies.
+  std::optional<Clock::time_point> deadline;
+  // A stop request cancels the call, as Call::Cancel().
+  std::stop_token stop_token;
+  // Calls with the same key run in submission order on the same instance
+  // (stateful sessions).
+  std::optional<uint64_t> affinity_key;
+};
+
+struct PoolStats {
+  size_t target_instances = 0;
+  size_t healthy_instances = 0;
+  size_t busy_instances = 0;
+  size_t queued = 0;
+  bool quarantined = false;
+  std::string quarantine_reason;
+  std::chrono::milliseconds quarantine_remaining{0};
+};
+
+class PoolImpl;
+
+// Instances of one module, spread over the runtime's workers, with one FIFO
+// queue. Thread-safe. Shared; the runtime keeps it alive until Close() or
+// shutdown.
+class Pool {
+ public:
+  ~Pool();
+
+  // Queues a call of a numeric export. Fails at once, never blocking:
+  // kNotFound (no such function export), kInvalidArgument (argument count
+  // or types), kOverloaded (queue full), kDeadlineExceeded (deadline
+  // already passed), kUnavailable (module quarantined; the message names
+  // the cause), kShuttingDown, kFailedPrecondition (pool closed).
+  [[nodiscard]] Result<Call> Submit(std::string_view export_name, std::vector<Value> args,
+                                    const CallOptions& options = {});
+
+  // Queues a byte call (DESIGN.md's byte convention). Fails at once as
+  // Submit, plus kInvalidArgument when the export or cabi_realloc do not
+  // fit the convention and kResourceExhausted when the input is over the
+  // pool's limit.
+  [[nodiscard]] Result<Call> SubmitBytes(std::string_view export_name, std::vector<uint8_t> input,
+                                         const CallOptions& options = {});
+
+  PoolStats Stats() const;
+  const std::shared_ptr<const Module>& module() const;
+
+  // Stops accepting calls; queued calls resolve kCancelled; running calls
+  // finish; instances are dropped. Idempotent.
+  void Close();
+
+ private:
+  friend class Runtime;
+  explicit Pool(std::shared_ptr<PoolImpl> impl) : impl_(std::move(impl)) {}
+  std::shared_ptr<PoolImpl> impl_;
+};
+
+class RuntimeImpl;
+
+// Owns the workers. Thread-safe. Destroying it shuts it down with the
+// default drain period.
+class Runtime {
+ public:
+  // Starts the workers. kInternal if the engine cannot start.
+  [[nodiscard]] static Result<std::unique_ptr<Runtime>> Create(RuntimeOptions options = {});
+  ~Runtime();
+
+  // Validates and compiles. kInvalidModule says what is wrong;
+  // kResourceExhausted when its minimum memory is above the cap.
+  [[nodiscard]] Result<std::shared_ptr<const Module>> Compile(std::span<const uint8_t> bytes,
+                                                              ModuleOptions options = {});
+
+  // A pool of `module`. Checks now that every import is provided by the
+  // linker with the right type (kLinkError otherwise); instances are built
+  // on the workers, off the caller's path.
+  [[nodiscard]] Result<std::shared_ptr<Pool>> CreatePool(std::shared_ptr<const Module> module,
+                                                         PoolOptions options = {});
+
+  // Refuses new calls, resolves queued ones kShuttingDown, lets running ones
+  // finish within `grace`, then interrupts the rest (kShuttingDown), and
+  // stops the workers. Every handle has resolved when it returns.
+  // Idempotent.
+  void Shutdown(std::chrono::milliseconds grace);
+  void Shutdown();
+
+  MetricsSnapshot Metrics() const;
+  int workers() const;
+
+ private:
+  explicit Runtime(std::unique_ptr<RuntimeImpl> impl);
+  std::unique_ptr<RuntimeImpl> impl_;
+};
+
+}  // namespace keel
+
+#endif  // KEEL_RUNTIME_H_

@@ -1,0 +1,739 @@
+// The call contract of DESIGN.md, row by row, plus the invariants. Timing is
+// controlled by gates (a host import the guest blocks on), never by sleeps;
+// the only waits are bounded polls for a state to be reached.
+#include <atomic>
+#include <condition_variable>
+#include <coroutine>
+#include <map>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "base/file.h"
+#include "keel/runtime.h"
+
+namespace keel {
+namespace {
+
+using namespace std::chrono_literals;
+using ::testing::HasSubstr;
+
+// Waits (bounded, generous) until `pred` holds.
+template <typename Pred>
+bool Eventually(Pred pred, std::chrono::milliseconds limit = 20s) {
+  auto until = Clock::now() + limit;
+  while (!pred()) {
+    if (Clock::now() > until) return false;
+    std::this_thread::sleep_for(1ms);
+  }
+  return true;
+}
+
+// Host side of exec_guest.wat.
+class TestHost {
+ public:
+  static constexpr int kMaxIds = 1 << 20;
+
+  TestHost() : ran_(new std::atomic<uint8_t>[kMaxIds]) {
+    for (int i = 0; i < kMaxIds; ++i) ran_[i] = 0;
+    auto linker = std::make_shared<Linker>();
+    linker->Define("keel_test", "gate", {{ValType::kI32}, {ValType::kI32}},
+                   [this](Caller& caller, std::span<const Value> a, std::span<Value> r) {
+                     return Gate(caller, a[0].i32(), r);
+                   });
+    linker->Define("keel_test", "ran", {{ValType::kI32}, {}},
+                   [this](Caller&, std::span<const Value> a, std::span<Value>) -> Result<void> {
+                     ran_[static_cast<uint32_t>(a[0].i32()) % kMaxIds]++;
+                     return {};
+                   });
+    linker->Define("keel_test", "start_ok", {{}, {ValType::kI32}},
+                   [this](Caller&, std::span<const Value>, std::span<Value> r) -> Result<void> {
+                     r[0] = Value::I32(start_ok_.load() ? 1 : 0);
+                     return {};
+                   });
+    linker_ = linker;
+  }
+
+  std::shared_ptr<const Linker> linker() const { return linker_; }
+  void Open(int id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    open_[id] = true;
+    cv_.notify_all();
+  }
+  // Waits until gate `id` has been entered `n` times in all.
+  bool WaitEntered(int id, int n = 1) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, 20s, [&] { return entered_[id] >= n; });
+  }
+  int Entered(int id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return entered_[id];
+  }
+  int Ran(int id) const { return ran_[id]; }
+  void SetStartOk(bool ok) { start_ok_ = ok; }
+
+ private:
+  Result<void> Gate(Caller& caller, int id, std::span<Value> r) {
+    caller.SetInterruptHook([this] {
+      std::lock_guard<std::mutex> lock(mu_);
+      cv_.notify_all();
+    });
+    std::unique_lock<std::mutex> lock(mu_);
+    entered_[id]++;
+    cv_.notify_all();
+    cv_.wait(lock, [&] { return open_[id] || caller.interrupted(); });
+    if (!open_[id]) return MakeError(ErrorCode::kInterrupted, "gate interrupted");
+    r[0] = Value::I32(id);
+    return {};
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<int, bool> open_;
+  std::map<int, int> entered_;
+  std::unique_ptr<std::atomic<uint8_t>[]> ran_;
+  std::atomic<bool> start_ok_{true};
+  std::shared_ptr<const Linker> linker_;
+};
+
+class ExecTest : public ::testing::Test {
+ protected:
+  void SetUp() override { StartRuntime(2); }
+  void TearDown() override {
+    if (runtime_) runtime_->Shutdown(10s);
+  }
+
+  void StartRuntime(int workers) {
+    RuntimeOptions options;
+    options.workers = workers;
+    options.detached_sink = [this](CallId id, const CallResult& result) {
+      std::lock_guard<std::mutex> lock(sink_mu_);
+      sink_.emplace_back(id, result);
+    };
+    auto runtime = Runtime::Create(options);
+    ASSERT_TRUE(runtime) << runtime.error().ToString();
+    runtime_ = std::move(*runtime);
+    auto bytes = ReadFile(std::string(KEEL_FIXTURE_DIR) + "/exec_guest.wasm");
+    ASSERT_TRUE(bytes);
+    auto module = runtime_->Compile(*bytes, {.name = "exec_guest"});
+    ASSERT_TRUE(module) << module.error().ToString();
+    module_ = *module;
+  }
+
+  std::shared_ptr<Pool> MakePool(PoolOptions options = {}) {
+    if (options.instances == 0) options.instances = 1;
+    options.linker = host_.linker();
+    auto pool = runtime_->CreatePool(module_, options);
+    EXPECT_TRUE(pool) << pool.error().ToString();
+    if (!pool) return nullptr;
+    size_t want = options.instances;
+    EXPECT_TRUE(Eventually([&] { return (*pool)->Stats().healthy_instances == want; }));
+    return *pool;
+  }
+
+  Call Submit(Pool& pool, std::string_view name, std::vector<Value> args, CallOptions options = {}) {
+    auto call = pool.Submit(name, std::move(args), options);
+    EXPECT_TRUE(call) << call.error().ToString();
+    return call ? std::move(*call) : Call();
+  }
+
+  Call SubmitBytes(Pool& pool, std::string_view name, std::string input, CallOptions options = {}) {
+    auto call = pool.SubmitBytes(name, std::vector<uint8_t>(input.begin(), input.end()), options);
+    EXPECT_TRUE(call) << call.error().ToString();
+    return call ? std::move(*call) : Call();
+  }
+
+  size_t SinkSize() {
+    std::lock_guard<std::mutex> lock(sink_mu_);
+    return sink_.size();
+  }
+
+  // Every accepted call resolved exactly once and every started call ended.
+  void ExpectSumRules() {
+    MetricsSnapshot m = runtime_->Metrics();
+    EXPECT_EQ(m.submitted, m.resolved.total()) << "resolutions must account for every call";
+    EXPECT_EQ(m.runs.started,
+              m.runs.run_ok + m.runs.run_trapped + m.runs.run_interrupted + m.runs.run_failed);
+    EXPECT_EQ(m.queued, 0);
+    EXPECT_EQ(m.running, 0);
+  }
+
+  TestHost host_;
+  std::unique_ptr<Runtime> runtime_;
+  std::shared_ptr<const Module> module_;
+  std::mutex sink_mu_;
+  std::vector<std::pair<CallId, CallResult>> sink_;
+};
+
+// --- Happy path ------------------------------------------------------------------
+
+TEST_F(ExecTest, NumericAndByteCallsReturnResults) {
+  auto pool = MakePool();
+  Call call = Submit(*pool, "add", {Value::I32(40), Value::I32(2)});
+  const CallResult& r = call.Wait();
+  ASSERT_TRUE(r) << r.error().ToString();
+  EXPECT_EQ(r->values, std::vector<Value>{Value::I32(42)});
+  EXPECT_EQ(call.state(), CallState::kDone);
+
+  Call echo = SubmitBytes(*pool, "echo", "hello, keel");
+  const CallResult& e = echo.Wait();
+  ASSERT_TRUE(e) << e.error().ToString();
+  EXPECT_EQ(std::string(e->bytes.begin(), e->bytes.end()), "hello, keel");
+  ExpectSumRules();
+}
+
+TEST_F(ExecTest, SubmitRejectsBadRequestsAtOnce) {
+  auto pool = MakePool();
+  auto r = pool->Submit("nope", {});
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, ErrorCode::kNotFound);
+  r = pool->Submit("add", {Value::I32(1)});
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, ErrorCode::kInvalidArgument);
+  r = pool->Submit("add", {Value::I32(1), Value::I64(2)});
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, ErrorCode::kInvalidArgument);
+  r = pool->SubmitBytes("bump", {});
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, ErrorCode::kInvalidArgument);
+  EXPECT_THAT(r.error().message, HasSubstr("byte call"));
+  EXPECT_EQ(runtime_->Metrics().submitted, 0u);
+}
+
+TEST_F(ExecTest, MissingHostFunctionFailsPoolCreation) {
+  auto pool = runtime_->CreatePool(module_, {});
+  ASSERT_FALSE(pool);
+  EXPECT_EQ(pool.error().code, ErrorCode::kLinkError);
+  EXPECT_THAT(pool.error().message, HasSubstr("'keel_test'.'gate'"));
+}
+
+// --- Cancel / drop while queued ------------------------------------------------------
+
+TEST_F(ExecTest, CancelWhileQueuedWithdrawsAndNeverRuns) {
+  auto pool = MakePool();
+  Call blocker = Submit(*pool, "gated", {Value::I32(7)});
+  ASSERT_TRUE(host_.WaitEntered(7));
+  Call queued = Submit(*pool, "work", {Value::I32(1001), Value::I32(0)});
+  EXPECT_EQ(queued.state(), CallState::kQueued);
+  EXPECT_EQ(queued.Cancel(), CancelOutcome::kWithdrawn);
+  ASSERT_TRUE(queued.ready());
+  EXPECT_EQ(queued.Wait().error().code, ErrorCode::kCancelled);
+  EXPECT_EQ(queued.state(), CallState::kWithdrawn);
+  EXPECT_EQ(queued.Cancel(), CancelOutcome::kTooLate);
+
+  host_.Open(7);
+  ASSERT_TRUE(blocker.Wait());
+  // A later call runs after the withdrawn one would have: it never ran.
+  ASSERT_TRUE(Submit(*pool, "work", {Value::I32(1002), Value::I32(0)}).Wait());
+  EXPECT_EQ(host_.Ran(1001), 0);
+  EXPECT_EQ(host_.Ran(1002), 1);
+  EXPECT_EQ(runtime_->Metrics().resolved.cancelled_queued, 1u);
+  ExpectSumRules();
+}
+
+TEST_F(ExecTest, DroppingAQueuedHandleWithdrawsIt) {
+  auto pool = MakePool();
+  Call blocker = Submit(*pool, "gated", {Value::I32(8)});
+  ASSERT_TRUE(host_.WaitEntered(8));
+  { Call dropped = Submit(*pool, "work", {Value::I32(2001), Value::I32(0)}); }
+  EXPECT_EQ(pool->Stats().queued, 0u);
+  host_.Open(8);
+  ASSERT_TRUE(blocker.Wait());
+  ASSERT_TRUE(Submit(*pool, "work", {Value::I32(2002), Value::I32(0)}).Wait());
+  EXPECT_EQ(host_.Ran(2001), 0);
+  EXPECT_EQ(runtime_->Metrics().resolved.cancelled_queued, 1u);
+}
+
+TEST_F(ExecTest, StopTokenCancelsLikeCancel) {
+  auto pool = MakePool();
+  Call blocker = Submit(*pool, "gated", {Value::I32(9)});
+  ASSERT_TRUE(host_.WaitEntered(9));
+  std::stop_source source;
+  Call queued = Submit(*pool, "work", {Value::I32(3001), Value::I32(0)},
+                       {.stop_token = source.get_token()});
+  source.request_stop();
+  ASSERT_TRUE(queued.ready());
+  EXPECT_EQ(queued.Wait().error().code, ErrorCode::kCancelled);
+  EXPECT_EQ(queued.state(), CallState::kWithdrawn);
+  host_.Open(9);
+  ASSERT_TRUE(blocker.Wait());
+  EXPECT_EQ(host_.Ran(3001), 0);
+}
+
+// --- Cancel / drop while running or in post-return -----------------------------------
+
+TEST_F(ExecTest, CancelWhileRunningDetachesAndTheCallFinishes) {
+  auto pool = MakePool();
+  Call call = Submit(*pool, "gated", {Value::I32(10)});
+  ASSERT_TRUE(host_.WaitEntered(10));
+  EXPECT_EQ(call.state(), CallState::kRunning);
+  EXPECT_EQ(call.Cancel(), CancelOutcome::kDetached);
+  // Resolved at once, while the guest is still blocked.
+  ASSERT_TRUE(call.ready());
+  EXPECT_EQ(call.Wait().error().code, ErrorCode::kCancelled);
+  EXPECT_EQ(call.Cancel(), CancelOutcome::kTooLate);
+  host_.Open(10);
+  ASSERT_TRUE(Eventually([&] { return SinkSize() == 1; }));
+  {
+    std::lock_guard<std::mutex> lock(sink_mu_);
+    EXPECT_EQ(sink_[0].first, call.id());
+    ASSERT_TRUE(sink_[0].second);
+    EXPECT_EQ(sink_[0].second->values, std::vector<Value>{Value::I32(10)});
+  }
+  // The instance stayed healthy: same instance (bump keeps counting), no poison.
+  EXPECT_EQ(Submit(*pool, "bump", {}).Wait()->values[0].i32(), 1);
+  EXPECT_EQ(Submit(*pool, "bump", {}).Wait()->values[0].i32(), 2);
+  MetricsSnapshot m = runtime_->Metrics();
+  EXPECT_EQ(m.instances.poisoned, 0u);
+  EXPECT_EQ(m.resolved.detached, 1u);
+  EXPECT_EQ(m.detached_results, 1u);
+  ExpectSumRules();
+}
+
+TEST_F(ExecTest, DroppingARunningHandleDetaches) {
+  auto pool = MakePool();
+  CallId id;
+  {
+    Call call = Submit(*pool, "gated", {Value::I32(11)});
+    id = call.id();
+    ASSERT_TRUE(host_.WaitEntered(11));
+  }
+  host_.Open(11);
+  ASSERT_TRUE(Eventually([&] { return SinkSize() == 1; }));
+  std::lock_guard<std::mutex> lock(sink_mu_);
+  EXPECT_EQ(sink_[0].first, id);
+  EXPECT_TRUE(sink_[0].second);
+}
+
+TEST_F(ExecTest, CancelDuringPostReturnDetachesAndBothPhasesFinish) {
+  auto pool = MakePool();
+  host_.Open(1);
+  Call call = SubmitBytes(*pool, "gated_echo", "phase two");
+  ASSERT_TRUE(host_.WaitEntered(2));
+  EXPECT_EQ(call.state(), CallState::kPostReturn);
+  EXPECT_EQ(call.Cancel(), CancelOutcome::kDetached);
+  EXPECT_EQ(call.Wait().error().code, ErrorCode::kCancelled);
+  host_.Open(2);
+  ASSERT_TRUE(Eventually([&] { return SinkSize() == 1; }));
+  {
+    std::lock_guard<std::mutex> lock(sink_mu_);
+    ASSERT_TRUE(sink_[0].second);
+    EXPECT_EQ(std::string(sink_[0].second->bytes.begin(), sink_[0].second->bytes.end()), "phase two");
+  }
+  // Phase two ran: the guest's heap was reset, the instance is healthy.
+  Call next = SubmitBytes(*pool, "echo", "next");
+  ASSERT_TRUE(next.Wait());
+  EXPECT_EQ(runtime_->Metrics().instances.poisoned, 0u);
+}
+
+TEST_F(ExecTest, CancelAfterDoneIsTooLate) {
+  auto pool = MakePool();
+  Call call = Submit(*pool, "add", {Value::I32(1), Value::I32(2)});
+  ASSERT_TRUE(call.Wait());
+  EXPECT_EQ(call.Cancel(), CancelOutcome::kTooLate);
+  EXPECT_TRUE(call.Wait());  // the result is unchanged
+}
+
+// --- Deadlines -----------------------------------------------------------------------
+
+TEST_F(ExecTest, DeadlineWhileQueuedResolvesWithoutRunning) {
+  auto pool = MakePool();
+  Call blocker = Submit(*pool, "gated", {Value::I32(12)});
+  ASSERT_TRUE(host_.WaitEntered(12));
+  Call queued = Submit(*pool, "work", {Value::I32(4001), Value::I32(0)}, {.timeout = 20ms});
+  const CallResult& r = queued.Wait();
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, ErrorCode::kDeadlineExceeded);
+  EXPECT_EQ(queued.state(), CallState::kWithdrawn);
+  host_.Open(12);
+  ASSERT_TRUE(blocker.Wait());
+  ASSERT_TRUE(Submit(*pool, "work", {Value::I32(4002), Value::I32(0)}).Wait());
+  EXPECT_EQ(host_.Ran(4001), 0);
+  EXPECT_EQ(runtime_->Metrics().resolved.deadline_queued, 1u);
+  ExpectSumRules();
+}
+
+TEST_F(ExecTest, DeadlineWhileRunningInterruptsPoisonsAndReplaces) {
+  auto pool = MakePool();
+  EXPECT_EQ(Submit(*pool, "bump", {}).Wait()->values[0].i32(), 1);
+  Call call = Submit(*pool, "spin", {}, {.timeout = 50ms});
+  const CallResult& r = call.Wait();
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, ErrorCode::kDeadlineExceeded);
+  ASSERT_TRUE(Eventually([&] { return runtime_->Metrics().instances.replaced == 1; }));
+  MetricsSnapshot m = runtime_->Metrics();
+  EXPECT_EQ(m.instances.poisoned, 1u);
+  EXPECT_EQ(m.runs.run_interrupted, 1u);
+  EXPECT_EQ(m.resolved.deadline_running, 1u);
+  EXPECT_EQ(pool->Stats().healthy_instances, 1u);
+  // The replacement is a fresh instance.
+  EXPECT_EQ(Submit(*pool, "bump", {}).Wait()->values[0].i32(), 1);
+  ExpectSumRules();
+}
+
+TEST_F(ExecTest, DeadlineInterruptsAGuestBlockedInTheHost) {
+  auto pool = MakePool();
+  Call call = Submit(*pool, "gated", {Value::I32(13)}, {.timeout = 50ms});
+  EXPECT_EQ(call.Wait().error().code, ErrorCode::kDeadlineExceeded);
+  ASSERT_TRUE(Eventually([&] { return runtime_->Metrics().instances.replaced == 1; }));
+  EXPECT_TRUE(Submit(*pool, "add", {Value::I32(1), Value::I32(1)}).Wait());
+}
+
+TEST_F(ExecTest, DeadlineDuringPostReturnInterruptsAndReplaces) {
+  auto pool = MakePool();
+  Call call = SubmitBytes(*pool, "spin_in_post", "x", {.timeout = 50ms});
+  EXPECT_EQ(call.Wait().error().code, ErrorCode::kDeadlineExceeded);
+  ASSERT_TRUE(Eventually([&] { return runtime_->Metrics().instances.replaced == 1; }));
+  EXPECT_EQ(runtime_->Metrics().instances.poisoned, 1u);
+  EXPECT_TRUE(SubmitBytes(*pool, "echo", "ok").Wait());
+}
+
+TEST_F(ExecTest, DeadlineAlreadyPassedIsRejectedAtSubmit) {
+  auto pool = MakePool();
+  auto r = pool->Submit("add", {Value::I32(1), Value::I32(2)}, {.deadline = Clock::now() - 1ms});
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, ErrorCode::kDeadlineExceeded);
+  EXPECT_EQ(runtime_->Metrics().rejected_deadline, 1u);
+}
+
+TEST_F(ExecTest, DeadlineCoversQueueTimePlusRunTime) {
+  auto pool = MakePool();
+  Call blocker = Submit(*pool, "gated", {Value::I32(14)});
+  ASSERT_TRUE(host_.WaitEntered(14));
+  // 300 ms in all; it waits in the queue, then starts and spins.
+  Call call = Submit(*pool, "gated_spin", {Value::I32(15)}, {.timeout = 300ms});
+  host_.Open(15);
+  host_.Open(14);
+  auto start = Clock::now();
+  const CallResult& r = call.Wait();
+  EXPECT_EQ(r.error().code, ErrorCode::kDeadlineExceeded);
+  EXPECT_LT(Clock::now() - start, 10s);  // sanity bound only
+}
+
+// --- Traps ---------------------------------------------------------------------------
+
+TEST_F(ExecTest, TrapPoisonsAndReplaces) {
+  auto pool = MakePool();
+  EXPECT_EQ(Submit(*pool, "bump", {}).Wait()->values[0].i32(), 1);
+  const CallResult& r = Submit(*pool, "trap", {}).Wait();
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, ErrorCode::kTrap);
+  EXPECT_EQ(r.error().trap, TrapKind::kUnreachable);
+  EXPECT_THAT(r.error().backtrace, HasSubstr("<trap>"));
+  ASSERT_TRUE(Eventually([&] { return runtime_->Metrics().instances.replaced == 1; }));
+  EXPECT_EQ(Submit(*pool, "bump", {}).Wait()->values[0].i32(), 1);
+  MetricsSnapshot m = runtime_->Metrics();
+  EXPECT_EQ(m.resolved.traps[static_cast<size_t>(TrapKind::kUnreachable)], 1u);
+  EXPECT_EQ(m.instances.poisoned, 1u);
+  ExpectSumRules();
+}
+
+TEST_F(ExecTest, TrapInPostReturnFailsTheCallAndPoisons) {
+  auto pool = MakePool();
+  const CallResult& r = SubmitBytes(*pool, "trap_in_post", "x").Wait();
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, ErrorCode::kTrap);
+  ASSERT_TRUE(Eventually([&] { return runtime_->Metrics().instances.replaced == 1; }));
+}
+
+TEST_F(ExecTest, ByteAbiViolationsAreClearErrorsAndPoison) {
+  auto pool = MakePool();
+  const CallResult& bad = SubmitBytes(*pool, "bad_pair", "x").Wait();
+  ASSERT_FALSE(bad);
+  EXPECT_EQ(bad.error().code, ErrorCode::kInvalidArgument);
+  EXPECT_THAT(bad.error().message, HasSubstr("outside linear memory"));
+  const CallResult& huge = SubmitBytes(*pool, "huge_output", "x").Wait();
+  ASSERT_FALSE(huge);
+  EXPECT_EQ(huge.error().code, ErrorCode::kResourceExhausted);
+  ASSERT_TRUE(Eventually([&] { return runtime_->Metrics().instances.replaced == 2; }));
+  auto too_big = pool->SubmitBytes("echo", std::vector<uint8_t>((16 << 20) + 1));
+  ASSERT_FALSE(too_big);
+  EXPECT_EQ(too_big.error().code, ErrorCode::kResourceExhausted);
+}
+
+// --- Admission control ---------------------------------------------------------------
+
+TEST_F(ExecTest, FullQueueRejectsAtOnceWithOverloaded) {
+  auto pool = MakePool({.max_queue = 2});
+  Call blocker = Submit(*pool, "gated", {Value::I32(16)});
+  ASSERT_TRUE(host_.WaitEntered(16));
+  Call q1 = Submit(*pool, "add", {Value::I32(1), Value::I32(1)});
+  Call q2 = Submit(*pool, "add", {Value::I32(1), Value::I32(1)});
+  auto r = pool->Submit("add", {Value::I32(1), Value::I32(1)});
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, ErrorCode::kOverloaded);
+  EXPECT_EQ(runtime_->Metrics().rejected_overloaded, 1u);
+  // Withdrawing one frees its place.
+  EXPECT_EQ(q2.Cancel(), CancelOutcome::kWithdrawn);
+  Call q3 = Submit(*pool, "add", {Value::I32(2), Value::I32(2)});
+  host_.Open(16);
+  EXPECT_TRUE(q1.Wait());
+  EXPECT_EQ(q3.Wait()->values[0].i32(), 4);
+}
+
+// --- Shutdown ------------------------------------------------------------------------
+
+TEST_F(ExecTest, ShutdownDrainsRunningAndRefusesQueued) {
+  auto pool = MakePool();
+  Call running = Submit(*pool, "gated", {Value::I32(17)});
+  ASSERT_TRUE(host_.WaitEntered(17));
+  Call queued = Submit(*pool, "work", {Value::I32(5001), Value::I32(0)});
+  std::thread opener([&] {
+    EXPECT_TRUE(Eventually([&] { return queued.ready(); }));
+    host_.Open(17);
+  });
+  runtime_->Shutdown(20s);
+  opener.join();
+  EXPECT_EQ(queued.Wait().error().code, ErrorCode::kShuttingDown);
+  ASSERT_TRUE(running.Wait()) << running.Wait().error().ToString();
+  EXPECT_EQ(host_.Ran(5001), 0);
+  auto after = pool->Submit("add", {Value::I32(1), Value::I32(1)});
+  ASSERT_FALSE(after);
+  EXPECT_EQ(after.error().code, ErrorCode::kShuttingDown);
+  ExpectSumRules();
+}
+
+TEST_F(ExecTest, ShutdownInterruptsWhatOutlivesTheDrainPeriod) {
+  auto pool = MakePool();
+  Call spinning = Submit(*pool, "spin", {});
+  ASSERT_TRUE(Eventually([&] { return spinning.state() == CallState::kRunning; }));
+  runtime_->Shutdown(50ms);
+  ASSERT_TRUE(spinning.ready());
+  EXPECT_EQ(spinning.Wait().error().code, ErrorCode::kShuttingDown);
+  ExpectSumRules();
+}
+
+// --- Completion styles ---------------------------------------------------------------
+
+TEST_F(ExecTest, CompletionCallbackRunsExactlyOnceOffTheCallerThread) {
+  auto pool = MakePool();
+  std::atomic<int> runs{0};
+  std::atomic<bool> on_caller{false};
+  auto caller = std::this_thread::get_id();
+  Call call = Submit(*pool, "add", {Value::I32(2), Value::I32(3)});
+  call.OnComplete([&](const CallResult& r) {
+    EXPECT_EQ(r->values[0].i32(), 5);
+    on_caller = std::this_thread::get_id() == caller;
+    runs++;
+  });
+  ASSERT_TRUE(call.Wait());
+  // Registered after resolution: still runs, once.
+  call.OnComplete([&](const CallResult&) { runs++; });
+  ASSERT_TRUE(Eventually([&] { return runs.load() == 2; }));
+  EXPECT_FALSE(on_caller.load());
+}
+
+struct Task {
+  struct promise_type {
+    Task get_return_object() { return {}; }
+    std::suspend_never initial_suspend() { return {}; }
+    std::suspend_never final_suspend() noexcept { return {}; }
+    void return_void() {}
+    void unhandled_exception() { std::terminate(); }
+  };
+};
+
+Task AwaitSum(Pool& pool, std::atomic<int>* out) {
+  auto call = pool.Submit("add", {Value::I32(20), Value::I32(22)});
+  CallResult r = co_await *call;
+  *out = r ? r->values[0].i32() : -1;
+}
+
+TEST_F(ExecTest, CoAwaitResumesWithTheResult) {
+  auto pool = MakePool();
+  std::atomic<int> out{0};
+  AwaitSum(*pool, &out);
+  ASSERT_TRUE(Eventually([&] { return out.load() != 0; }));
+  EXPECT_EQ(out.load(), 42);
+}
+
+TEST_F(ExecTest, WaitForTimesOutWithoutAffectingTheCall) {
+  auto pool = MakePool();
+  Call call = Submit(*pool, "gated", {Value::I32(18)});
+  EXPECT_EQ(call.WaitFor(10ms), nullptr);
+  host_.Open(18);
+  const CallResult* r = call.WaitFor(20s);
+  ASSERT_NE(r, nullptr);
+  EXPECT_TRUE(*r);
+}
+
+// --- Pools: affinity, no head-of-line blocking, recycling, quarantine -----------------
+
+TEST_F(ExecTest, NoHeadOfLineBlockingWhileAnotherInstanceIsFree) {
+  auto pool = MakePool({.instances = 2});
+  Call blocked = Submit(*pool, "gated", {Value::I32(19)});
+  ASSERT_TRUE(host_.WaitEntered(19));
+  // The other instance serves calls while the first is blocked.
+  for (int i = 0; i < 10; ++i) {
+    EXPECT_EQ(Submit(*pool, "add", {Value::I32(i), Value::I32(1)}).Wait()->values[0].i32(), i + 1);
+  }
+  host_.Open(19);
+  EXPECT_TRUE(blocked.Wait());
+}
+
+TEST_F(ExecTest, AffinityKeyRunsInOrderOnOneInstance) {
+  auto pool = MakePool({.instances = 4});
+  std::vector<Call> calls;
+  for (int i = 0; i < 50; ++i) calls.push_back(Submit(*pool, "bump", {}, {.affinity_key = 77}));
+  for (int i = 0; i < 50; ++i) {
+    const CallResult& r = calls[i].Wait();
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->values[0].i32(), i + 1) << "same instance, submission order";
+  }
+}
+
+TEST_F(ExecTest, RecyclePolicies) {
+  auto fresh = MakePool({.recycle = {.fresh_per_call = true}});
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(Submit(*fresh, "bump", {}).Wait()->values[0].i32(), 1);
+  auto limited = MakePool({.recycle = {.max_calls = 2}});
+  std::vector<int> seen;
+  for (int i = 0; i < 5; ++i) seen.push_back(Submit(*limited, "bump", {}).Wait()->values[0].i32());
+  EXPECT_EQ(seen, (std::vector<int>{1, 2, 1, 2, 1}));
+  auto idle = MakePool({.recycle = {.max_idle = 20ms}});
+  EXPECT_EQ(Submit(*idle, "bump", {}).Wait()->values[0].i32(), 1);
+  uint64_t recycled = runtime_->Metrics().instances.recycled;
+  ASSERT_TRUE(Eventually([&] { return runtime_->Metrics().instances.recycled > recycled; }));
+  ASSERT_TRUE(Eventually([&] { return idle->Stats().healthy_instances == 1; }));
+  EXPECT_EQ(Submit(*idle, "bump", {}).Wait()->values[0].i32(), 1);
+  EXPECT_EQ(runtime_->Metrics().instances.poisoned, 0u);
+}
+
+TEST_F(ExecTest, CrashLoopQuarantinesWithBackoffAndRecovers) {
+  host_.SetStartOk(false);
+  PoolOptions options;
+  options.instances = 1;
+  options.linker = host_.linker();
+  options.quarantine = {.failures = 3, .initial_backoff = 200ms, .max_backoff = 400ms};
+  auto pool = runtime_->CreatePool(module_, options);
+  ASSERT_TRUE(pool);
+  ASSERT_TRUE(Eventually([&] { return (*pool)->Stats().quarantined; }));
+  auto r = (*pool)->Submit("add", {Value::I32(1), Value::I32(1)});
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, ErrorCode::kUnavailable);
+  EXPECT_THAT(r.error().message, HasSubstr("quarantined"));
+  EXPECT_THAT(r.error().message, HasSubstr("unreachable"));
+  EXPECT_GE(runtime_->Metrics().instances.quarantines, 1u);
+  host_.SetStartOk(true);
+  ASSERT_TRUE(Eventually([&] { return (*pool)->Stats().healthy_instances == 1; }));
+  auto ok = (*pool)->Submit("add", {Value::I32(1), Value::I32(1)});
+  ASSERT_TRUE(ok);
+  EXPECT_TRUE(ok->Wait());
+}
+
+TEST_F(ExecTest, InstantiationHasADeadline) {
+  auto bytes = ReadFile(std::string(KEEL_FIXTURE_DIR) + "/engine_start.wasm");
+  auto module = runtime_->Compile(*bytes, {.name = "spinning_start"});
+  ASSERT_TRUE(module);
+  auto pool = runtime_->CreatePool(*module, {.instances = 1,
+                                             .quarantine = {.failures = 1},
+                                             .instantiate_timeout = 50ms});
+  ASSERT_TRUE(pool);
+  ASSERT_TRUE(Eventually([&] { return (*pool)->Stats().quarantined; }));
+  EXPECT_THAT((*pool)->Stats().quarantine_reason, HasSubstr("deadline"));
+}
+
+TEST_F(ExecTest, CloseCancelsQueuedCallsAndRefusesNewOnes) {
+  auto pool = MakePool();
+  Call blocker = Submit(*pool, "gated", {Value::I32(20)});
+  ASSERT_TRUE(host_.WaitEntered(20));
+  Call queued = Submit(*pool, "add", {Value::I32(1), Value::I32(1)});
+  pool->Close();
+  EXPECT_EQ(queued.Wait().error().code, ErrorCode::kCancelled);
+  EXPECT_FALSE(pool->Submit("add", {Value::I32(1), Value::I32(1)}));
+  host_.Open(20);
+  EXPECT_TRUE(blocker.Wait());
+}
+
+// --- Invariants under load -----------------------------------------------------------
+
+// Random cancels at random moments and random deadlines over many calls on
+// two workers. Checks: every handle resolves exactly once (callbacks count),
+// no withdrawn call ever ran, sum rules hold, pools return to full health.
+TEST_F(ExecTest, RandomizedStress) {
+  constexpr int kCalls = 100000;
+  auto pool = MakePool({.instances = 4, .max_queue = 4096});
+  std::mt19937 rng(12345);
+  std::atomic<int> callbacks{0};
+  std::vector<Call> inflight;
+  std::vector<int> withdrawn_ids;
+  std::vector<int> cancelled_before_start_ids;
+  std::mutex ids_mu;
+  int submitted = 0;
+  int rejected = 0;
+  for (int i = 1; i <= kCalls; ++i) {
+    int id = i;
+    int iters = static_cast<int>(rng() % 4 == 0 ? rng() % 20000 : rng() % 50);
+    CallOptions options;
+    if (rng() % 3 == 0) options.timeout = std::chrono::microseconds(rng() % 3000 + 1);
+    std::string_view name = rng() % 50 == 0 ? "trap" : "work";
+    auto call = name == "trap" ? pool->Submit(name, {}, options)
+                               : pool->Submit(name, {Value::I32(id), Value::I32(iters)}, options);
+    if (!call) {
+      ASSERT_TRUE(call.error().code == ErrorCode::kOverloaded ||
+                  call.error().code == ErrorCode::kDeadlineExceeded)
+          << call.error().ToString();
+      rejected++;
+      continue;
+    }
+    submitted++;
+    call->OnComplete([&callbacks, &ids_mu, &cancelled_before_start_ids, id](const CallResult& r) {
+      callbacks++;
+      if (!r && r.error().code == ErrorCode::kDeadlineExceeded &&
+          r.error().message.find("before the call started") != std::string::npos) {
+        std::lock_guard<std::mutex> lock(ids_mu);
+        cancelled_before_start_ids.push_back(id);
+      }
+    });
+    switch (rng() % 8) {
+      case 0: {
+        CancelOutcome outcome = call->Cancel();
+        if (outcome == CancelOutcome::kWithdrawn && name == "work") withdrawn_ids.push_back(id);
+        break;
+      }
+      case 1:
+        break;  // dropped below: cancels as the handle goes
+      default:
+        inflight.push_back(std::move(*call));
+    }
+    if (inflight.size() > 256) {
+      size_t k = rng() % inflight.size();
+      if (rng() % 2) {
+        if (inflight[k].Cancel() == CancelOutcome::kWithdrawn) {
+          // Not recorded by id here; counted by metrics below.
+        }
+      }
+      inflight[k].Wait();
+      inflight.erase(inflight.begin() + static_cast<long>(k));
+    }
+  }
+  for (auto& c : inflight) c.Wait();
+  inflight.clear();
+  ASSERT_TRUE(Eventually([&] { return callbacks.load() == submitted; }, 60s))
+      << callbacks.load() << " of " << submitted;
+  ASSERT_TRUE(Eventually([&] {
+    MetricsSnapshot m = runtime_->Metrics();
+    return m.running == 0 && m.queued == 0 && pool->Stats().healthy_instances == 4;
+  }, 60s));
+  for (int id : withdrawn_ids) EXPECT_EQ(host_.Ran(id), 0) << "withdrawn call " << id << " ran";
+  {
+    std::lock_guard<std::mutex> lock(ids_mu);
+    for (int id : cancelled_before_start_ids) EXPECT_EQ(host_.Ran(id), 0) << "expired call " << id << " ran";
+  }
+  MetricsSnapshot m = runtime_->Metrics();
+  EXPECT_EQ(m.submitted, static_cast<uint64_t>(submitted));
+  ExpectSumRules();
+  EXPECT_EQ(m.instances.created - m.instances.poisoned - m.instances.recycled,
+            static_cast<uint64_t>(m.instances_live));
+  EXPECT_GT(m.resolved.ok, 0u);
+  EXPECT_GT(m.resolved.cancelled_queued + m.resolved.detached, 0u);
+  // Give the sink time to be emptied before the fixture goes.
+  ASSERT_TRUE(Eventually([&] { return runtime_->Metrics().detached_results == SinkSize(); }));
+  EXPECT_LE(SinkSize(), m.resolved.detached);
+  (void)rejected;
+}
+
+}  // namespace
+}  // namespace keel
