@@ -38,7 +38,8 @@
 namespace keel::engine {
 namespace {
 
-JSClass kGlobalClass = {"KeelGlobal", JSCLASS_GLOBAL_FLAGS, &JS::DefaultGlobalClassOps};
+JSClass kGlobalClass = {"KeelGlobal", JSCLASS_GLOBAL_FLAGS, &JS::DefaultGlobalClassOps,
+                        nullptr,      nullptr,              nullptr};
 
 constexpr size_t kCompileThreadStack = 8 << 20;
 
