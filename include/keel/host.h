@@ -21,6 +21,12 @@ namespace keel {
 class HostState {
  public:
   virtual ~HostState() = default;
+  // The executor calls this before each call on the instance, so state of
+  // one call (e.g. captured output) does not leak into the next.
+  virtual void OnCallStart() {}
+  // The executor calls this when a call on the instance failed, so the host
+  // can add what it saw (e.g. the guest's stderr) to the error.
+  virtual void AnnotateError(Error& /*error*/) const {}
 };
 
 // What a host function sees of the instance that called it. Valid only

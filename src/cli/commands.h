@@ -2,8 +2,15 @@
 #ifndef KEEL_CLI_COMMANDS_H_
 #define KEEL_CLI_COMMANDS_H_
 
+#include <chrono>
 #include <string>
 #include <vector>
+
+#include "server/options.h"
+
+namespace CLI {
+class App;
+}  // namespace CLI
 
 namespace keel::cli {
 
@@ -23,10 +30,34 @@ int Inspect(const InspectArgs& args);
 
 struct RunArgs {
   std::string module_path;
-  std::string invoke;                   // export to call
-  std::vector<std::string> values;      // its arguments, as text
+  std::string invoke;                   // export to call; empty: the program's _start
+  std::string input;                    // with invoke: a byte call's input file, "-" for stdin
+  std::vector<std::string> values;      // numeric arguments, or the program's arguments
+  std::vector<std::string> dirs;        // HOST[::GUEST], read-write
+  std::vector<std::string> dirs_ro;     // HOST[::GUEST], read-only
+  std::vector<std::string> env;         // K=V
+  std::chrono::nanoseconds timeout{0};  // 0: none
 };
 int Run(const RunArgs& args);
+
+struct WorkerArgs {
+  std::string store;                    // data directory or postgresql:// URL
+  int workers = 0;
+  std::string name;
+  size_t max_in_flight = 256;
+  std::chrono::nanoseconds lease{std::chrono::seconds(30)};
+};
+// Runs jobs from a shared queue until SIGTERM or SIGINT.
+int Worker(const WorkerArgs& args);
+
+// `keel serve` (serve.cc): the HTTP service, until SIGTERM or SIGINT.
+struct ServeArgs {
+  server::ServerOptions options;
+  std::string token_file;
+};
+// Registers the subcommand and its options, filling `args` when parsed.
+CLI::App* AddServeCommand(CLI::App& app, ServeArgs& args);
+int Serve(const ServeArgs& args);
 
 }  // namespace keel::cli
 

@@ -1,5 +1,15 @@
-#include <cstdio>
+// `keel run`: a WASI program's _start with stdio passed through, or one
+// export called with numbers or bytes. Runs on this thread with the engine
+// directly; a deadline thread interrupts the guest when --timeout passes.
+#include <unistd.h>
 
+#include <condition_variable>
+#include <cstdio>
+#include <mutex>
+#include <thread>
+
+#include "abi/bytecall.h"
+#include "abi/wasi.h"
 #include "base/file.h"
 #include "cli/commands.h"
 #include "engine/engine.h"
@@ -11,7 +21,6 @@ int ExitCodeFor(const Error& error) {
   switch (error.code) {
     case ErrorCode::kInvalidModule:
     case ErrorCode::kLinkError:
-    case ErrorCode::kResourceExhausted:
       return kExitBadModule;
     case ErrorCode::kTrap:
       return error.trap == TrapKind::kExit ? error.exit_code : kExitTrap;
@@ -26,10 +35,138 @@ int ExitCodeFor(const Error& error) {
   }
 }
 
-int Fail(const Error& error) {
+int Fail(Error error, bool deadline_fired = false) {
+  if (error.code == ErrorCode::kTrap && error.trap == TrapKind::kExit) return error.exit_code;
+  if (error.code == ErrorCode::kInterrupted && deadline_fired) {
+    error = Error(ErrorCode::kDeadlineExceeded, "the run exceeded its --timeout");
+  }
   std::fprintf(stderr, "keel: %s\n", error.ToString().c_str());
   if (!error.backtrace.empty()) std::fprintf(stderr, "wasm backtrace:\n%s", error.backtrace.c_str());
   return ExitCodeFor(error);
+}
+
+// Interrupts call `tag` when the deadline passes, unless disarmed first.
+class DeadlineThread {
+ public:
+  DeadlineThread(std::shared_ptr<engine::Interrupter> interrupter, std::chrono::nanoseconds timeout)
+      : interrupter_(std::move(interrupter)) {
+    if (timeout.count() <= 0) return;
+    thread_ = std::thread([this, until = std::chrono::steady_clock::now() + timeout] {
+      std::unique_lock<std::mutex> lock(mu_);
+      if (!cv_.wait_until(lock, until, [&] { return done_; })) {
+        fired_ = true;
+        interrupter_->Request(kTag);
+      }
+    });
+  }
+  ~DeadlineThread() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      done_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+  }
+  bool fired() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return fired_;
+  }
+  // Every engine call of this run (start, _initialize, the call itself)
+  // shares one tag: the deadline covers all of them.
+  static constexpr uint64_t kTag = 1;
+
+ private:
+  std::shared_ptr<engine::Interrupter> interrupter_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  bool fired_ = false;
+  std::thread thread_;
+};
+
+Result<abi::WasiPreopen> ParseDir(const std::string& spec, bool read_only) {
+  size_t sep = spec.find("::");
+  abi::WasiPreopen preopen;
+  preopen.host_path = sep == std::string::npos ? spec : spec.substr(0, sep);
+  preopen.guest_path = sep == std::string::npos ? spec : spec.substr(sep + 2);
+  preopen.read_only = read_only;
+  if (preopen.host_path.empty() || preopen.guest_path.empty()) {
+    return MakeError(ErrorCode::kInvalidArgument, "--dir wants HOST[::GUEST], got '" + spec + "'");
+  }
+  return preopen;
+}
+
+Result<abi::WasiConfig> MakeWasiConfig(const RunArgs& args, bool program) {
+  abi::WasiConfig config;
+  config.args.push_back(args.module_path);
+  if (program) config.args.insert(config.args.end(), args.values.begin(), args.values.end());
+  for (const std::string& kv : args.env) {
+    size_t eq = kv.find('=');
+    if (eq == std::string::npos || eq == 0) {
+      return MakeError(ErrorCode::kInvalidArgument, "--env wants K=V, got '" + kv + "'");
+    }
+    config.env.emplace_back(kv.substr(0, eq), kv.substr(eq + 1));
+  }
+  for (const std::string& d : args.dirs) {
+    auto p = ParseDir(d, false);
+    if (!p) return MakeError(p.error());
+    config.preopens.push_back(*p);
+  }
+  for (const std::string& d : args.dirs_ro) {
+    auto p = ParseDir(d, true);
+    if (!p) return MakeError(p.error());
+    config.preopens.push_back(*p);
+  }
+  // A byte call reads its input from --input, so only programs get stdin.
+  config.stdin_io = program ? abi::WasiStdio::Inherit(0) : abi::WasiStdio::Null();
+  config.stdout_io = abi::WasiStdio::Inherit(1);
+  config.stderr_io = abi::WasiStdio::Inherit(2);
+  return config;
+}
+
+int CallNumeric(engine::Instance& instance, const RunArgs& args, DeadlineThread& deadline) {
+  auto func = instance.Lookup(args.invoke);
+  if (!func) return Fail(func.error());
+  const FuncType& type = *func->type;
+  if (args.values.size() != type.params.size()) {
+    return Fail(Error(ErrorCode::kInvalidArgument,
+                      "export '" + args.invoke + "' takes " + std::to_string(type.params.size()) +
+                          " argument(s) " + type.ToString() + ", got " +
+                          std::to_string(args.values.size())));
+  }
+  std::vector<Value> values;
+  for (size_t i = 0; i < type.params.size(); ++i) {
+    auto v = ParseValue(type.params[i], args.values[i]);
+    if (!v) {
+      return Fail(Error(ErrorCode::kInvalidArgument,
+                        "argument " + std::to_string(i + 1) + " '" + args.values[i] +
+                            "' is not a valid " + std::string(ToString(type.params[i]))));
+    }
+    values.push_back(*v);
+  }
+  std::vector<Value> results(type.results.size());
+  auto called = instance.Call(*func, values, results, DeadlineThread::kTag);
+  if (!called) return Fail(called.error(), deadline.fired());
+  for (const Value& r : results) std::printf("%s\n", r.ToString().c_str());
+  return kExitOk;
+}
+
+int CallBytes(engine::Instance& instance, const RunArgs& args, DeadlineThread& deadline) {
+  auto input = args.input == "-" ? ReadAll(0) : ReadFile(args.input);
+  if (!input) {
+    std::fprintf(stderr, "keel: %s\n", input.error().message.c_str());
+    return kExitNoInput;
+  }
+  auto output = abi::CallBytes(instance, args.invoke, *input, {}, DeadlineThread::kTag);
+  if (!output) return Fail(output.error(), deadline.fired());
+  std::fflush(stdout);
+  size_t written = 0;
+  while (written < output->size()) {
+    ssize_t n = ::write(1, output->data() + written, output->size() - written);
+    if (n <= 0) return kExitFailure;
+    written += static_cast<size_t>(n);
+  }
+  return kExitOk;
 }
 
 }  // namespace
@@ -40,52 +177,48 @@ int Run(const RunArgs& args) {
     std::fprintf(stderr, "keel: %s\n", bytes.error().message.c_str());
     return kExitNoInput;
   }
+  if (!args.input.empty() && args.invoke.empty()) {
+    return Fail(Error(ErrorCode::kInvalidArgument, "--input needs --invoke NAME"));
+  }
   engine::Engine& engine = engine::DefaultEngine();
   auto module = engine.Compile(*bytes);
   if (!module) return Fail(module.error());
+  bool program = args.invoke.empty();
+  if (program && !(*module)->info().FindFuncExport("_start")) {
+    return Fail(Error(ErrorCode::kInvalidArgument,
+                      "the module has no _start: name an export with --invoke NAME"));
+  }
+  auto config = MakeWasiConfig(args, program);
+  if (!config) return Fail(config.error());
+  auto wasi = abi::WasiContext::Create(*config);
+  if (!wasi) return Fail(wasi.error());
+  auto linker = std::make_shared<engine::Linker>();
+  abi::AddWasiToLinker(*linker);
+
   auto ctx = engine.NewContext();
   if (!ctx) return Fail(ctx.error());
-
-  uint64_t tag = 0;
-  int code = kExitOk;
+  int code;
   {
-    auto instance = (*ctx)->Instantiate(*module, std::make_shared<engine::Linker>(), nullptr, ++tag);
+    DeadlineThread deadline((*ctx)->interrupter(), args.timeout);
+    auto instance = (*ctx)->Instantiate(*module, linker, std::move(*wasi), DeadlineThread::kTag);
     if (!instance) {
-      // A trap while starting means the module cannot be instantiated.
       Error error = instance.error();
       if (error.code == ErrorCode::kTrap && error.trap != TrapKind::kExit) {
         std::fprintf(stderr, "keel: instantiation failed: %s\n", error.ToString().c_str());
         return kExitBadModule;
       }
-      return Fail(error);
+      return Fail(error, deadline.fired());
     }
-    auto func = (*instance)->Lookup(args.invoke);
-    if (!func) return Fail(func.error());
-    const FuncType& type = *func->type;
-    if (args.values.size() != type.params.size()) {
-      return Fail(Error(ErrorCode::kInvalidArgument,
-                        "export '" + args.invoke + "' takes " + std::to_string(type.params.size()) +
-                            " argument(s) " + type.ToString() + ", got " +
-                            std::to_string(args.values.size())));
-    }
-    std::vector<Value> values;
-    for (size_t i = 0; i < type.params.size(); ++i) {
-      auto v = ParseValue(type.params[i], args.values[i]);
-      if (!v) {
-        return Fail(Error(ErrorCode::kInvalidArgument,
-                          "argument " + std::to_string(i + 1) + " '" + args.values[i] +
-                              "' is not a valid " + std::string(ToString(type.params[i]))));
-      }
-      values.push_back(*v);
-    }
-    std::vector<Value> results(type.results.size());
-    auto called = (*instance)->Call(*func, values, results, ++tag);
-    if (!called) {
-      code = Fail(called.error());
+    if (program) {
+      auto run = (*instance)->Invoke("_start", {}, DeadlineThread::kTag);
+      code = run ? kExitOk : Fail(run.error(), deadline.fired());
+    } else if (!args.input.empty()) {
+      code = CallBytes(**instance, args, deadline);
     } else {
-      for (const Value& r : results) std::printf("%s\n", r.ToString().c_str());
+      code = CallNumeric(**instance, args, deadline);
     }
   }
+  std::fflush(stdout);
   return code;
 }
 

@@ -213,6 +213,7 @@ void Worker::Execute(Slot& slot, std::shared_ptr<CallRecord> record) {
 
   CallResult result;
   engine::Instance& instance = *slot.instance;
+  if (HostState* state = instance.host_state()) state->OnCallStart();
   if (record->bytes) {
     const ByteCallLimits& limits = pool.options().byte_limits;
     auto out = abi::CallBytes(instance, record->export_name, record->input,
@@ -235,6 +236,9 @@ void Worker::Execute(Slot& slot, std::shared_ptr<CallRecord> record) {
     }
   }
   record->state.store(CallState::kDone);
+  if (!result) {
+    if (const HostState* state = instance.host_state()) state->AnnotateError(result.error());
+  }
   {
     std::lock_guard<std::mutex> lock(current_mu_);
     current_.reset();

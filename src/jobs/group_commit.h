@@ -1,0 +1,82 @@
+// Group commit: one thread runs the write operations of many callers in one
+// transaction, so throughput is not bound by one fsync per operation. A
+// caller's Run() returns only after the transaction holding its operation
+// committed (or failed).
+#ifndef KEEL_JOBS_GROUP_COMMIT_H_
+#define KEEL_JOBS_GROUP_COMMIT_H_
+
+#include <condition_variable>
+#include <cstddef>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "jobs/store.h"
+#include "keel/status.h"
+
+namespace keel::jobs {
+
+// Thread-safe. Owns its thread; the destructor runs the operations already
+// queued, then joins. The hooks and operations run on that thread only, so
+// they may use a connection no other thread touches.
+class GroupCommitter {
+ public:
+  struct Hooks {
+    std::function<Result<void>()> begin;
+    // Commits; `wake` is true when an operation made work claimable.
+    std::function<Result<void>(bool wake)> commit;
+    // Abandons the open transaction. Must not fail.
+    std::function<void()> rollback;
+    // After a successful commit.
+    std::function<void(bool wake)> committed;
+  };
+  // An operation runs inside an open transaction. It returns true when it
+  // made work claimable at once, or an error that aborts the transaction.
+  // Errors the caller should just see (unknown job, lost lease) belong in the
+  // operation's own output, not here: they must not abort the batch.
+  // An operation may run twice (its batch failed and is retried one by
+  // one), so it must assign its outputs, not accumulate them.
+  using Op = std::function<Result<bool>()>;
+
+  GroupCommitter(Hooks hooks, size_t max_batch);
+  ~GroupCommitter();
+  GroupCommitter(const GroupCommitter&) = delete;
+  GroupCommitter& operator=(const GroupCommitter&) = delete;
+
+  // Runs `op` in the next transaction and waits for the commit. Returns the
+  // operation's error, or the transaction's if the commit failed.
+  [[nodiscard]] Result<void> Run(Op op);
+
+  CommitStats stats() const;
+
+ private:
+  struct Pending {
+    Op op;
+    Result<void> result;
+    bool done = false;
+    std::condition_variable done_cv;  // one per caller: no thundering herd
+  };
+
+  void Loop();
+  // Runs `batch` in one transaction; if an operation fails, runs each one in
+  // its own transaction so that only the failing one sees the error.
+  void RunBatch(const std::vector<Pending*>& batch);
+  // Runs ops in one transaction; on failure, *failed says whether an
+  // operation (not begin/commit) failed, i.e. nothing was committed.
+  Result<void> RunTransaction(const std::vector<Pending*>& ops, bool* op_failed);
+
+  const Hooks hooks_;
+  const size_t max_batch_;
+  mutable std::mutex mu_;
+  std::condition_variable work_cv_;
+  std::deque<Pending*> queue_;
+  bool stopping_ = false;
+  CommitStats stats_;
+  std::thread thread_;  // last: starts once the members above exist
+};
+
+}  // namespace keel::jobs
+
+#endif  // KEEL_JOBS_GROUP_COMMIT_H_

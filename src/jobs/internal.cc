@@ -1,0 +1,114 @@
+#include "jobs/internal.h"
+
+#include <algorithm>
+#include <random>
+
+namespace keel::jobs {
+
+std::string NewJobId() {
+  static constexpr char kCrockford[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+  thread_local std::mt19937_64 rng([] {
+    std::random_device device;
+    std::seed_seq seed{device(), device(), device(), device()};
+    return std::mt19937_64(seed);
+  }());
+  uint64_t millis = static_cast<uint64_t>(NowMicros() / 1000) & ((uint64_t{1} << 48) - 1);
+  uint64_t random_hi = rng() & 0xffff;  // 16 bits
+  uint64_t random_lo = rng();           // 64 bits
+  std::string id(26, '0');
+  for (int i = 9; i >= 0; --i) {  // 10 chars x 5 bits = 50 >= 48 bits
+    id[i] = kCrockford[millis & 31];
+    millis >>= 5;
+  }
+  for (int i = 25; i >= 10; --i) {  // 16 chars x 5 bits = 80 bits
+    id[i] = kCrockford[random_lo & 31];
+    random_lo = (random_lo >> 5) | ((random_hi & 31) << 59);
+    random_hi >>= 5;
+  }
+  return id;
+}
+
+Result<void> ValidateSpec(const JobSpec& spec) {
+  if (Result<void> digest = ValidateDigest(spec.module_digest); !digest) return digest;
+  if (spec.export_name.empty()) return MakeError(ErrorCode::kInvalidArgument, "empty export name");
+  if (spec.deadline.count() <= 0) return MakeError(ErrorCode::kInvalidArgument, "deadline <= 0");
+  if (spec.max_attempts < 1) return MakeError(ErrorCode::kInvalidArgument, "max_attempts < 1");
+  if (spec.retry_backoff.count() < 0) {
+    return MakeError(ErrorCode::kInvalidArgument, "retry_backoff < 0");
+  }
+  return {};
+}
+
+Result<void> ValidateClaim(const ClaimRequest& request) {
+  if (request.runner.empty()) return MakeError(ErrorCode::kInvalidArgument, "empty runner name");
+  if (request.max_jobs < 1 || request.max_jobs > kMaxClaimBatch) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "max_jobs must be 1.." + std::to_string(kMaxClaimBatch));
+  }
+  if (request.lease.count() <= 0) return MakeError(ErrorCode::kInvalidArgument, "lease <= 0");
+  if (request.wait.count() < 0) return MakeError(ErrorCode::kInvalidArgument, "wait < 0");
+  return {};
+}
+
+Result<void> ValidateDigest(std::string_view digest) {
+  bool hex = digest.size() == 64 && std::all_of(digest.begin(), digest.end(), [](char c) {
+               return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+             });
+  if (!hex) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "module digest must be 64 lowercase hex characters");
+  }
+  return {};
+}
+
+int64_t ToMicros(TimePoint t) {
+  return std::chrono::duration_cast<std::chrono::microseconds>(t.time_since_epoch()).count();
+}
+
+TimePoint FromMicros(int64_t micros) {
+  return TimePoint(std::chrono::duration_cast<Clock::duration>(std::chrono::microseconds(micros)));
+}
+
+int64_t NowMicros() { return ToMicros(Clock::now()); }
+
+ErrorCode ErrorCodeFromName(std::string_view name) {
+  for (int i = 0; i <= static_cast<int>(ErrorCode::kInternal); ++i) {
+    auto code = static_cast<ErrorCode>(i);
+    if (ToString(code) == name) return code;
+  }
+  return ErrorCode::kInternal;
+}
+
+uint64_t WakeSignal::generation() const {
+  std::lock_guard lock(mu_);
+  return generation_;
+}
+
+void WakeSignal::Notify() {
+  {
+    std::lock_guard lock(mu_);
+    ++generation_;
+  }
+  cv_.notify_all();
+}
+
+void WakeSignal::Wait(uint64_t seen, std::chrono::steady_clock::time_point deadline) {
+  std::unique_lock lock(mu_);
+  cv_.wait_until(lock, deadline, [&] { return generation_ != seen; });
+}
+
+Result<std::vector<ClaimedJob>> ClaimWithWait(
+    WakeSignal& wake, const ClaimRequest& request,
+    const std::function<Result<std::vector<ClaimedJob>>()>& claim_ready) {
+  auto deadline = std::chrono::steady_clock::now() + request.wait;
+  while (true) {
+    uint64_t seen = wake.generation();
+    Result<std::vector<ClaimedJob>> claimed = claim_ready();
+    if (!claimed || !claimed->empty()) return claimed;
+    auto now = std::chrono::steady_clock::now();
+    if (now >= deadline) return claimed;
+    wake.Wait(seen, std::min(deadline, now + kClaimPollInterval));
+  }
+}
+
+}  // namespace keel::jobs

@@ -1,0 +1,148 @@
+#include "jobs/internal.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <set>
+#include <thread>
+
+#include "jobs/group_commit.h"
+
+namespace keel::jobs {
+namespace {
+
+using namespace std::chrono_literals;
+
+TEST(JobStateTest, NamesRoundTrip) {
+  for (size_t i = 0; i < kJobStateCount; ++i) {
+    auto state = static_cast<JobState>(i);
+    EXPECT_EQ(ParseJobState(ToString(state)), state);
+  }
+  EXPECT_FALSE(ParseJobState("nope"));
+  EXPECT_FALSE(IsFinished(JobState::kQueued));
+  EXPECT_FALSE(IsFinished(JobState::kRunning));
+  EXPECT_TRUE(IsFinished(JobState::kDead));
+  EXPECT_EQ(ErrorCodeFromName("deadline_exceeded"), ErrorCode::kDeadlineExceeded);
+  EXPECT_EQ(ErrorCodeFromName("???"), ErrorCode::kInternal);
+}
+
+TEST(JobIdTest, IdsAreUniqueSortableCrockfordText) {
+  std::set<std::string> ids;
+  std::string previous;
+  for (int i = 0; i < 10000; ++i) {
+    std::string id = NewJobId();
+    ASSERT_EQ(id.size(), 26u);
+    EXPECT_EQ(id.find_first_not_of("0123456789ABCDEFGHJKMNPQRSTVWXYZ"), std::string::npos);
+    // The first 10 characters are the millisecond clock: never go back.
+    EXPECT_GE(id.substr(0, 10), previous.substr(0, std::min<size_t>(10, previous.size())));
+    previous = id;
+    ids.insert(id);
+  }
+  EXPECT_EQ(ids.size(), 10000u);
+}
+
+// A fake transaction log: begin/commit/rollback counted, writes applied
+// only on commit.
+struct FakeDb {
+  std::vector<int> committed;
+  std::vector<int> pending;
+  int commits = 0;
+  int rollbacks = 0;
+  std::atomic<int> wakes = 0;
+
+  GroupCommitter::Hooks Hooks() {
+    return {
+        .begin = [this]() -> Result<void> {
+          pending.clear();
+          return {};
+        },
+        .commit = [this](bool) -> Result<void> {
+          committed.insert(committed.end(), pending.begin(), pending.end());
+          ++commits;
+          return {};
+        },
+        .rollback =
+            [this] {
+              pending.clear();
+              ++rollbacks;
+            },
+        .committed = [this](bool wake) { wakes += wake; },
+    };
+  }
+};
+
+TEST(GroupCommitterTest, ConcurrentOperationsShareTransactions) {
+  FakeDb db;
+  {
+    GroupCommitter committer(db.Hooks(), 64);
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 8; ++t) {
+      threads.emplace_back([&, t] {
+        for (int i = 0; i < 100; ++i) {
+          Result<void> done = committer.Run([&, v = t * 1000 + i]() -> Result<bool> {
+            db.pending.push_back(v);
+            return v % 2 == 0;
+          });
+          EXPECT_TRUE(done);
+        }
+      });
+    }
+    for (auto& thread : threads) thread.join();
+    CommitStats stats = committer.stats();
+    EXPECT_EQ(stats.operations, 800u);
+    EXPECT_EQ(stats.transactions, static_cast<uint64_t>(db.commits));
+  }
+  EXPECT_EQ(db.committed.size(), 800u);
+  EXPECT_GT(db.wakes, 0);
+}
+
+TEST(GroupCommitterTest, FailingOperationFailsAloneAndCommitsNothing) {
+  FakeDb db;
+  GroupCommitter committer(db.Hooks(), 64);
+  std::vector<std::thread> threads;
+  std::atomic<int> ok = 0;
+  std::atomic<int> failed = 0;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 50; ++i) {
+        bool bad = (t * 50 + i) % 10 == 0;
+        Result<void> done = committer.Run([&, bad, v = t * 1000 + i]() -> Result<bool> {
+          db.pending.push_back(v);
+          if (bad) return MakeError(ErrorCode::kInternal, "bad op");
+          return false;
+        });
+        if (done) {
+          ++ok;
+        } else {
+          EXPECT_EQ(done.error().message, "bad op");
+          ++failed;
+        }
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  EXPECT_EQ(failed, 40);
+  EXPECT_EQ(ok, 360);
+  EXPECT_EQ(db.committed.size(), 360u);  // each good op exactly once
+  EXPECT_EQ(std::set<int>(db.committed.begin(), db.committed.end()).size(), 360u);
+}
+
+TEST(GroupCommitterTest, FailedCommitFailsTheWholeBatch) {
+  int commits = 0;
+  GroupCommitter committer({.begin = [] { return Result<void>(); },
+                            .commit = [&](bool) -> Result<void> {
+                              ++commits;
+                              return MakeError(ErrorCode::kUnavailable, "disk gone");
+                            },
+                            .rollback = [] {},
+                            .committed = [](bool) {}},
+                           8);
+  Result<void> done = committer.Run([]() -> Result<bool> { return false; });
+  ASSERT_FALSE(done);
+  EXPECT_EQ(done.error().code, ErrorCode::kUnavailable);
+  EXPECT_EQ(commits, 1);  // not retried: the outcome of a failed commit is unknown
+  EXPECT_EQ(committer.stats().transactions, 0u);
+}
+
+}  // namespace
+}  // namespace keel::jobs

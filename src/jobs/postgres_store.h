@@ -1,0 +1,31 @@
+// The scale-out job store on PostgreSQL, through libpq.
+//
+// Writes go through four commit lanes, each a connection and a committer
+// thread that batches concurrent operations into one transaction (group
+// commit; commits are durable with the server's default
+// synchronous_commit=on). Lanes let round trips overlap. Claims use FOR UPDATE SKIP LOCKED, so any
+// number of processes on any number of machines can claim from one queue
+// without blocking each other or getting the same job. A commit that made
+// work claimable sends NOTIFY keel_jobs; each store LISTENs on its own
+// connection and wakes its waiting claimers. Reads use a small pool of
+// connections. Times come from the server's clock.
+#ifndef KEEL_JOBS_POSTGRES_STORE_H_
+#define KEEL_JOBS_POSTGRES_STORE_H_
+
+#include <memory>
+#include <string>
+
+#include "jobs/store.h"
+#include "keel/status.h"
+
+namespace keel::jobs {
+
+// Connects to `url` (a libpq connection URL or key=value string) and creates
+// the schema if absent (tables keel_modules and keel_jobs in the first
+// schema of the search_path). Returns the store; kUnavailable if the server
+// cannot be reached, kInternal if the schema cannot be created.
+[[nodiscard]] Result<std::unique_ptr<JobStore>> OpenPostgresStore(const std::string& url);
+
+}  // namespace keel::jobs
+
+#endif  // KEEL_JOBS_POSTGRES_STORE_H_

@@ -1,0 +1,773 @@
+// The same behaviour suite over both stores. The PostgreSQL half needs a
+// server: KEEL_TEST_PG_URL (scripts/pg-test-server prints it); without it
+// those tests are skipped. Each PostgreSQL test gets its own schema.
+#include "jobs/store.h"
+
+#include <gtest/gtest.h>
+#include <libpq-fe.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "base/sha256.h"
+
+namespace keel::jobs {
+namespace {
+
+using std::chrono::milliseconds;
+using namespace std::chrono_literals;
+using namespace std::string_view_literals;
+
+enum class Backend { kSqlite, kPostgres };
+
+std::vector<uint8_t> Bytes(std::string_view text) {
+  return std::vector<uint8_t>(text.begin(), text.end());
+}
+
+constexpr char kClaimerVar[] = "KEEL_JOBS_TEST_CLAIMER";
+
+// The claiming child of ConcurrentProcessesNeverGetTheSameJob: claims from
+// `store` until nothing is left and writes the ids to `out`, one a line.
+// Returns the exit status.
+int RunClaimer(const std::string& store_name, const std::string& out_path) {
+  Result<std::unique_ptr<JobStore>> store = OpenStore(store_name);
+  if (!store) return 1;
+  std::ofstream out(out_path);
+  ClaimRequest request;
+  request.runner = "child-" + std::to_string(getpid());
+  request.max_jobs = 2;
+  while (true) {
+    Result<std::vector<ClaimedJob>> claimed = (*store)->Claim(request);
+    if (!claimed) return 2;
+    if (claimed->empty()) return out.good() ? 0 : 3;
+    for (const ClaimedJob& job : *claimed) out << job.id << "\n";
+  }
+}
+
+// In a child started by SpawnClaimer, claim and exit before any test runs.
+[[maybe_unused]] const bool kIsClaimer = [] {
+  const char* spec = std::getenv(kClaimerVar);
+  if (spec == nullptr) return false;
+  std::string_view text(spec);
+  size_t tab = text.find('\t');
+  std::exit(RunClaimer(std::string(text.substr(0, tab)), std::string(text.substr(tab + 1))));
+}();
+
+// Starts this test binary as a claimer child; returns its pid, or -1.
+pid_t SpawnClaimer(const std::string& store_name, const std::string& out_path) {
+  std::string var = std::string(kClaimerVar) + "=" + store_name + "\t" + out_path;
+  std::vector<char*> env;
+  for (char** e = environ; *e != nullptr; ++e) env.push_back(*e);
+  env.push_back(var.data());
+  env.push_back(nullptr);
+  char arg0[] = "keel_jobs_test";
+  char* argv[] = {arg0, nullptr};
+  pid_t pid = -1;
+  if (posix_spawn(&pid, "/proc/self/exe", nullptr, nullptr, argv, env.data()) != 0) return -1;
+  return pid;
+}
+
+// Runs one SQL command on the server of `url`; fails the test on error.
+void PgCommand(const std::string& url, const std::string& sql) {
+  PGconn* conn = PQconnectdb(url.c_str());
+  ASSERT_EQ(PQstatus(conn), CONNECTION_OK) << PQerrorMessage(conn);
+  PQsetNoticeProcessor(
+      conn, [](void*, const char*) {}, nullptr);  // "drop cascades to ..."
+  PGresult* result = PQexec(conn, sql.c_str());
+  EXPECT_EQ(PQresultStatus(result), PGRES_COMMAND_OK) << PQresultErrorMessage(result);
+  PQclear(result);
+  PQfinish(conn);
+}
+
+class StoreTest : public ::testing::TestWithParam<Backend> {
+ protected:
+  void SetUp() override {
+    static int counter = 0;
+    std::string unique = std::to_string(getpid()) + "_" + std::to_string(++counter);
+    if (GetParam() == Backend::kPostgres) {
+      const char* url = std::getenv("KEEL_TEST_PG_URL");
+      if (url == nullptr || url[0] == '\0') {
+        GTEST_SKIP() << "KEEL_TEST_PG_URL is not set (start a server with "
+                        "scripts/pg-test-server)";
+      }
+      pg_url_ = url;
+      schema_ = "keel_test_" + unique;
+      ASSERT_NO_FATAL_FAILURE(PgCommand(pg_url_, "CREATE SCHEMA " + schema_));
+      name_ = pg_url_ + (pg_url_.find('?') == std::string::npos ? "?" : "&") +
+              "options=-csearch_path%3D" + schema_;
+    } else {
+      dir_ = std::filesystem::temp_directory_path() / ("keel_jobs_test_" + unique);
+      std::filesystem::remove_all(dir_);
+      name_ = dir_.string();
+    }
+    store_ = Open();
+    ASSERT_NE(store_, nullptr);
+    Result<std::string> digest = store_->PutModule(Bytes("\0asm module bytes"sv));
+    ASSERT_TRUE(digest) << digest.error().ToString();
+    module_ = *digest;
+  }
+
+  void TearDown() override {
+    store_.reset();
+    if (!schema_.empty()) PgCommand(pg_url_, "DROP SCHEMA " + schema_ + " CASCADE");
+    if (!dir_.empty()) std::filesystem::remove_all(dir_);
+  }
+
+  std::unique_ptr<JobStore> Open() {
+    Result<std::unique_ptr<JobStore>> store = OpenStore(name_);
+    EXPECT_TRUE(store) << store.error().ToString();
+    return store ? std::move(*store) : nullptr;
+  }
+
+  JobSpec Spec(std::string_view input = "in") const {
+    JobSpec spec;
+    spec.module_digest = module_;
+    spec.export_name = "run";
+    spec.input = Bytes(input);
+    spec.deadline = 5s;
+    spec.max_attempts = 3;
+    spec.retry_backoff = 0ms;
+    return spec;
+  }
+
+  std::string SubmitOk(const JobSpec& spec) {
+    Result<SubmitResult> submitted = store_->Submit(spec);
+    EXPECT_TRUE(submitted) << submitted.error().ToString();
+    return submitted ? submitted->id : std::string();
+  }
+
+  std::vector<ClaimedJob> ClaimOk(JobStore& store, size_t max_jobs, milliseconds lease = 30s,
+                                  std::string runner = "runner-a") {
+    ClaimRequest request;
+    request.runner = std::move(runner);
+    request.max_jobs = max_jobs;
+    request.lease = lease;
+    Result<std::vector<ClaimedJob>> claimed = store.Claim(request);
+    EXPECT_TRUE(claimed) << claimed.error().ToString();
+    return claimed ? std::move(*claimed) : std::vector<ClaimedJob>();
+  }
+
+  // Claims until a job comes back or 20 s pass (leases and backoff expire
+  // on the store's clock; no exact timing is assumed).
+  std::vector<ClaimedJob> ClaimEventually(JobStore& store, milliseconds lease, std::string runner) {
+    auto give_up = std::chrono::steady_clock::now() + 20s;
+    while (std::chrono::steady_clock::now() < give_up) {
+      ClaimRequest request;
+      request.runner = runner;
+      request.lease = lease;
+      request.wait = 100ms;
+      Result<std::vector<ClaimedJob>> claimed = store.Claim(request);
+      EXPECT_TRUE(claimed) << claimed.error().ToString();
+      if (!claimed || !claimed->empty()) return claimed ? *claimed : std::vector<ClaimedJob>();
+    }
+    return {};
+  }
+
+  Job GetOk(std::string_view id) {
+    Result<Job> job = store_->Get(id);
+    EXPECT_TRUE(job) << job.error().ToString();
+    return job ? *job : Job();
+  }
+
+  std::string pg_url_;
+  std::string schema_;
+  std::filesystem::path dir_;
+  std::string name_;
+  std::unique_ptr<JobStore> store_;
+  std::string module_;
+};
+
+TEST_P(StoreTest, ModulesAreContentAddressed) {
+  std::vector<uint8_t> bytes(1 << 20);
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<uint8_t>(i * 7);
+  Result<std::string> digest = store_->PutModule(bytes);
+  ASSERT_TRUE(digest) << digest.error().ToString();
+  EXPECT_EQ(*digest, Sha256Hex(bytes));
+  EXPECT_EQ(store_->PutModule(bytes), *digest);  // same bytes, same digest
+  Result<std::vector<uint8_t>> back = store_->GetModule(*digest);
+  ASSERT_TRUE(back) << back.error().ToString();
+  EXPECT_EQ(*back, bytes);
+
+  Result<std::string> empty = store_->PutModule({});
+  ASSERT_TRUE(empty);
+  EXPECT_EQ(store_->GetModule(*empty), std::vector<uint8_t>());
+
+  EXPECT_EQ(store_->GetModule(std::string(64, 'a')).error().code, ErrorCode::kNotFound);
+  EXPECT_EQ(store_->GetModule("not-a-digest").error().code, ErrorCode::kInvalidArgument);
+}
+
+TEST_P(StoreTest, SubmitThenGetReturnsTheCommittedJob) {
+  JobSpec spec = Spec(std::string_view("\0binary\xff", 8));
+  spec.deadline = 1234ms;
+  spec.max_attempts = 7;
+  spec.retry_backoff = 250ms;
+  auto before = Clock::now() - 1s;
+  Result<SubmitResult> submitted = store_->Submit(spec);
+  ASSERT_TRUE(submitted) << submitted.error().ToString();
+  EXPECT_TRUE(submitted->created);
+  EXPECT_EQ(submitted->id.size(), 26u);
+
+  Job job = GetOk(submitted->id);
+  EXPECT_EQ(job.id, submitted->id);
+  EXPECT_EQ(job.state, JobState::kQueued);
+  EXPECT_EQ(job.attempts, 0u);
+  EXPECT_FALSE(job.cancel_requested);
+  EXPECT_EQ(job.spec.module_digest, module_);
+  EXPECT_EQ(job.spec.export_name, "run");
+  EXPECT_EQ(job.spec.input, spec.input);
+  EXPECT_EQ(job.spec.deadline, 1234ms);
+  EXPECT_EQ(job.spec.max_attempts, 7u);
+  EXPECT_EQ(job.spec.retry_backoff, 250ms);
+  EXPECT_TRUE(job.spec.idempotency_key.empty());
+  EXPECT_GT(job.created_at, before);
+  EXPECT_LT(job.created_at, Clock::now() + 1s);
+  EXPECT_FALSE(job.lease_until);
+  EXPECT_FALSE(job.finished_at);
+  EXPECT_FALSE(job.error);
+
+  EXPECT_EQ(store_->Get("01NOSUCHJOB0000000000000000").error().code, ErrorCode::kNotFound);
+}
+
+TEST_P(StoreTest, SubmitRejectsMalformedSpecsAndUnknownModules) {
+  JobSpec spec = Spec();
+  spec.export_name.clear();
+  EXPECT_EQ(store_->Submit(spec).error().code, ErrorCode::kInvalidArgument);
+  spec = Spec();
+  spec.max_attempts = 0;
+  EXPECT_EQ(store_->Submit(spec).error().code, ErrorCode::kInvalidArgument);
+  spec = Spec();
+  spec.deadline = 0ms;
+  EXPECT_EQ(store_->Submit(spec).error().code, ErrorCode::kInvalidArgument);
+  spec = Spec();
+  spec.module_digest = "xyz";
+  EXPECT_EQ(store_->Submit(spec).error().code, ErrorCode::kInvalidArgument);
+  spec = Spec();
+  spec.module_digest = std::string(64, 'b');
+  EXPECT_EQ(store_->Submit(spec).error().code, ErrorCode::kNotFound);
+  EXPECT_EQ(store_->CountByState()->at(static_cast<size_t>(JobState::kQueued)), 0);
+}
+
+TEST_P(StoreTest, IdempotencyKeyAdmitsOneJob) {
+  JobSpec spec = Spec();
+  spec.idempotency_key = "order-17";
+  Result<SubmitResult> first = store_->Submit(spec);
+  ASSERT_TRUE(first);
+  EXPECT_TRUE(first->created);
+  Result<SubmitResult> second = store_->Submit(spec);
+  ASSERT_TRUE(second);
+  EXPECT_FALSE(second->created);
+  EXPECT_EQ(second->id, first->id);
+  EXPECT_EQ(GetOk(first->id).spec.idempotency_key, "order-17");
+
+  // Racing submitters with one key: exactly one creates it, all see its id.
+  spec.idempotency_key = "race";
+  std::vector<Result<SubmitResult>> results(16);
+  std::vector<std::thread> threads;
+  for (auto& result : results) {
+    threads.emplace_back([&] { result = store_->Submit(spec); });
+  }
+  for (auto& thread : threads) thread.join();
+  int created = 0;
+  for (auto& result : results) {
+    ASSERT_TRUE(result) << result.error().ToString();
+    EXPECT_EQ(result->id, results[0]->id);
+    created += result->created;
+  }
+  EXPECT_EQ(created, 1);
+
+  // Jobs without a key never collide.
+  EXPECT_NE(SubmitOk(Spec()), SubmitOk(Spec()));
+  EXPECT_EQ(store_->CountByState()->at(static_cast<size_t>(JobState::kQueued)), 4);
+}
+
+TEST_P(StoreTest, ClaimLeasesJobsInSubmitOrder) {
+  std::vector<std::string> ids;
+  for (int i = 0; i < 5; ++i) ids.push_back(SubmitOk(Spec("job" + std::to_string(i))));
+
+  std::vector<ClaimedJob> first = ClaimOk(*store_, 2);
+  ASSERT_EQ(first.size(), 2u);
+  EXPECT_EQ(first[0].id, ids[0]);
+  EXPECT_EQ(first[1].id, ids[1]);
+  EXPECT_EQ(first[0].attempt, 1u);
+  EXPECT_EQ(first[0].spec.input, Bytes("job0"));
+  EXPECT_EQ(first[0].spec.export_name, "run");
+  EXPECT_EQ(first[0].spec.deadline, 5s);
+  EXPECT_GT(first[0].lease_until, Clock::now() + 20s);
+
+  std::vector<ClaimedJob> rest = ClaimOk(*store_, 10);
+  ASSERT_EQ(rest.size(), 3u);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(rest[i].id, ids[i + 2]);
+  EXPECT_TRUE(ClaimOk(*store_, 10).empty());
+
+  Job job = GetOk(ids[0]);
+  EXPECT_EQ(job.state, JobState::kRunning);
+  EXPECT_EQ(job.attempts, 1u);
+  EXPECT_EQ(job.runner, "runner-a");
+  ASSERT_TRUE(job.lease_until);
+  EXPECT_EQ(*job.lease_until, first[0].lease_until);
+}
+
+TEST_P(StoreTest, ClaimRejectsMalformedRequests) {
+  ClaimRequest request;
+  EXPECT_EQ(store_->Claim(request).error().code, ErrorCode::kInvalidArgument);  // no runner
+  request.runner = "r";
+  request.max_jobs = 0;
+  EXPECT_EQ(store_->Claim(request).error().code, ErrorCode::kInvalidArgument);
+  request.max_jobs = 1;
+  request.lease = 0ms;
+  EXPECT_EQ(store_->Claim(request).error().code, ErrorCode::kInvalidArgument);
+}
+
+TEST_P(StoreTest, RetriedJobWaitsForItsBackoff) {
+  JobSpec slow = Spec("retried");
+  slow.retry_backoff = 300ms;
+  std::string retried = SubmitOk(slow);
+  std::vector<ClaimedJob> claimed = ClaimOk(*store_, 1);
+  ASSERT_EQ(claimed.size(), 1u);
+  Result<JobState> state = store_->Complete(
+      retried, 1, Outcome::Failed(Error(ErrorCode::kTrap, "boom"), /*retry=*/true));
+  ASSERT_TRUE(state) << state.error().ToString();
+  EXPECT_EQ(*state, JobState::kQueued);
+
+  // A later job is claimable at once; the retried one only after backoff.
+  std::string later = SubmitOk(Spec("later"));
+  std::vector<ClaimedJob> next = ClaimOk(*store_, 10);
+  ASSERT_EQ(next.size(), 1u);
+  EXPECT_EQ(next[0].id, later);
+
+  Job job = GetOk(retried);
+  EXPECT_EQ(job.state, JobState::kQueued);
+  EXPECT_EQ(job.not_before - job.updated_at, 300ms);
+  ASSERT_TRUE(job.error);
+  EXPECT_EQ(job.error->code, ErrorCode::kTrap);
+  EXPECT_EQ(job.error->message, "boom");
+
+  std::vector<ClaimedJob> again = ClaimEventually(*store_, 30s, "runner-b");
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].id, retried);
+  EXPECT_EQ(again[0].attempt, 2u);
+  EXPECT_GE(Clock::now(), job.not_before);
+}
+
+TEST_P(StoreTest, BackoffDoublesPerAttemptAndExhaustedAttemptsAreDead) {
+  JobSpec spec = Spec();
+  spec.max_attempts = 3;
+  spec.retry_backoff = 10ms;
+  std::string id = SubmitOk(spec);
+  for (uint32_t attempt = 1; attempt <= 3; ++attempt) {
+    std::vector<ClaimedJob> claimed = ClaimEventually(*store_, 30s, "runner-a");
+    ASSERT_EQ(claimed.size(), 1u);
+    EXPECT_EQ(claimed[0].attempt, attempt);
+    Result<JobState> state = store_->Complete(
+        id, attempt, Outcome::TimedOut(Error(ErrorCode::kDeadlineExceeded, "slow"), true));
+    ASSERT_TRUE(state) << state.error().ToString();
+    Job job = GetOk(id);
+    if (attempt < 3) {
+      EXPECT_EQ(*state, JobState::kQueued);
+      EXPECT_EQ(job.not_before - job.updated_at, 10ms * (1 << (attempt - 1)));
+      EXPECT_FALSE(job.finished_at);
+    } else {
+      EXPECT_EQ(*state, JobState::kDead);
+      EXPECT_EQ(job.state, JobState::kDead);
+      EXPECT_EQ(job.attempts, 3u);
+      ASSERT_TRUE(job.finished_at);
+      ASSERT_TRUE(job.error);
+      EXPECT_EQ(job.error->code, ErrorCode::kDeadlineExceeded);
+    }
+  }
+  EXPECT_TRUE(ClaimOk(*store_, 1).empty());
+}
+
+TEST_P(StoreTest, BackoffIsCapped) {
+  JobSpec spec = Spec();
+  spec.retry_backoff = 2 * kMaxRetryDelay;
+  std::string id = SubmitOk(spec);
+  ASSERT_EQ(ClaimOk(*store_, 1).size(), 1u);
+  EXPECT_EQ(store_->Complete(id, 1, Outcome::Failed(Error(ErrorCode::kTrap, "t"), true)),
+            JobState::kQueued);
+  Job job = GetOk(id);
+  EXPECT_EQ(job.not_before - job.updated_at, kMaxRetryDelay);
+}
+
+TEST_P(StoreTest, OutcomesEndJobsInTheirStates) {
+  std::string ok = SubmitOk(Spec("a"));
+  std::string failed = SubmitOk(Spec("b"));
+  std::string timed_out = SubmitOk(Spec("c"));
+  ASSERT_EQ(ClaimOk(*store_, 3).size(), 3u);
+
+  EXPECT_EQ(store_->Complete(ok, 1, Outcome::Succeeded(Bytes("out"))), JobState::kSucceeded);
+  EXPECT_EQ(
+      store_->Complete(failed, 1, Outcome::Failed(Error(ErrorCode::kNotFound, "no export"), false)),
+      JobState::kFailed);
+  EXPECT_EQ(store_->Complete(timed_out, 1,
+                             Outcome::TimedOut(Error(ErrorCode::kDeadlineExceeded, "late"), false)),
+            JobState::kTimedOut);
+
+  Job job = GetOk(ok);
+  EXPECT_EQ(job.state, JobState::kSucceeded);
+  EXPECT_EQ(job.result, Bytes("out"));
+  EXPECT_FALSE(job.error);
+  EXPECT_FALSE(job.lease_until);
+  ASSERT_TRUE(job.finished_at);
+  job = GetOk(failed);
+  EXPECT_EQ(job.state, JobState::kFailed);
+  ASSERT_TRUE(job.error);
+  EXPECT_EQ(job.error->code, ErrorCode::kNotFound);
+  EXPECT_EQ(job.error->message, "no export");
+  EXPECT_EQ(GetOk(timed_out).state, JobState::kTimedOut);
+
+  // A finished job's lease is gone.
+  EXPECT_EQ(store_->Complete(ok, 1, Outcome::Succeeded({})).error().code,
+            ErrorCode::kFailedPrecondition);
+  EXPECT_EQ(store_->Complete("01NOSUCHJOB0000000000000000", 1, Outcome::Succeeded({})).error().code,
+            ErrorCode::kNotFound);
+}
+
+TEST_P(StoreTest, ConcurrentClaimersNeverGetTheSameJob) {
+  constexpr int kJobs = 300;
+  for (int i = 0; i < kJobs; ++i) SubmitOk(Spec(std::to_string(i)));
+  // Two store objects: separate connections, as two processes would have.
+  std::unique_ptr<JobStore> other = Open();
+  ASSERT_NE(other, nullptr);
+
+  std::vector<std::vector<std::string>> seen(6);
+  std::vector<std::thread> threads;
+  for (size_t t = 0; t < seen.size(); ++t) {
+    threads.emplace_back([&, t] {
+      JobStore& store = t % 2 == 0 ? *store_ : *other;
+      while (true) {
+        std::vector<ClaimedJob> claimed = ClaimOk(store, 3, 30s, "runner-" + std::to_string(t));
+        if (claimed.empty()) return;
+        for (auto& job : claimed) {
+          seen[t].push_back(job.id);
+          EXPECT_TRUE(store.Complete(job.id, job.attempt, Outcome::Succeeded({})));
+        }
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  std::multiset<std::string> all;
+  for (auto& ids : seen) all.insert(ids.begin(), ids.end());
+  EXPECT_EQ(all.size(), static_cast<size_t>(kJobs));
+  EXPECT_EQ(std::set<std::string>(all.begin(), all.end()).size(), all.size());
+  EXPECT_EQ(store_->CountByState()->at(static_cast<size_t>(JobState::kSucceeded)), kJobs);
+}
+
+// Children are real processes (this binary, re-executed) with their own
+// store; they only claim, so the parent can check no job was claimed twice.
+TEST_P(StoreTest, ConcurrentProcessesNeverGetTheSameJob) {
+  constexpr int kJobs = 200;
+  constexpr int kChildren = 3;
+  for (int i = 0; i < kJobs; ++i) SubmitOk(Spec(std::to_string(i)));
+  std::filesystem::path out_dir =
+      std::filesystem::temp_directory_path() / ("keel_claims_" + std::to_string(getpid()));
+  std::filesystem::create_directories(out_dir);
+  std::vector<pid_t> children;
+  for (int c = 0; c < kChildren; ++c) {
+    pid_t pid = SpawnClaimer(name_, (out_dir / std::to_string(c)).string());
+    ASSERT_GT(pid, 0);
+    children.push_back(pid);
+  }
+  for (pid_t pid : children) {
+    int status = 0;
+    ASSERT_EQ(waitpid(pid, &status, 0), pid);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  }
+  std::multiset<std::string> all;
+  for (int c = 0; c < kChildren; ++c) {
+    std::ifstream in(out_dir / std::to_string(c));
+    for (std::string id; std::getline(in, id);) all.insert(id);
+  }
+  std::filesystem::remove_all(out_dir);
+  EXPECT_EQ(all.size(), static_cast<size_t>(kJobs));
+  EXPECT_EQ(std::set<std::string>(all.begin(), all.end()).size(), all.size());
+  EXPECT_EQ(store_->CountByState()->at(static_cast<size_t>(JobState::kRunning)), kJobs);
+}
+
+TEST_P(StoreTest, ExpiredLeaseRequeuesTheJob) {
+  std::string id = SubmitOk(Spec());
+  std::vector<ClaimedJob> first = ClaimOk(*store_, 1, 200ms, "crashed-runner");
+  ASSERT_EQ(first.size(), 1u);
+  // The runner "crashes": no heartbeat. Another runner gets the job.
+  std::vector<ClaimedJob> second = ClaimEventually(*store_, 30s, "runner-b");
+  ASSERT_EQ(second.size(), 1u);
+  EXPECT_EQ(second[0].id, id);
+  EXPECT_EQ(second[0].attempt, 2u);
+
+  // The old lease names attempt 1: it can no longer act on the job.
+  EXPECT_EQ(store_->Heartbeat(id, 1, 30s).error().code, ErrorCode::kFailedPrecondition);
+  EXPECT_EQ(store_->Complete(id, 1, Outcome::Succeeded({})).error().code,
+            ErrorCode::kFailedPrecondition);
+  EXPECT_EQ(store_->Complete(id, 2, Outcome::Succeeded(Bytes("r"))), JobState::kSucceeded);
+  Job job = GetOk(id);
+  EXPECT_EQ(job.attempts, 2u);
+  EXPECT_EQ(job.runner, "runner-b");
+}
+
+TEST_P(StoreTest, LeaseExpiryOnTheLastAttemptMakesTheJobDead) {
+  JobSpec spec = Spec();
+  spec.max_attempts = 1;
+  std::string id = SubmitOk(spec);
+  ASSERT_EQ(ClaimOk(*store_, 1, 200ms).size(), 1u);
+  auto give_up = std::chrono::steady_clock::now() + 20s;
+  while (GetOk(id).state == JobState::kRunning && std::chrono::steady_clock::now() < give_up) {
+    EXPECT_TRUE(ClaimOk(*store_, 1).empty());  // claiming reaps expired leases
+    std::this_thread::sleep_for(50ms);
+  }
+  Job job = GetOk(id);
+  EXPECT_EQ(job.state, JobState::kDead);
+  ASSERT_TRUE(job.error);
+  EXPECT_EQ(job.error->code, ErrorCode::kUnavailable);
+}
+
+TEST_P(StoreTest, HeartbeatKeepsTheLease) {
+  std::string id = SubmitOk(Spec());
+  std::vector<ClaimedJob> claimed = ClaimOk(*store_, 1, 300ms);
+  ASSERT_EQ(claimed.size(), 1u);
+  TimePoint lease = claimed[0].lease_until;
+  auto until = std::chrono::steady_clock::now() + 1500ms;
+  while (std::chrono::steady_clock::now() < until) {
+    Result<TimePoint> renewed = store_->Heartbeat(id, 1, 300ms);
+    ASSERT_TRUE(renewed) << renewed.error().ToString();
+    EXPECT_GE(*renewed, lease);
+    lease = *renewed;
+    EXPECT_TRUE(ClaimOk(*store_, 1, 30s, "thief").empty());
+    std::this_thread::sleep_for(50ms);
+  }
+  EXPECT_EQ(GetOk(id).state, JobState::kRunning);
+  EXPECT_EQ(store_->Complete(id, 1, Outcome::Succeeded({})), JobState::kSucceeded);
+  EXPECT_EQ(store_->Heartbeat(id, 1, 300ms).error().code, ErrorCode::kFailedPrecondition);
+  EXPECT_EQ(store_->Heartbeat("01NOSUCHJOB0000000000000000", 1, 300ms).error().code,
+            ErrorCode::kNotFound);
+}
+
+TEST_P(StoreTest, CancelledQueuedJobNeverRuns) {
+  std::string id = SubmitOk(Spec());
+  EXPECT_EQ(store_->Cancel(id), CancelOutcome::kWithdrawn);
+  Job job = GetOk(id);
+  EXPECT_EQ(job.state, JobState::kCancelled);
+  EXPECT_EQ(job.attempts, 0u);
+  ASSERT_TRUE(job.finished_at);
+  EXPECT_TRUE(ClaimOk(*store_, 10).empty());
+  EXPECT_EQ(store_->Cancel(id), CancelOutcome::kTooLate);
+  EXPECT_EQ(store_->Cancel("01NOSUCHJOB0000000000000000").error().code, ErrorCode::kNotFound);
+}
+
+TEST_P(StoreTest, CancelledRunningJobFinishesAndKeepsItsResult) {
+  std::string id = SubmitOk(Spec());
+  ASSERT_EQ(ClaimOk(*store_, 1).size(), 1u);
+  EXPECT_EQ(store_->Cancel(id), CancelOutcome::kDetached);
+  Job job = GetOk(id);
+  EXPECT_EQ(job.state, JobState::kRunning);  // never torn down
+  EXPECT_TRUE(job.cancel_requested);
+  EXPECT_EQ(store_->Cancel(id), CancelOutcome::kDetached);
+  ASSERT_TRUE(store_->Heartbeat(id, 1, 30s));
+
+  EXPECT_EQ(store_->Complete(id, 1, Outcome::Succeeded(Bytes("kept"))), JobState::kCancelled);
+  job = GetOk(id);
+  EXPECT_EQ(job.state, JobState::kCancelled);
+  EXPECT_EQ(job.result, Bytes("kept"));
+  EXPECT_EQ(store_->Cancel(id), CancelOutcome::kTooLate);
+
+  // A retryable failure of a cancelled job is not retried.
+  std::string failing = SubmitOk(Spec());
+  ASSERT_EQ(ClaimOk(*store_, 1).size(), 1u);
+  EXPECT_EQ(store_->Cancel(failing), CancelOutcome::kDetached);
+  EXPECT_EQ(store_->Complete(failing, 1, Outcome::Failed(Error(ErrorCode::kTrap, "t"), true)),
+            JobState::kCancelled);
+  EXPECT_EQ(GetOk(failing).error->code, ErrorCode::kTrap);
+}
+
+TEST_P(StoreTest, CancelledJobWhoseRunnerIsLostEndsCancelled) {
+  std::string id = SubmitOk(Spec());
+  ASSERT_EQ(ClaimOk(*store_, 1, 200ms).size(), 1u);
+  EXPECT_EQ(store_->Cancel(id), CancelOutcome::kDetached);
+  auto give_up = std::chrono::steady_clock::now() + 20s;
+  while (GetOk(id).state == JobState::kRunning && std::chrono::steady_clock::now() < give_up) {
+    EXPECT_TRUE(ClaimOk(*store_, 1).empty());
+    std::this_thread::sleep_for(50ms);
+  }
+  EXPECT_EQ(GetOk(id).state, JobState::kCancelled);
+}
+
+TEST_P(StoreTest, PurgeDeletesOnlyOldFinishedJobs) {
+  JobSpec keyed = Spec();
+  keyed.idempotency_key = "k";
+  std::string done = SubmitOk(keyed);
+  std::string cancelled = SubmitOk(Spec());
+  std::string running = SubmitOk(Spec());
+  std::string queued = SubmitOk(Spec());
+  ASSERT_EQ(ClaimOk(*store_, 1)[0].id, done);
+  ASSERT_EQ(store_->Complete(done, 1, Outcome::Succeeded({})), JobState::kSucceeded);
+  ASSERT_EQ(store_->Cancel(cancelled), CancelOutcome::kWithdrawn);
+  ASSERT_EQ(ClaimOk(*store_, 1)[0].id, running);
+
+  EXPECT_EQ(store_->Purge(std::chrono::hours(1)), 0);  // too recent
+  std::this_thread::sleep_for(20ms);
+  EXPECT_EQ(store_->Purge(10ms), 2);
+  EXPECT_EQ(store_->Get(done).error().code, ErrorCode::kNotFound);
+  EXPECT_EQ(store_->Get(cancelled).error().code, ErrorCode::kNotFound);
+  EXPECT_EQ(GetOk(running).state, JobState::kRunning);
+  EXPECT_EQ(GetOk(queued).state, JobState::kQueued);
+
+  // The purged job's idempotency key is free again.
+  Result<SubmitResult> again = store_->Submit(keyed);
+  ASSERT_TRUE(again);
+  EXPECT_TRUE(again->created);
+  EXPECT_NE(again->id, done);
+}
+
+TEST_P(StoreTest, ListAndCountByState) {
+  std::vector<std::string> ids;
+  for (int i = 0; i < 4; ++i) ids.push_back(SubmitOk(Spec()));
+  ASSERT_EQ(ClaimOk(*store_, 1)[0].id, ids[0]);
+  ASSERT_EQ(store_->Cancel(ids[1]), CancelOutcome::kWithdrawn);
+
+  Result<StateCounts> counts = store_->CountByState();
+  ASSERT_TRUE(counts) << counts.error().ToString();
+  EXPECT_EQ((*counts)[static_cast<size_t>(JobState::kQueued)], 2);
+  EXPECT_EQ((*counts)[static_cast<size_t>(JobState::kRunning)], 1);
+  EXPECT_EQ((*counts)[static_cast<size_t>(JobState::kCancelled)], 1);
+  EXPECT_EQ((*counts)[static_cast<size_t>(JobState::kSucceeded)], 0);
+
+  Result<std::vector<Job>> all = store_->List({});
+  ASSERT_TRUE(all) << all.error().ToString();
+  ASSERT_EQ(all->size(), 4u);
+  EXPECT_EQ((*all)[0].id, ids[3]);            // newest first
+  EXPECT_TRUE((*all)[0].spec.input.empty());  // List leaves payloads out
+
+  ListFilter filter;
+  filter.state = JobState::kQueued;
+  filter.newest_first = false;
+  Result<std::vector<Job>> queued = store_->List(filter);
+  ASSERT_TRUE(queued);
+  ASSERT_EQ(queued->size(), 2u);
+  EXPECT_EQ((*queued)[0].id, ids[2]);
+  EXPECT_EQ((*queued)[1].id, ids[3]);
+  filter.limit = 1;
+  EXPECT_EQ(store_->List(filter)->size(), 1u);
+}
+
+TEST_P(StoreTest, WaitingClaimerWakesOnSubmit) {
+  std::unique_ptr<JobStore> other = Open();  // on PostgreSQL, woken by NOTIFY
+  ASSERT_NE(other, nullptr);
+  for (JobStore* claimer : {store_.get(), other.get()}) {
+    std::atomic<bool> started = false;
+    Result<std::vector<ClaimedJob>> claimed;
+    std::thread waiter([&] {
+      ClaimRequest request;
+      request.runner = "waiter";
+      request.wait = 20s;
+      started = true;
+      claimed = claimer->Claim(request);
+    });
+    while (!started) std::this_thread::yield();
+    std::this_thread::sleep_for(100ms);
+    std::string id = SubmitOk(Spec());
+    waiter.join();
+    ASSERT_TRUE(claimed) << claimed.error().ToString();
+    ASSERT_EQ(claimed->size(), 1u);
+    EXPECT_EQ((*claimed)[0].id, id);
+  }
+  // With nothing to claim, the wait ends empty.
+  ClaimRequest request;
+  request.runner = "waiter";
+  request.wait = 300ms;
+  Result<std::vector<ClaimedJob>> none = store_->Claim(request);
+  ASSERT_TRUE(none);
+  EXPECT_TRUE(none->empty());
+}
+
+TEST_P(StoreTest, ReopenedStoreHasEverythingCommitted) {
+  JobSpec keyed = Spec("keyed");
+  keyed.idempotency_key = "durable";
+  std::string queued = SubmitOk(keyed);
+  std::string done = SubmitOk(Spec("done"));
+  std::string running = SubmitOk(Spec("running"));
+  ASSERT_EQ(store_->Cancel(queued), CancelOutcome::kWithdrawn);
+  std::vector<ClaimedJob> claimed = ClaimOk(*store_, 2);
+  ASSERT_EQ(claimed.size(), 2u);
+  ASSERT_EQ(store_->Complete(done, 1, Outcome::Succeeded(Bytes("result"))), JobState::kSucceeded);
+
+  store_.reset();
+  store_ = Open();
+  ASSERT_NE(store_, nullptr);
+  EXPECT_EQ(GetOk(queued).state, JobState::kCancelled);
+  Job job = GetOk(done);
+  EXPECT_EQ(job.state, JobState::kSucceeded);
+  EXPECT_EQ(job.result, Bytes("result"));
+  EXPECT_EQ(GetOk(running).state, JobState::kRunning);
+  EXPECT_EQ(store_->GetModule(module_)->size(), 17u);
+  Result<SubmitResult> again = store_->Submit(keyed);
+  ASSERT_TRUE(again);
+  EXPECT_FALSE(again->created);
+  EXPECT_EQ(again->id, queued);
+  EXPECT_EQ(store_->Complete(running, 1, Outcome::Succeeded({})), JobState::kSucceeded);
+}
+
+// Group commit: concurrent submits share transactions. Prints the rate; the
+// only assertion is that batching happened, not a speed.
+TEST_P(StoreTest, ConcurrentSubmitsShareCommits) {
+  constexpr int kThreads = 32;
+  constexpr int kPerThread = 50;
+  CommitStats before = store_->commit_stats();
+  auto start = std::chrono::steady_clock::now();
+  std::vector<std::thread> threads;
+  std::atomic<int> failures = 0;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < kPerThread; ++i) {
+        if (!store_->Submit(Spec())) ++failures;
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  CommitStats after = store_->commit_stats();
+  uint64_t transactions = after.transactions - before.transactions;
+  uint64_t operations = after.operations - before.operations;
+  EXPECT_EQ(failures, 0);
+  EXPECT_EQ(operations, static_cast<uint64_t>(kThreads * kPerThread));
+  EXPECT_LT(transactions, operations);
+  std::printf("[ info ] %d submits from %d threads: %.0f jobs/s, %.1f jobs per commit\n",
+              kThreads * kPerThread, kThreads, kThreads * kPerThread / seconds,
+              static_cast<double>(operations) / static_cast<double>(transactions));
+}
+
+INSTANTIATE_TEST_SUITE_P(Stores, StoreTest, ::testing::Values(Backend::kSqlite, Backend::kPostgres),
+                         [](const ::testing::TestParamInfo<Backend>& info) {
+                           return info.param == Backend::kSqlite ? "Sqlite" : "Postgres";
+                         });
+
+TEST(OpenStoreTest, DirectoryMeansSqliteFileInIt) {
+  std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / ("keel_open_" + std::to_string(getpid())) / "nested";
+  Result<std::unique_ptr<JobStore>> store = OpenStore(dir.string());
+  ASSERT_TRUE(store) << store.error().ToString();
+  EXPECT_TRUE(std::filesystem::exists(dir / "keel.db"));
+  store->reset();
+  std::filesystem::remove_all(dir.parent_path());
+  EXPECT_EQ(OpenStore("").error().code, ErrorCode::kInvalidArgument);
+}
+
+TEST(OpenStoreTest, UnreachablePostgresIsUnavailable) {
+  Result<std::unique_ptr<JobStore>> store =
+      OpenStore("postgresql://nobody@127.0.0.1:1/none?connect_timeout=2");
+  ASSERT_FALSE(store);
+  EXPECT_EQ(store.error().code, ErrorCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace keel::jobs

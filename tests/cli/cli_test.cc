@@ -1,0 +1,112 @@
+// The `keel` command as a user meets it: a real process, real exit codes.
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "testing/subprocess.h"
+
+namespace keel {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
+using testing::ProcessResult;
+using testing::RunProcess;
+
+std::string Fixture(const std::string& name) { return std::string(KEEL_FIXTURE_DIR) + "/" + name + ".wasm"; }
+std::string Guest(const std::string& name) { return std::string(KEEL_GUEST_DIR) + "/" + name + ".wasm"; }
+
+ProcessResult Keel(std::vector<std::string> args, const std::string& input = "") {
+  args.insert(args.begin(), KEEL_BIN);
+  return RunProcess(args, input);
+}
+
+TEST(CliTest, InspectPrintsSignatures) {
+  ProcessResult r = Keel({"inspect", Fixture("engine_host")});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("host.mix: func (i64, f32, f64) -> (f64, i64)"));
+  EXPECT_THAT(r.out, HasSubstr("call_add3: func (i32, i32, i32) -> (i32)"));
+  EXPECT_THAT(r.out, HasSubstr("memory: memory"));
+}
+
+TEST(CliTest, InspectRejectsHostileBytes) {
+  auto dir = std::filesystem::temp_directory_path() / ("keel-cli-" + std::to_string(getpid()));
+  std::filesystem::create_directories(dir);
+  std::string path = (dir / "junk.wasm").string();
+  std::ofstream(path) << "\x7f" "ELF not wasm";
+  ProcessResult r = Keel({"inspect", path});
+  EXPECT_EQ(r.exit_code, 65);
+  EXPECT_THAT(r.err, HasSubstr("not a WebAssembly module"));
+  EXPECT_EQ(Keel({"inspect", (dir / "missing.wasm").string()}).exit_code, 66);
+  std::filesystem::remove_all(dir);
+}
+
+TEST(CliTest, RunInvokePrintsResultsExactly) {
+  ProcessResult r = Keel({"run", Fixture("engine_basic"), "--invoke", "swap", "-7",
+                          "-9223372036854775808", "-0", "0.1"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "0.1\n-0\n-9223372036854775808\n-7\n");
+  r = Keel({"run", "--invoke", "add", Fixture("engine_basic"), "40", "2"});  // options first
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "42\n");
+}
+
+TEST(CliTest, ExitCodes) {
+  EXPECT_EQ(Keel({"run"}).exit_code, 64);
+  EXPECT_EQ(Keel({"run", Fixture("engine_basic"), "--invoke", "add", "1"}).exit_code, 64);
+  EXPECT_EQ(Keel({"run", Fixture("engine_basic"), "--invoke", "add", "1", "x"}).exit_code, 64);
+  EXPECT_EQ(Keel({"run", Fixture("engine_basic"), "--invoke", "nope"}).exit_code, 64);
+  EXPECT_EQ(Keel({"run", Fixture("invalid_body"), "--invoke", "f"}).exit_code, 65);
+  EXPECT_EQ(Keel({"run", Fixture("engine_host"), "--invoke", "gate", "1"}).exit_code, 65);
+  EXPECT_EQ(Keel({"run", "/nonexistent.wasm", "--invoke", "f"}).exit_code, 66);
+  ProcessResult trap = Keel({"run", Fixture("engine_basic"), "--invoke", "div_s", "1", "0"});
+  EXPECT_EQ(trap.exit_code, 134);
+  EXPECT_THAT(trap.err, HasSubstr("integer_divide_by_zero"));
+  EXPECT_THAT(trap.err, HasSubstr("wasm backtrace"));
+  ProcessResult slow = Keel({"run", Fixture("engine_basic"), "--invoke", "spin", "--timeout", "100ms"});
+  EXPECT_EQ(slow.exit_code, 124);
+  EXPECT_THAT(slow.err, HasSubstr("deadline_exceeded"));
+  EXPECT_EQ(Keel({"run", Fixture("engine_basic"), "--invoke", "spin", "--timeout", "soon"}).exit_code, 64);
+}
+
+TEST(CliTest, RunsWasiProgramsWithArgsEnvAndStdio) {
+  ProcessResult r = Keel({"run", Guest("hello"), "--env", "GREETING=hi", "--", "one", "two words"},
+                         "from stdin");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("argv[1]=one"));
+  EXPECT_THAT(r.out, HasSubstr("argv[2]=two words"));
+  EXPECT_THAT(r.out, HasSubstr("GREETING=hi"));
+  EXPECT_THAT(r.out, HasSubstr("from stdin"));
+}
+
+TEST(CliTest, ProgramExitCodeBecomesTheProcessExitCode) {
+  ProcessResult r = Keel({"run", Guest("hello"), "--", "exit=3"});
+  EXPECT_EQ(r.exit_code, 3) << r.out << r.err;
+}
+
+TEST(CliTest, ByteCallFromFileOrStdin) {
+  ProcessResult r = Keel({"run", Guest("sha256"), "--invoke", "hash", "--input", "-"}, "abc");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  ProcessResult bad = Keel({"run", Guest("json_transform"), "--invoke", "transform", "--input", "-"}, "{oops");
+  EXPECT_EQ(bad.exit_code, 134);
+  EXPECT_THAT(bad.err, HasSubstr("invalid JSON"));
+}
+
+TEST(CliTest, PreopensAreOffUnlessAsked) {
+  auto dir = std::filesystem::temp_directory_path() / ("keel-cli-dir-" + std::to_string(getpid()));
+  std::filesystem::create_directories(dir);
+  // The hostile guest tries to escape every preopen it is given.
+  ProcessResult r = Keel({"run", "--dir", dir.string() + "::/sandbox", Guest("hostile_path_escape")});
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace keel
