@@ -62,6 +62,27 @@ class Gate {
   bool entered_ = false;
 };
 
+// Asks for an interrupt of `tag` every millisecond until destroyed: the
+// request only lands once the call with that tag is running.
+class RepeatedInterrupt {
+ public:
+  RepeatedInterrupt(std::shared_ptr<Interrupter> interrupter, uint64_t tag)
+      : thread_([this, interrupter, tag] {
+          while (!stop_.load()) {
+            interrupter->Request(tag);
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+          }
+        }) {}
+  ~RepeatedInterrupt() {
+    stop_ = true;
+    thread_.join();
+  }
+
+ private:
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
 class EngineTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -375,19 +396,12 @@ TEST_F(EngineTest, InterruptStopsAnInfiniteLoopFromAnotherThread) {
   auto instance = Instantiate(module);
   auto interrupter = ctx_->interrupter();
   uint64_t tag = NextTag();
-  std::atomic<bool> stop{false};
-  std::thread killer([&] {
-    // Keep asking until the call is running: the request only lands on the
-    // call with this tag.
-    while (!stop.load()) {
-      interrupter->Request(tag);
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
-  });
-  auto func = instance->Lookup("spin");
-  auto r = instance->Call(*func, {}, {}, tag);
-  stop = true;
-  killer.join();
+  Result<void> r;
+  {
+    RepeatedInterrupt killer(interrupter, tag);
+    auto func = instance->Lookup("spin");
+    r = instance->Call(*func, {}, {}, tag);
+  }
   ASSERT_FALSE(r);
   EXPECT_EQ(r.error().code, ErrorCode::kInterrupted);
   EXPECT_TRUE(instance->poisoned());
@@ -447,18 +461,12 @@ TEST_F(EngineTest, InterruptWakesABlockedHostFunction) {
 
 TEST_F(EngineTest, InstantiationIsInterruptible) {
   auto module = Compile("engine_start");
-  auto interrupter = ctx_->interrupter();
   uint64_t tag = NextTag();
-  std::atomic<bool> stop{false};
-  std::thread killer([&] {
-    while (!stop.load()) {
-      interrupter->Request(tag);
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
-  });
-  auto instance = ctx_->Instantiate(module, std::make_shared<Linker>(), nullptr, tag);
-  stop = true;
-  killer.join();
+  Result<std::unique_ptr<Instance>> instance = MakeError(ErrorCode::kInternal, "not run");
+  {
+    RepeatedInterrupt killer(ctx_->interrupter(), tag);
+    instance = ctx_->Instantiate(module, std::make_shared<Linker>(), nullptr, tag);
+  }
   ASSERT_FALSE(instance);
   EXPECT_EQ(instance.error().code, ErrorCode::kInterrupted);
 }

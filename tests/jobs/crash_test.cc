@@ -20,19 +20,11 @@ namespace {
 
 using namespace std::chrono_literals;
 using testing::Backend;
-using testing::StoreLocation;
 
-class CrashTest : public ::testing::TestWithParam<Backend> {
+class CrashTest : public testing::StoreTest {
  protected:
   void SetUp() override {
-    location_ = std::make_unique<StoreLocation>(GetParam());
-    if (location_->name().empty()) GTEST_SKIP() << location_->skip_reason();
-    auto store = OpenStore(location_->name());
-    ASSERT_TRUE(store) << store.error().ToString();
-    store_ = std::move(*store);
-    auto bytes = ReadFile(std::string(KEEL_GUEST_DIR) + "/jobs_slow_echo.wasm");
-    ASSERT_TRUE(bytes);
-    digest_ = *store_->PutModule(*bytes);
+    StoreTest::SetUp();
     log_ = std::filesystem::temp_directory_path() / ("keel_crash_" + std::to_string(getpid()) + ".log");
   }
 
@@ -121,9 +113,6 @@ class CrashTest : public ::testing::TestWithParam<Backend> {
     }
   }
 
-  std::unique_ptr<StoreLocation> location_;
-  std::unique_ptr<JobStore> store_;
-  std::string digest_;
   std::filesystem::path log_;
   std::vector<int> pids_;
 };

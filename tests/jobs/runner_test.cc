@@ -19,7 +19,6 @@ namespace {
 using namespace std::chrono_literals;
 using ::testing::HasSubstr;
 using testing::Backend;
-using testing::StoreLocation;
 
 template <typename Pred>
 bool Eventually(Pred pred, std::chrono::milliseconds limit = 60s) {
@@ -33,22 +32,14 @@ bool Eventually(Pred pred, std::chrono::milliseconds limit = 60s) {
 
 std::vector<uint8_t> Bytes(std::string_view s) { return {s.begin(), s.end()}; }
 
-class RunnerTest : public ::testing::TestWithParam<Backend> {
+class RunnerTest : public testing::StoreTest {
  protected:
   void SetUp() override {
-    location_ = std::make_unique<StoreLocation>(GetParam());
-    if (location_->name().empty()) GTEST_SKIP() << location_->skip_reason();
-    auto store = OpenStore(location_->name());
-    ASSERT_TRUE(store) << store.error().ToString();
-    store_ = std::move(*store);
+    StoreTest::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
     auto runtime = Runtime::Create({.workers = 2});
     ASSERT_TRUE(runtime);
     runtime_ = std::move(*runtime);
-    auto bytes = ReadFile(std::string(KEEL_GUEST_DIR) + "/jobs_slow_echo.wasm");
-    ASSERT_TRUE(bytes);
-    auto digest = store_->PutModule(*bytes);
-    ASSERT_TRUE(digest);
-    digest_ = *digest;
   }
 
   void TearDown() override {
@@ -94,12 +85,9 @@ class RunnerTest : public ::testing::TestWithParam<Backend> {
     return job;
   }
 
-  std::unique_ptr<StoreLocation> location_;
-  std::unique_ptr<JobStore> store_;
   std::unique_ptr<Runtime> runtime_;
   std::unique_ptr<ModulePools> pools_;
   std::unique_ptr<Runner> runner_;
-  std::string digest_;
 };
 
 TEST_P(RunnerTest, RunsJobsAndRecordsResults) {

@@ -13,6 +13,9 @@
 
 #include <gtest/gtest.h>
 
+#include "base/file.h"
+#include "jobs/store.h"
+
 namespace keel::testing {
 
 enum class Backend { kSqlite, kPostgres };
@@ -72,6 +75,27 @@ class StoreLocation {
  private:
   std::string name_, skip_, pg_url_, schema_;
   std::filesystem::path dir_;
+};
+
+// A fresh store per test with the slow_echo guest stored in it.
+class StoreTest : public ::testing::TestWithParam<Backend> {
+ protected:
+  void SetUp() override {
+    location_ = std::make_unique<StoreLocation>(GetParam());
+    if (location_->name().empty()) GTEST_SKIP() << location_->skip_reason();
+    auto store = jobs::OpenStore(location_->name());
+    ASSERT_TRUE(store) << store.error().ToString();
+    store_ = std::move(*store);
+    auto bytes = ReadFile(std::string(KEEL_GUEST_DIR) + "/jobs_slow_echo.wasm");
+    ASSERT_TRUE(bytes);
+    auto digest = store_->PutModule(*bytes);
+    ASSERT_TRUE(digest) << digest.error().ToString();
+    digest_ = *digest;
+  }
+
+  std::unique_ptr<StoreLocation> location_;
+  std::unique_ptr<jobs::JobStore> store_;
+  std::string digest_;  // of jobs_slow_echo.wasm
 };
 
 }  // namespace keel::testing

@@ -203,6 +203,23 @@ Result<Value> FromJs(JSContext* cx, JS::HandleValue v, ValType type) {
                    std::string("engine returned a value that is not ") + std::string(ToString(type)));
 }
 
+// Values of one host call: inline when few (the common case), else on
+// the heap.
+class ValueBuffer {
+ public:
+  explicit ValueBuffer(size_t n) {
+    if (n > kInline) heap_.resize(n);
+    span_ = n > kInline ? std::span<Value>(heap_) : std::span<Value>(inline_, n);
+  }
+  std::span<Value> span() { return span_; }
+
+ private:
+  static constexpr size_t kInline = 16;
+  Value inline_[kInline];
+  std::vector<Value> heap_;
+  std::span<Value> span_;
+};
+
 // ---------------------------------------------------------------------------
 // Modules
 
@@ -648,55 +665,18 @@ bool SmInstance::HostTrampoline(JSContext* cx, unsigned argc, JS::Value* vp) {
   auto* self = static_cast<SmInstance*>(js::GetFunctionNativeReserved(callee, 1).toPrivate());
   const FuncType& type = entry->type;
 
-  Value args_buf[16];
-  std::vector<Value> args_heap;
-  std::span<Value> args;
-  if (type.params.size() <= std::size(args_buf)) {
-    args = std::span<Value>(args_buf, type.params.size());
-  } else {
-    args_heap.resize(type.params.size());
-    args = args_heap;
-  }
+  ValueBuffer args_buf(type.params.size());
+  std::span<Value> args = args_buf.span();
   for (size_t i = 0; i < type.params.size(); ++i) {
-    JS::HandleValue v = call.get(i);
-    switch (type.params[i]) {
-      case ValType::kI32: {
-        int32_t x;
-        if (!JS::ToInt32(cx, v, &x)) return false;
-        args[i] = Value::I32(x);
-        break;
-      }
-      case ValType::kI64: {
-        if (!v.isBigInt()) {
-          JS_ReportErrorASCII(cx, "i64 argument is not a BigInt");
-          return false;
-        }
-        args[i] = Value::I64(JS::ToBigInt64(v.toBigInt()));
-        break;
-      }
-      case ValType::kF32: {
-        double d;
-        if (!JS::ToNumber(cx, v, &d)) return false;
-        args[i] = Value::F32(static_cast<float>(d));
-        break;
-      }
-      case ValType::kF64: {
-        double d;
-        if (!JS::ToNumber(cx, v, &d)) return false;
-        args[i] = Value::F64(d);
-        break;
-      }
+    auto v = FromJs(cx, call.get(i), type.params[i]);
+    if (!v) {
+      self->host_error_ = Error::Trap(TrapKind::kHostError, v.error().message);
+      return false;
     }
+    args[i] = *v;
   }
-  Value results_buf[8];
-  std::vector<Value> results_heap;
-  std::span<Value> results;
-  if (type.results.size() <= std::size(results_buf)) {
-    results = std::span<Value>(results_buf, type.results.size());
-  } else {
-    results_heap.resize(type.results.size());
-    results = results_heap;
-  }
+  ValueBuffer results_buf(type.results.size());
+  std::span<Value> results = results_buf.span();
   for (size_t i = 0; i < type.results.size(); ++i) {
     results[i] = Value::FromBits(type.results[i], 0);
   }
