@@ -103,7 +103,9 @@ TEST(CliTest, PreopensAreOffUnlessAsked) {
   auto dir = std::filesystem::temp_directory_path() / ("keel-cli-dir-" + std::to_string(getpid()));
   std::filesystem::create_directories(dir);
   // The hostile guest tries to escape every preopen it is given.
-  ProcessResult r = Keel({"run", "--dir", dir.string() + "::/sandbox", Guest("hostile_path_escape")});
+  // Options before the program: --dir takes one value, not the program too.
+  ProcessResult r = Keel({"run", "--dir", dir.string() + "::/sandbox", "--dir-ro",
+                          dir.string() + "::/ro", Guest("hostile_path_escape")});
   EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
   std::filesystem::remove_all(dir);
 }
