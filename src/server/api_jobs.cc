@@ -1,0 +1,204 @@
+// /v1/jobs: durable jobs, run by this process's runner (and any `keel
+// worker` sharing the store).
+#include <charconv>
+
+#include <boost/json.hpp>
+
+#include "server/api.h"
+
+namespace keel::server {
+
+namespace json = boost::json;
+
+namespace {
+
+constexpr int64_t kMaxJobTimeoutMs = 24LL * 3600 * 1000;
+constexpr int64_t kMaxAttempts = 100;
+constexpr size_t kMaxIdempotencyKey = 256;
+constexpr size_t kMaxListLimit = 1000;
+
+Response BadRequest(std::string message) { return ErrorResponse(Error(ErrorCode::kInvalidArgument, std::move(message))); }
+
+json::object JobJson(const jobs::Job& job) {
+  json::object out{
+      {"id", job.id},
+      {"module_digest", job.spec.module_digest},
+      {"export", job.spec.export_name},
+      {"state", jobs::ToString(job.state)},
+      {"attempts", job.attempts},
+      {"max_attempts", job.spec.max_attempts},
+      {"timeout_ms", job.spec.deadline.count()},
+      {"idempotency_key", job.spec.idempotency_key},
+      {"cancel_requested", job.cancel_requested},
+      {"created_at", FormatTime(job.created_at)},
+      {"updated_at", FormatTime(job.updated_at)},
+  };
+  if (job.finished_at) out["finished_at"] = FormatTime(*job.finished_at);
+  if (job.state == jobs::JobState::kSucceeded || !job.result.empty()) out["result_bytes"] = job.result.size();
+  if (job.error) out["error"] = {{"code", ToString(job.error->code)}, {"message", job.error->message}};
+  return out;
+}
+
+// Reads the submit body into a spec; the module is named by `module` (a
+// name, resolved to its current digest) or `module_digest`.
+Result<jobs::JobSpec> ParseJobSpec(Service& service, std::string_view body) {
+  auto bad = [](std::string m) { return MakeError(ErrorCode::kInvalidArgument, std::move(m)); };
+  json::error_code ec;
+  json::value doc = json::parse(body, ec);
+  if (ec) return bad("malformed JSON body: " + ec.message());
+  if (!doc.is_object()) return bad("the body must be a JSON object");
+  jobs::JobSpec spec;
+  std::string module_name;
+  for (const auto& [key, value] : doc.as_object()) {
+    auto text = [&](std::string* out) -> Result<void> {
+      if (!value.is_string()) return bad("\"" + std::string(key) + "\" must be a string");
+      *out = std::string(value.as_string());
+      return {};
+    };
+    auto integer = [&](int64_t lo, int64_t hi) -> Result<int64_t> {
+      if (!value.is_int64() || value.as_int64() < lo || value.as_int64() > hi) {
+        return bad("\"" + std::string(key) + "\" must be an integer in " + std::to_string(lo) + ".." +
+                   std::to_string(hi));
+      }
+      return value.as_int64();
+    };
+    Result<void> ok;
+    if (key == "module") {
+      ok = text(&module_name);
+    } else if (key == "module_digest") {
+      ok = text(&spec.module_digest);
+    } else if (key == "export") {
+      ok = text(&spec.export_name);
+    } else if (key == "input_base64") {
+      std::string b64;
+      ok = text(&b64);
+      if (ok) {
+        auto input = DecodeBase64(b64);
+        if (!input) return MakeError(input.error());
+        spec.input = std::move(*input);
+      }
+    } else if (key == "timeout_ms") {
+      auto v = integer(1, kMaxJobTimeoutMs);
+      if (!v) return MakeError(v.error());
+      spec.deadline = std::chrono::milliseconds(*v);
+    } else if (key == "max_attempts") {
+      auto v = integer(1, kMaxAttempts);
+      if (!v) return MakeError(v.error());
+      spec.max_attempts = static_cast<uint32_t>(*v);
+    } else if (key == "retry_backoff_ms") {
+      auto v = integer(0, kMaxJobTimeoutMs);
+      if (!v) return MakeError(v.error());
+      spec.retry_backoff = std::chrono::milliseconds(*v);
+    } else if (key == "idempotency_key") {
+      ok = text(&spec.idempotency_key);
+      if (ok && spec.idempotency_key.size() > kMaxIdempotencyKey) return bad("idempotency_key is too long");
+    } else {
+      return bad("unknown field \"" + std::string(key) + "\"");
+    }
+    if (!ok) return MakeError(ok.error());
+  }
+  if (spec.export_name.empty()) return bad("\"export\" is required");
+  if (module_name.empty() == spec.module_digest.empty()) return bad("give one of \"module\" or \"module_digest\"");
+  if (!module_name.empty()) {
+    auto entry = service.registry().Find(module_name);
+    if (!entry) return MakeError(ErrorCode::kNotFound, "no module named '" + module_name + "'");
+    const Module::Export* exp = entry->module->FindExport(spec.export_name);
+    if (!exp || exp->kind != "func") {
+      return MakeError(ErrorCode::kNotFound,
+                       "module '" + module_name + "' has no function export '" + spec.export_name + "'");
+    }
+    if (!exp->byte_callable) {
+      return bad("jobs are byte calls, and '" + spec.export_name + "' does not follow the byte convention");
+    }
+    spec.module_digest = entry->module->digest();
+  }
+  return spec;
+}
+
+boost::asio::awaitable<Response> Submit(Service& service, RequestContext& ctx) {
+  const auto& body = ctx.request.body();
+  auto spec = ParseJobSpec(service, std::string_view(reinterpret_cast<const char*>(body.data()), body.size()));
+  if (!spec) co_return ErrorResponse(spec.error());
+  std::string digest = spec->module_digest;
+  auto submit = [&service, spec = std::move(*spec)] { return service.store().Submit(spec); };
+  auto submitted = co_await OffThread(service, std::move(submit));
+  if (!submitted) co_return ErrorResponse(submitted.error());
+  Response res = JsonResponse(submitted->created ? 202 : 200,
+                              json::value{{"id", submitted->id}, {"created", submitted->created}, {"module_digest", digest}});
+  res.set(http::field::location, "/v1/jobs/" + submitted->id);
+  co_return res;
+}
+
+boost::asio::awaitable<Response> List(Service& service, RequestContext& ctx) {
+  jobs::ListFilter filter;
+  if (auto state = QueryParam(ctx.query, "state"); state && !state->empty()) {
+    filter.state = jobs::ParseJobState(*state);
+    if (!filter.state) co_return BadRequest("unknown job state '" + *state + "'");
+  }
+  if (auto limit = QueryParam(ctx.query, "limit")) {
+    size_t n = 0;
+    auto [end, ec] = std::from_chars(limit->data(), limit->data() + limit->size(), n);
+    if (ec != std::errc() || end != limit->data() + limit->size() || n == 0 || n > kMaxListLimit) {
+      co_return BadRequest("limit must be 1.." + std::to_string(kMaxListLimit));
+    }
+    filter.limit = n;
+  }
+  if (auto order = QueryParam(ctx.query, "order")) {
+    if (*order != "newest" && *order != "oldest") co_return BadRequest("order must be newest or oldest");
+    filter.newest_first = *order == "newest";
+  }
+  auto query = [&service, filter] { return service.store().List(filter); };
+  auto list = co_await OffThread(service, std::move(query));
+  if (!list) co_return ErrorResponse(list.error());
+  json::array items;
+  for (const jobs::Job& job : *list) items.push_back(JobJson(job));
+  co_return JsonResponse(200, json::value{{"jobs", std::move(items)}});
+}
+
+}  // namespace
+
+boost::asio::awaitable<Response> HandleJobs(Service& service, RequestContext& ctx,
+                                            const std::vector<std::string>& segments) {
+  http::verb method = ctx.request.method();
+  if (segments.empty()) {
+    if (method == http::verb::post) co_return co_await Submit(service, ctx);
+    if (method == http::verb::get) co_return co_await List(service, ctx);
+    co_return MethodNotAllowed("GET, POST");
+  }
+  std::string id = segments[0];
+  if (segments.size() == 2) {  // .../result
+    if (method != http::verb::get) co_return MethodNotAllowed("GET");
+    auto get = [&service, id] { return service.store().Get(id); };
+    auto job = co_await OffThread(service, std::move(get));
+    if (!job) co_return ErrorResponse(job.error());
+    // A cancelled job that was running keeps its result.
+    if (job->state == jobs::JobState::kSucceeded || (job->state == jobs::JobState::kCancelled && !job->result.empty())) {
+      Response res(http::status::ok, 11);
+      res.set(http::field::content_type, "application/octet-stream");
+      res.body().assign(job->result.begin(), job->result.end());
+      co_return res;
+    }
+    std::string message = "job " + id + " is " + std::string(jobs::ToString(job->state));
+    if (job->error) message += ": " + job->error->ToString();
+    json::object extra{{"state", jobs::ToString(job->state)}};
+    co_return ErrorResponse(409, Error(ErrorCode::kFailedPrecondition, message), std::move(extra));
+  }
+  if (method == http::verb::get) {
+    auto get = [&service, id] { return service.store().Get(id); };
+    auto job = co_await OffThread(service, std::move(get));
+    if (!job) co_return ErrorResponse(job.error());
+    co_return JsonResponse(200, JobJson(*job));
+  }
+  if (method == http::verb::delete_) {
+    auto cancel = [&service, id] { return service.store().Cancel(id); };
+    auto outcome = co_await OffThread(service, std::move(cancel));
+    if (!outcome) co_return ErrorResponse(outcome.error());
+    std::string_view text = *outcome == jobs::CancelOutcome::kWithdrawn  ? "withdrawn"
+                            : *outcome == jobs::CancelOutcome::kDetached ? "detached"
+                                                                         : "too_late";
+    co_return JsonResponse(200, json::value{{"id", id}, {"outcome", text}});
+  }
+  co_return MethodNotAllowed("GET, DELETE");
+}
+
+}  // namespace keel::server

@@ -1,0 +1,108 @@
+// /v1/modules: upload, list, inspect and delete modules.
+#include <boost/json.hpp>
+
+#include "server/api.h"
+
+namespace keel::server {
+
+namespace json = boost::json;
+
+namespace {
+
+json::array Types(const std::vector<ValType>& types) {
+  json::array out;
+  for (ValType t : types) out.push_back(json::string(ToString(t)));
+  return out;
+}
+
+json::object ModuleJson(const ModuleEntry& entry, bool detail) {
+  const Module& module = *entry.module;
+  json::array exports;
+  for (const Module::Export& e : module.exports()) {
+    if (e.kind != "func") continue;  // memories and globals cannot be called
+    exports.push_back({
+        {"name", e.name},
+        {"type", e.type.ToString()},
+        {"params", Types(e.type.params)},
+        {"results", Types(e.type.results)},
+        {"byte_callable", e.byte_callable},
+    });
+  }
+  json::object out{
+      {"name", entry.name},
+      {"digest", module.digest()},
+      {"size_bytes", module.size_bytes()},
+      {"source", entry.persisted ? "upload" : "directory"},
+      {"loaded_at", FormatTime(entry.loaded_at)},
+      {"exports", std::move(exports)},
+  };
+  if (detail) {
+    json::array imports;
+    for (const Module::Import& i : module.imports()) {
+      imports.push_back({{"module", i.module}, {"name", i.name}, {"type", i.description}});
+    }
+    out["imports"] = std::move(imports);
+    PoolStats stats = entry.pool->Stats();
+    out["pool"] = {
+        {"target", stats.target_instances},
+        {"healthy", stats.healthy_instances},
+        {"busy", stats.busy_instances},
+        {"queued", stats.queued},
+        {"quarantined", stats.quarantined},
+        {"quarantine_reason", stats.quarantine_reason},
+    };
+  }
+  return out;
+}
+
+Response NoModule(const std::string& name) {
+  return ErrorResponse(Error(ErrorCode::kNotFound, "no module named '" + name + "'"));
+}
+
+}  // namespace
+
+boost::asio::awaitable<Response> HandleModules(Service& service, RequestContext& ctx,
+                                               const std::vector<std::string>& segments) {
+  http::verb method = ctx.request.method();
+  Registry& registry = service.registry();
+  if (segments.empty()) {
+    if (method != http::verb::get) co_return MethodNotAllowed("GET");
+    json::array modules;
+    for (const auto& entry : registry.List()) modules.push_back(ModuleJson(*entry, /*detail=*/false));
+    co_return JsonResponse(200, json::value{{"modules", std::move(modules)}});
+  }
+  const std::string& name = segments[0];
+  switch (method) {
+    case http::verb::get: {
+      auto entry = registry.Find(name);
+      if (!entry) co_return NoModule(name);
+      co_return JsonResponse(200, ModuleJson(*entry, /*detail=*/true));
+    }
+    case http::verb::put: {
+      std::vector<uint8_t> bytes = std::move(ctx.request.body());
+      // Compiling and committing the bytes can take a while.
+      auto put = [&registry, name, bytes = std::move(bytes)]() -> Response {
+        auto added = registry.Put(name, bytes, /*persist=*/true);
+        if (!added) {
+          // A module the service cannot run is the client's problem.
+          int status = added.error().code == ErrorCode::kResourceExhausted ? 400 : StatusForError(added.error());
+          return ErrorResponse(status, added.error());
+        }
+        return JsonResponse(added->created ? 201 : 200, ModuleJson(*added->entry, /*detail=*/true));
+      };
+      co_return co_await OffThread(service, std::move(put));
+    }
+    case http::verb::delete_: {
+      auto entry = registry.Find(name);
+      if (!entry) co_return NoModule(name);
+      auto remove = [&registry, name] { return registry.Remove(name); };
+      auto removed = co_await OffThread(service, std::move(remove));
+      if (!removed) co_return ErrorResponse(removed.error());
+      co_return JsonResponse(200, json::value{{"name", name}, {"digest", entry->module->digest()}, {"deleted", true}});
+    }
+    default:
+      co_return MethodNotAllowed("GET, PUT, DELETE");
+  }
+}
+
+}  // namespace keel::server

@@ -1,0 +1,115 @@
+// The service's modules: name -> compiled module and its pool, plus
+// digest -> pool so that a job always runs the exact module it was
+// submitted with, even after its name was replaced or deleted.
+//
+// Persistence: the bytes of every module go to the job store (PutModule,
+// by digest); each uploaded name is a file <data>/modules/<name> holding
+// the digest, replaced atomically (write + rename). Modules loaded from
+// --modules directories are not persisted; they are loaded again at every
+// start, and an uploaded name of the same name overrides them.
+#ifndef KEEL_SERVER_REGISTRY_H_
+#define KEEL_SERVER_REGISTRY_H_
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "jobs/store.h"
+#include "keel/runtime.h"
+
+namespace keel::server {
+
+struct ModuleEntry {
+  std::string name;
+  std::shared_ptr<const Module> module;
+  std::shared_ptr<Pool> pool;
+  bool persisted = false;  // uploaded (true) or loaded from a --modules directory
+  std::chrono::system_clock::time_point loaded_at;
+};
+
+struct PutResult {
+  std::shared_ptr<const ModuleEntry> entry;
+  bool created = false;  // false: the name existed (replaced or unchanged)
+};
+
+// Thread-safe. `runtime` and `store` must outlive it. Its pools live as
+// long as the runtime: destroy it after the runtime has shut down (closing
+// pools of a stopped runtime would leave them referenced by its workers).
+class Registry {
+ public:
+  // `pool_options` applies to every pool (linker, host state, limits).
+  Registry(Runtime* runtime, jobs::JobStore* store, std::string data_dir, PoolOptions pool_options);
+
+  // Module names: 1-128 of [A-Za-z0-9._-], not starting with '.' or '-'.
+  static bool ValidName(std::string_view name);
+
+  // Loads every *.wasm of `dir` under its stem, skipping hostile_*.
+  // Returns how many were loaded; kNotFound if `dir` cannot be read; a
+  // module that fails to load is an error naming it.
+  [[nodiscard]] Result<size_t> LoadDirectory(const std::string& dir);
+  // Loads the names persisted in <data>/modules. Names whose bytes are
+  // missing or fail to compile are skipped with a warning.
+  [[nodiscard]] Result<size_t> LoadPersisted();
+
+  // Validates and compiles `bytes`, creates its pool, stores the bytes and
+  // (if `persist`) the name, then makes `name` refer to it. Calls already
+  // queued on a replaced module still run on it.
+  // kInvalidArgument (bad name), kInvalidModule, kLinkError (imports the
+  // service does not provide), kResourceExhausted, store errors.
+  [[nodiscard]] Result<PutResult> Put(std::string_view name, std::span<const uint8_t> bytes,
+                                      bool persist);
+  // nullptr if unknown.
+  std::shared_ptr<const ModuleEntry> Find(std::string_view name) const;
+  // Sorted by name.
+  std::vector<std::shared_ptr<const ModuleEntry>> List() const;
+  // kNotFound if unknown; errors removing the persisted name.
+  [[nodiscard]] Result<void> Remove(std::string_view name);
+
+  // The pool of the module with `digest`: a named module's, or one built
+  // from the store's bytes. kNotFound if the store has no such module.
+  [[nodiscard]] Result<std::shared_ptr<Pool>> PoolForDigest(const std::string& digest);
+
+  // Closes pools that no name refers to once they have had no calls for
+  // `idle`. Call periodically.
+  void Reap(std::chrono::steady_clock::duration idle);
+
+  // Every pool alive, with the names that refer to it (possibly none).
+  struct PoolView {
+    std::shared_ptr<Pool> pool;
+    std::vector<std::string> names;
+  };
+  std::vector<PoolView> Pools() const;
+
+ private:
+  struct DigestPool {
+    std::shared_ptr<Pool> pool;
+    int names = 0;  // names referring to it
+    std::chrono::steady_clock::time_point idle_since;
+  };
+  [[nodiscard]] Result<std::shared_ptr<Pool>> MakePool(std::shared_ptr<const Module> module);
+  [[nodiscard]] Result<void> PersistName(const std::string& name, const std::string& digest);
+  // Takes a reference to `digest`'s pool, adding `pool` if there is none
+  // yet (then true); guarded by mu_.
+  bool Reference(const std::string& digest, const std::shared_ptr<Pool>& pool);
+  void Unreference(const std::string& digest);  // guarded by mu_
+
+  Runtime* runtime_;
+  jobs::JobStore* store_;
+  std::string modules_dir_;
+  PoolOptions pool_options_;
+
+  // Serializes Put/Remove so that disk and memory agree.
+  std::mutex write_mu_;
+  mutable std::shared_mutex mu_;
+  std::map<std::string, std::shared_ptr<const ModuleEntry>, std::less<>> names_;  // guarded by mu_
+  std::map<std::string, DigestPool, std::less<>> digests_;                        // guarded by mu_
+};
+
+}  // namespace keel::server
+
+#endif  // KEEL_SERVER_REGISTRY_H_

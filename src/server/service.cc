@@ -1,0 +1,252 @@
+#include "server/service.h"
+
+#include <filesystem>
+
+#include <boost/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "abi/sandbox.h"
+#include "server/http.h"
+
+namespace keel::server {
+
+namespace json = boost::json;
+
+Service::Service(ServerOptions options)
+    : options_(std::move(options)), blocking_(static_cast<size_t>(std::max(1, options_.blocking_threads))) {}
+
+Result<std::unique_ptr<Service>> Service::Create(ServerOptions options) {
+  if (options.data_dir.empty()) return MakeError(ErrorCode::kInvalidArgument, "no data directory");
+  std::error_code ec;
+  std::filesystem::create_directories(options.data_dir, ec);
+  if (ec) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "cannot create data directory " + options.data_dir + ": " + ec.message());
+  }
+  auto service = std::unique_ptr<Service>(new Service(std::move(options)));
+  Service* s = service.get();
+  const ServerOptions& o = s->options_;
+
+  auto store = jobs::OpenStore(o.store.empty() ? o.data_dir : o.store);
+  if (!store) return MakeError(store.error());
+  s->store_ = std::move(*store);
+
+  auto runtime = Runtime::Create({
+      .workers = o.workers,
+      .detached_sink = [s](CallId id, const CallResult& result) { s->OnDetachedResult(id, result); },
+      .drain_grace = o.drain_grace,
+  });
+  if (!runtime) return MakeError(runtime.error());
+  s->runtime_ = std::move(*runtime);
+
+  // Guests get WASI with no preopened directory (no host files), no stdin,
+  // stdout discarded and a small stderr capture.
+  PoolOptions base;
+  base.instances = o.instances;
+  base.max_queue = o.max_queue;
+  PoolOptions pool = abi::SandboxedPoolOptions(std::move(base));
+  if (o.extend_linker) {
+    auto linker = std::make_shared<Linker>(*pool.linker);
+    o.extend_linker(*linker);
+    pool.linker = std::move(linker);
+  }
+  s->registry_ = std::make_unique<Registry>(s->runtime_.get(), s->store_.get(), o.data_dir, std::move(pool));
+  for (const std::string& dir : o.module_dirs) {
+    auto loaded = s->registry_->LoadDirectory(dir);
+    if (!loaded) return MakeError(loaded.error());
+    spdlog::info("loaded {} modules from {}", *loaded, dir);
+  }
+  auto persisted = s->registry_->LoadPersisted();
+  if (!persisted) return MakeError(persisted.error());
+  if (*persisted > 0) spdlog::info("loaded {} uploaded modules", *persisted);
+
+  Registry* registry = s->registry_.get();
+  auto runner = jobs::Runner::Start(
+      s->store_.get(), [registry](const std::string& digest) { return registry->PoolForDigest(digest); });
+  if (!runner) return MakeError(runner.error());
+  s->runner_ = std::move(*runner);
+  s->RefreshJobCounts();
+  return service;
+}
+
+Service::~Service() {
+  Stop(std::chrono::milliseconds(0));
+  blocking_.join();
+  registry_.reset();
+  runtime_.reset();
+  store_.reset();
+}
+
+void Service::Stop(std::chrono::milliseconds grace) {
+  std::call_once(stopped_, [&] {
+    draining_.store(true);
+    auto until = std::chrono::steady_clock::now() + grace;
+    if (runner_) runner_->Stop(grace);
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now());
+    if (runtime_) runtime_->Shutdown(std::max(left, std::chrono::milliseconds(0)));
+  });
+}
+
+void Service::RecordTermination(Termination t) {
+  spdlog::warn("call ended abnormally call_id={} module={} export={} cause={} message={}", t.call_id,
+               Quote(t.module), Quote(t.export_name), t.cause, Quote(t.message));
+  recent_.Add(std::move(t));
+}
+
+void Service::NoteDetaching(CallId id, std::string module, std::string export_name) {
+  std::lock_guard<std::mutex> lock(mu_);
+  detaching_[id] = {std::move(module), std::move(export_name)};
+}
+
+void Service::ForgetDetaching(CallId id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  detaching_.erase(id);
+}
+
+void Service::OnDetachedResult(CallId id, const CallResult& result) {
+  http_.detached_results++;
+  std::pair<std::string, std::string> names;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (auto it = detaching_.find(id); it != detaching_.end()) {
+      names = std::move(it->second);
+      detaching_.erase(it);
+    }
+  }
+  spdlog::info("detached call finished call_id={} module={} export={} result={}", id, Quote(names.first),
+               Quote(names.second), result ? "ok" : Quote(result.error().ToString()));
+}
+
+void Service::RefreshJobCounts() {
+  auto counts = store_->CountByState();
+  std::lock_guard<std::mutex> lock(mu_);
+  if (counts) {
+    job_counts_ = *counts;
+  } else {
+    job_counts_.reset();
+  }
+}
+
+double Service::uptime_seconds() const {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
+}
+
+namespace {
+
+std::string PoolLabel(const Registry::PoolView& view) {
+  if (view.names.empty()) return view.pool->module()->name();
+  std::string label;
+  for (const std::string& name : view.names) {
+    if (!label.empty()) label += ',';
+    label += name;
+  }
+  return label;
+}
+
+}  // namespace
+
+MetricsInput Service::CollectMetrics() {
+  MetricsInput in;
+  in.runtime = runtime_->Metrics();
+  for (const Registry::PoolView& view : registry_->Pools()) {
+    in.pools.push_back({PoolLabel(view), view.pool->module()->digest(), view.pool->Stats()});
+  }
+  in.http = http_.Snapshot();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    in.job_states = job_counts_;
+  }
+  if (runner_) in.runner = runner_->Stats();
+  in.commits = store_->commit_stats();
+  in.draining = draining();
+  in.uptime_seconds = uptime_seconds();
+  return in;
+}
+
+json::value Service::StatusJson() {
+  MetricsInput m = CollectMetrics();
+  const MetricsSnapshot& r = m.runtime;
+  json::object out;
+  out["uptime_s"] = m.uptime_seconds;
+  out["draining"] = m.draining;
+  out["workers"] = runtime_->workers();
+  out["listen"] = address_;
+  out["runtime"] = {
+      {"submitted", r.submitted},
+      {"queued", r.queued},
+      {"running", r.running},
+      {"instances_live", r.instances_live},
+      {"ok", r.resolved.ok},
+      {"traps", r.resolved.traps_total()},
+      {"deadline", r.resolved.deadline_queued + r.resolved.deadline_running},
+      {"detached", r.resolved.detached},
+      {"cancelled", r.resolved.cancelled_queued},
+      {"errors", r.resolved.errors},
+      {"rejected_overloaded", r.rejected_overloaded},
+      {"poisoned", r.instances.poisoned},
+      {"replaced", r.instances.replaced},
+      {"p50_ms", r.end_to_end.Quantile(0.5) * 1e3},
+      {"p99_ms", r.end_to_end.Quantile(0.99) * 1e3},
+  };
+  json::array pools;
+  for (const PoolMetrics& p : m.pools) {
+    pools.push_back({
+        {"module", p.module},
+        {"digest", p.digest},
+        {"target", p.stats.target_instances},
+        {"healthy", p.stats.healthy_instances},
+        {"busy", p.stats.busy_instances},
+        {"queued", p.stats.queued},
+        {"quarantined", p.stats.quarantined},
+        {"quarantine_reason", p.stats.quarantine_reason},
+        {"quarantine_remaining_ms", p.stats.quarantine_remaining.count()},
+    });
+  }
+  out["pools"] = std::move(pools);
+  json::object jobs;
+  if (m.job_states) {
+    for (size_t i = 0; i < jobs::kJobStateCount; ++i) {
+      jobs[jobs::ToString(static_cast<jobs::JobState>(i))] = (*m.job_states)[i];
+    }
+  }
+  out["jobs"] = std::move(jobs);
+  out["http"] = {
+      {"connections_open", m.http.connections_open},
+      {"calls_in_flight", m.http.calls_in_flight},
+      {"client_disconnects", m.http.disconnect_detached + m.http.disconnect_withdrawn},
+      {"detached_results", m.http.detached_results},
+  };
+  json::array recent;
+  for (const Termination& t : recent_.Newest()) {
+    recent.push_back({
+        {"time", FormatTime(t.time)},
+        {"call_id", t.call_id},
+        {"module", t.module},
+        {"export", t.export_name},
+        {"cause", t.cause},
+        {"message", t.message},
+    });
+  }
+  out["recent"] = std::move(recent);
+  json::array series;
+  for (const Sample& s : sampler_.Samples()) {
+    series.push_back({
+        {"t", s.unix_ms},
+        {"calls_per_s", s.calls_per_s},
+        {"ok_per_s", s.ok_per_s},
+        {"requests_per_s", s.requests_per_s},
+        {"p50_ms", s.p50_ms},
+        {"p99_ms", s.p99_ms},
+        {"trap", s.trap},
+        {"deadline", s.deadline},
+        {"detached", s.detached},
+        {"cancelled", s.cancelled},
+        {"error", s.error},
+        {"other", s.other},
+    });
+  }
+  out["series"] = std::move(series);
+  return out;
+}
+
+}  // namespace keel::server

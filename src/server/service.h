@@ -1,0 +1,115 @@
+// The state behind the HTTP API: job store, runtime, module registry, job
+// runner, counters. Knows nothing of sockets; the API handlers use it.
+#ifndef KEEL_SERVER_SERVICE_H_
+#define KEEL_SERVER_SERVICE_H_
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/thread_pool.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/json/value.hpp>
+
+#include "jobs/runner.h"
+#include "jobs/store.h"
+#include "keel/runtime.h"
+#include "server/metrics_text.h"
+#include "server/options.h"
+#include "server/registry.h"
+#include "server/stats.h"
+
+namespace keel::server {
+
+class Service {
+ public:
+  // Opens the store, starts the runtime, loads the modules (persisted
+  // uploads and --modules directories) and starts the job runner.
+  [[nodiscard]] static Result<std::unique_ptr<Service>> Create(ServerOptions options);
+  // Stop() with no grace, then releases everything.
+  ~Service();
+
+  // Stops the job runner and shuts the runtime down: running calls get
+  // `grace` to finish. Idempotent.
+  void Stop(std::chrono::milliseconds grace);
+
+  const ServerOptions& options() const { return options_; }
+  Runtime& runtime() { return *runtime_; }
+  Registry& registry() { return *registry_; }
+  jobs::JobStore& store() { return *store_; }
+  HttpStats& http() { return http_; }
+  Sampler& sampler() { return sampler_; }
+  RecentTerminations& recent() { return recent_; }
+  boost::asio::thread_pool& blocking() { return blocking_; }
+
+  // Where the service listens ("ADDR:PORT"), once bound; set before the
+  // first request.
+  void set_address(std::string address) { address_ = std::move(address); }
+
+  bool draining() const { return draining_.load(); }
+  void SetDraining() { draining_.store(true); }
+
+  // Counts, logs and remembers a call that ended other than with a result.
+  void RecordTermination(Termination t);
+  // A call whose client left is about to be cancelled: its detached
+  // result will be logged with these names. Forget() if it was not detached.
+  void NoteDetaching(CallId id, std::string module, std::string export_name);
+  void ForgetDetaching(CallId id);
+
+  // Job counts by state, refreshed by RefreshJobCounts() (a store query,
+  // so never on an HTTP thread).
+  void RefreshJobCounts();
+  MetricsInput CollectMetrics();
+  // The status page's data: see status_page.h.
+  boost::json::value StatusJson();
+
+  double uptime_seconds() const;
+
+ private:
+  explicit Service(ServerOptions options);
+  void OnDetachedResult(CallId id, const CallResult& result);
+
+  ServerOptions options_;
+  std::string address_;
+  std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
+  std::atomic<bool> draining_{false};
+  HttpStats http_;
+  Sampler sampler_;
+  RecentTerminations recent_;
+  boost::asio::thread_pool blocking_;
+
+  std::unique_ptr<jobs::JobStore> store_;
+  std::unique_ptr<Runtime> runtime_;
+  std::unique_ptr<Registry> registry_;
+  std::unique_ptr<jobs::Runner> runner_;
+  std::once_flag stopped_;
+
+  std::mutex mu_;
+  std::unordered_map<CallId, std::pair<std::string, std::string>> detaching_;  // guarded by mu_
+  std::optional<jobs::StateCounts> job_counts_;                                // guarded by mu_
+};
+
+// Runs `fn` (which may block: store commits, compilation) on the service's
+// blocking threads; co_await the result, which resumes the coroutine on its
+// own executor.
+//
+// GCC 12 destroys temporaries of a full-expression holding a co_await
+// twice; so pass a named function object (std::move(fn)), never a lambda
+// written in place.
+template <typename F>
+boost::asio::awaitable<std::invoke_result_t<std::decay_t<F>&>> OffThread(Service& service, F&& fn) {
+  using R = std::invoke_result_t<std::decay_t<F>&>;
+  return boost::asio::co_spawn(
+      service.blocking(),
+      [fn = std::forward<F>(fn)]() mutable -> boost::asio::awaitable<R> { co_return fn(); },
+      boost::asio::use_awaitable);
+}
+
+}  // namespace keel::server
+
+#endif  // KEEL_SERVER_SERVICE_H_
