@@ -448,7 +448,8 @@ TEST_F(ExecTest, DeadlineCoversQueueTimePlusRunTime) {
 TEST_F(ExecTest, TrapPoisonsAndReplaces) {
   auto pool = MakePool();
   EXPECT_EQ(Submit(*pool, "bump", {}).Wait()->values[0].i32(), 1);
-  const CallResult& r = Submit(*pool, "trap", {}).Wait();
+  Call r_call = Submit(*pool, "trap", {});
+  const CallResult& r = r_call.Wait();
   ASSERT_FALSE(r);
   EXPECT_EQ(r.error().code, ErrorCode::kTrap);
   EXPECT_EQ(r.error().trap, TrapKind::kUnreachable);
@@ -463,7 +464,8 @@ TEST_F(ExecTest, TrapPoisonsAndReplaces) {
 
 TEST_F(ExecTest, TrapInPostReturnFailsTheCallAndPoisons) {
   auto pool = MakePool();
-  const CallResult& r = SubmitBytes(*pool, "trap_in_post", "x").Wait();
+  Call r_call = SubmitBytes(*pool, "trap_in_post", "x");
+  const CallResult& r = r_call.Wait();
   ASSERT_FALSE(r);
   EXPECT_EQ(r.error().code, ErrorCode::kTrap);
   ASSERT_TRUE(Eventually([&] { return runtime_->Metrics().instances.replaced == 1; }));
@@ -471,11 +473,13 @@ TEST_F(ExecTest, TrapInPostReturnFailsTheCallAndPoisons) {
 
 TEST_F(ExecTest, ByteAbiViolationsAreClearErrorsAndPoison) {
   auto pool = MakePool();
-  const CallResult& bad = SubmitBytes(*pool, "bad_pair", "x").Wait();
+  Call bad_call = SubmitBytes(*pool, "bad_pair", "x");
+  const CallResult& bad = bad_call.Wait();
   ASSERT_FALSE(bad);
   EXPECT_EQ(bad.error().code, ErrorCode::kInvalidArgument);
   EXPECT_THAT(bad.error().message, HasSubstr("outside linear memory"));
-  const CallResult& huge = SubmitBytes(*pool, "huge_output", "x").Wait();
+  Call huge_call = SubmitBytes(*pool, "huge_output", "x");
+  const CallResult& huge = huge_call.Wait();
   ASSERT_FALSE(huge);
   EXPECT_EQ(huge.error().code, ErrorCode::kResourceExhausted);
   ASSERT_TRUE(Eventually([&] { return runtime_->Metrics().instances.replaced == 2; }));
@@ -663,6 +667,13 @@ TEST_F(ExecTest, InstantiationHasADeadline) {
   ASSERT_TRUE(pool);
   ASSERT_TRUE(Eventually([&] { return (*pool)->Stats().quarantined; }));
   EXPECT_THAT((*pool)->Stats().quarantine_reason, HasSubstr("deadline"));
+}
+
+TEST_F(ExecTest, ClosingAPoolAfterShutdownIsHarmless) {
+  auto pool = MakePool();
+  runtime_->Shutdown(5s);
+  pool->Close();  // must not queue work for stopped workers (LSan would see the leak)
+  EXPECT_FALSE(pool->Submit("add", {Value::I32(1), Value::I32(1)}));
 }
 
 TEST_F(ExecTest, CloseCancelsQueuedCallsAndRefusesNewOnes) {

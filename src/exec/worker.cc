@@ -86,6 +86,9 @@ void Worker::Wake() {
 void Worker::Post(std::function<void(Worker&)> command) {
   {
     std::lock_guard<std::mutex> lock(mu_);
+    // A stopped worker runs nothing more; keeping the command would keep
+    // what it holds (e.g. a closed pool) alive forever.
+    if (stop_) return;
     commands_.push_back(std::move(command));
     has_commands_.store(true);
     wake_ = true;

@@ -339,8 +339,9 @@ asio::awaitable<bool> Session::Await(const Call& call) {
       co_await waiter->timer.async_wait(kNoThrow);
       continue;
     }
-    // Waiting for readability costs no syscall (the socket is already in
-    // epoll), where a read would first try the socket and fail.
+    // Waiting for readability re-arms the socket in epoll, which also
+    // reports an end of stream that came before the wait; a read would
+    // first try the socket, and mostly find nothing.
     auto [ec] = co_await socket_.async_wait(tcp::socket::wait_read, kNoThrow);
     if (waiter->done) break;
     beast::error_code read_ec = ec;

@@ -381,6 +381,21 @@ TEST_F(ServerTest, KeepAliveAndPipelining) {
   EXPECT_NE(out.find("{\"results\":[5]}", first + 1), std::string::npos) << out;
 }
 
+TEST_F(ServerTest, ExpectContinueAndHttp10) {
+  Start();
+  RawSocket s(port());
+  s.Write("POST /v1/modules/add/call/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n");
+  EXPECT_THAT(s.ReadUntil("\r\n\r\n"), StartsWith("HTTP/1.1 100 Continue"));
+  s.Write("hello");
+  EXPECT_THAT(s.ReadUntil("hello"), ::testing::AllOf(StartsWith("HTTP/1.1 200"), HasSubstr("hello")));
+  // HTTP/1.0 without keep-alive: answered in 1.0, then closed.
+  RawSocket old(port());
+  old.Write("GET /healthz HTTP/1.0\r\n\r\n");
+  std::string out = old.ReadAll();
+  EXPECT_THAT(out, StartsWith("HTTP/1.0 200"));
+  EXPECT_THAT(out, HasSubstr("{\"status\":\"ok\"}"));
+}
+
 TEST_F(ServerTest, BearerTokenGuardsV1) {
   Start([](ServerOptions& o) { o.token = "s3cret-token"; });
   Reply r = Client(port()).Get("/v1/modules");

@@ -61,8 +61,13 @@ Result<std::unique_ptr<Service>> Service::Create(ServerOptions options) {
   if (*persisted > 0) spdlog::info("loaded {} uploaded modules", *persisted);
 
   Registry* registry = s->registry_.get();
+  jobs::RunnerOptions runner_options;
+  // An idle claim returns within this, and stopping waits for it: keep
+  // shutdown quick. Submits of this process wake it at once anyway.
+  runner_options.idle_wait = std::chrono::milliseconds(250);
   auto runner = jobs::Runner::Start(
-      s->store_.get(), [registry](const std::string& digest) { return registry->PoolForDigest(digest); });
+      s->store_.get(), [registry](const std::string& digest) { return registry->PoolForDigest(digest); },
+      runner_options);
   if (!runner) return MakeError(runner.error());
   s->runner_ = std::move(*runner);
   s->RefreshJobCounts();
