@@ -10,6 +10,7 @@
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <unordered_set>
 #include <vector>
 
 #include "jobs/store.h"
@@ -68,6 +69,24 @@ class WakeSignal {
 [[nodiscard]] Result<std::vector<ClaimedJob>> ClaimWithWait(
     WakeSignal& wake, const ClaimRequest& request,
     const std::function<Result<std::vector<ClaimedJob>>()>& claim_ready);
+
+// Digests of modules known to be stored. Modules are never deleted, so a
+// digest once seen stays valid. Thread-safe.
+class KnownModules {
+ public:
+  bool Contains(const std::string& digest) const {
+    std::lock_guard lock(mu_);
+    return digests_.contains(digest);
+  }
+  void Add(const std::string& digest) {
+    std::lock_guard lock(mu_);
+    digests_.insert(digest);
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::unordered_set<std::string> digests_;  // guarded by mu_
+};
 
 }  // namespace keel::jobs
 

@@ -13,7 +13,6 @@
 #include <mutex>
 #include <thread>
 #include <unordered_map>
-#include <unordered_set>
 #include <utility>
 
 #include "base/sha256.h"
@@ -367,7 +366,7 @@ class PostgresStore final : public JobStore {
 
   Result<std::string> PutModule(std::span<const uint8_t> bytes) override {
     std::string digest = Sha256Hex(bytes);
-    if (IsKnownModule(digest)) return digest;
+    if (known_modules_.Contains(digest)) return digest;
     Result<void> run = Write([&](Connection& db) -> Result<bool> {
       Result<Rows> done = db.Exec(
           "INSERT INTO keel_modules (digest, bytes, created_us) "
@@ -377,7 +376,7 @@ class PostgresStore final : public JobStore {
       return false;
     });
     if (!run) return tl::unexpected(run.error());
-    AddKnownModule(digest);
+    known_modules_.Add(digest);
     return digest;
   }
 
@@ -614,19 +613,10 @@ class PostgresStore final : public JobStore {
     return lanes_[next_lane_.fetch_add(1, std::memory_order_relaxed) % lanes_.size()]->Run(op);
   }
 
-  bool IsKnownModule(const std::string& digest) {
-    std::lock_guard lock(modules_mu_);
-    return known_modules_.contains(digest);
-  }
-  void AddKnownModule(const std::string& digest) {
-    std::lock_guard lock(modules_mu_);
-    known_modules_.insert(digest);
-  }
-
   // Success if the module is stored; kNotFound if not. Modules are never
   // deleted, so a digest once seen stays valid and is cached.
   Result<void> CheckModule(const std::string& digest) {
-    if (IsKnownModule(digest)) return {};
+    if (known_modules_.Contains(digest)) return {};
     Result<bool> found = readers_.With([&](Connection& conn) -> Result<bool> {
       Result<Rows> rows =
           conn.Exec("SELECT 1 FROM keel_modules WHERE digest = $1", Params().Add(digest));
@@ -635,7 +625,7 @@ class PostgresStore final : public JobStore {
     });
     if (!found) return tl::unexpected(found.error());
     if (!*found) return MakeError(ErrorCode::kNotFound, "no module " + digest);
-    AddKnownModule(digest);
+    known_modules_.Add(digest);
     return {};
   }
 
@@ -750,8 +740,7 @@ class PostgresStore final : public JobStore {
   const std::string url_;
   ConnectionPool<Connection> readers_;
 
-  std::mutex modules_mu_;
-  std::unordered_set<std::string> known_modules_;
+  KnownModules known_modules_;
 
   WakeSignal wake_;
   const int stop_read_;  // the listener's stop pipe

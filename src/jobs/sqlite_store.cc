@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <mutex>
 #include <unordered_map>
-#include <unordered_set>
 #include <utility>
 
 #include "base/sha256.h"
@@ -269,7 +268,7 @@ class SqliteStore final : public JobStore {
 
   Result<std::string> PutModule(std::span<const uint8_t> bytes) override {
     std::string digest = Sha256Hex(bytes);
-    if (IsKnownModule(digest)) return digest;
+    if (known_modules_.Contains(digest)) return digest;
     Result<void> run = committer_.Run([&]() -> Result<bool> {
       Statement insert = writer_->Prepare(
           "INSERT INTO keel_modules (digest, bytes, created_us) VALUES (?1, ?2, ?3) "
@@ -280,7 +279,7 @@ class SqliteStore final : public JobStore {
       return false;
     });
     if (!run) return tl::unexpected(run.error());
-    AddKnownModule(digest);
+    known_modules_.Add(digest);
     return digest;
   }
 
@@ -506,19 +505,10 @@ class SqliteStore final : public JobStore {
   CommitStats commit_stats() const override { return committer_.stats(); }
 
  private:
-  bool IsKnownModule(const std::string& digest) {
-    std::lock_guard lock(modules_mu_);
-    return known_modules_.contains(digest);
-  }
-  void AddKnownModule(const std::string& digest) {
-    std::lock_guard lock(modules_mu_);
-    known_modules_.insert(digest);
-  }
-
   // Success if the module is stored; kNotFound if not. Modules are never
   // deleted, so a digest once seen stays valid and is cached.
   Result<void> CheckModule(const std::string& digest) {
-    if (IsKnownModule(digest)) return {};
+    if (known_modules_.Contains(digest)) return {};
     Result<bool> found = readers_.With([&](Connection& conn) -> Result<bool> {
       Statement select = conn.Prepare("SELECT 1 FROM keel_modules WHERE digest = ?1");
       select.Bind(1, digest);
@@ -526,7 +516,7 @@ class SqliteStore final : public JobStore {
     });
     if (!found) return tl::unexpected(found.error());
     if (!*found) return MakeError(ErrorCode::kNotFound, "no module " + digest);
-    AddKnownModule(digest);
+    known_modules_.Add(digest);
     return {};
   }
 
@@ -606,8 +596,7 @@ class SqliteStore final : public JobStore {
 
   ConnectionPool<Connection> readers_;
 
-  std::mutex modules_mu_;
-  std::unordered_set<std::string> known_modules_;
+  KnownModules known_modules_;
 
   WakeSignal wake_;
   GroupCommitter committer_;  // last: destroyed first, finishing its writes
