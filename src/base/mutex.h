@@ -20,26 +20,54 @@
 #define KEEL_THREAD_ANNOTATION(x)
 #endif
 
-#define CAPABILITY(x) KEEL_THREAD_ANNOTATION(capability(x))
+// Each macro is defined only if nobody did before: SpiderMonkey's headers
+// (mozilla/ThreadSafety.h) define most of them with the same meaning.
+#define KEEL_CAPABILITY(x) KEEL_THREAD_ANNOTATION(capability(x))
+#ifndef SCOPED_CAPABILITY
 #define SCOPED_CAPABILITY KEEL_THREAD_ANNOTATION(scoped_lockable)
+#endif
+#ifndef GUARDED_BY
 #define GUARDED_BY(x) KEEL_THREAD_ANNOTATION(guarded_by(x))
+#endif
+#ifndef PT_GUARDED_BY
 #define PT_GUARDED_BY(x) KEEL_THREAD_ANNOTATION(pt_guarded_by(x))
+#endif
+#ifndef ACQUIRED_BEFORE
 #define ACQUIRED_BEFORE(...) KEEL_THREAD_ANNOTATION(acquired_before(__VA_ARGS__))
+#endif
+#ifndef ACQUIRED_AFTER
 #define ACQUIRED_AFTER(...) KEEL_THREAD_ANNOTATION(acquired_after(__VA_ARGS__))
+#endif
+#ifndef REQUIRES
 #define REQUIRES(...) KEEL_THREAD_ANNOTATION(requires_capability(__VA_ARGS__))
+#endif
+#ifndef ACQUIRE
 #define ACQUIRE(...) KEEL_THREAD_ANNOTATION(acquire_capability(__VA_ARGS__))
+#endif
+#ifndef RELEASE
 #define RELEASE(...) KEEL_THREAD_ANNOTATION(release_capability(__VA_ARGS__))
+#endif
+#ifndef TRY_ACQUIRE
 #define TRY_ACQUIRE(...) KEEL_THREAD_ANNOTATION(try_acquire_capability(__VA_ARGS__))
+#endif
+#ifndef EXCLUDES
 #define EXCLUDES(...) KEEL_THREAD_ANNOTATION(locks_excluded(__VA_ARGS__))
+#endif
+#ifndef ASSERT_CAPABILITY
 #define ASSERT_CAPABILITY(x) KEEL_THREAD_ANNOTATION(assert_capability(x))
+#endif
+#ifndef RETURN_CAPABILITY
 #define RETURN_CAPABILITY(x) KEEL_THREAD_ANNOTATION(lock_returned(x))
+#endif
+#ifndef NO_THREAD_SAFETY_ANALYSIS
 #define NO_THREAD_SAFETY_ANALYSIS KEEL_THREAD_ANNOTATION(no_thread_safety_analysis)
+#endif
 
 namespace keel {
 
 class CondVar;
 
-class CAPABILITY("mutex") Mutex {
+class KEEL_CAPABILITY("mutex") Mutex {
  public:
   Mutex() = default;
   Mutex(const Mutex&) = delete;
