@@ -21,6 +21,10 @@
 //     while queued               kShuttingDown           never touched
 //     while running              runs to the end within  healthy; if the drain period ends
 //                                the drain period        first: interrupted, kShuttingDown
+//   Abort() (an operator's stop, not a cancel)
+//     while queued               kCancelled (withdrawn)  never touched: the call never runs
+//     while running/post_return  kCancelled (aborted),   interrupted at its next safe point,
+//                                at once                 then poisoned and replaced
 //
 // Every handle resolves exactly once; every completion callback runs
 // exactly once. No caller thread ever runs guest code, and waiting on a
@@ -56,7 +60,8 @@ enum class CallState : uint8_t { kQueued, kRunning, kPostReturn, kDone, kWithdra
 enum class CancelOutcome : uint8_t {
   kWithdrawn,  // it had not started and never will
   kDetached,   // it was running; it will finish; its result goes to the detached sink
-  kTooLate,    // it had already resolved (done, failed, timed out, or cancelled before)
+  kAborted,    // it was running; it is interrupted at its next safe point (Abort only)
+  kTooLate,    // it had already ended (done, failed, timed out, withdrawn before)
 };
 
 std::string_view ToString(CallState state);
@@ -94,6 +99,12 @@ class Call {
   // second and later calls return kTooLate.
   CancelOutcome Cancel();
 
+  // Stops the call, also if it runs: queued, it is withdrawn as by Cancel();
+  // running (detached or not), the guest is interrupted at its next safe
+  // point and its instance replaced. Returns kWithdrawn, kAborted, or
+  // kTooLate when the call had already ended.
+  CancelOutcome Abort();
+
   // Blocks until the call resolves; returns its result, which stays valid
   // as long as this handle.
   const CallResult& Wait() const;
@@ -102,7 +113,10 @@ class Call {
 
   // Runs `fn` exactly once with the result, on a keel callback thread (never
   // on the caller's thread, never on a worker), also if already resolved.
-  // Callbacks must not block for long: they share the callback threads.
+  // Callbacks must not block for long: they share the callback threads. An
+  // exception thrown by `fn` is caught and counted (callback_exceptions).
+  // Once the runtime has shut down there are no callback threads (and every
+  // call has resolved): `fn` then runs at once on the calling thread.
   void OnComplete(std::function<void(const CallResult&)> fn) const;
 
   // `co_await call` suspends until the call resolves and resumes on a keel

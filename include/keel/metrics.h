@@ -28,7 +28,7 @@ inline constexpr size_t kTrapKinds = static_cast<size_t>(TrapKind::kOther) + 1;
 // How accepted calls resolved. Every accepted call resolves exactly once,
 // so: submitted == ok + errors + traps_total() + cancelled_queued + detached
 //                  + deadline_queued + deadline_running + shutting_down
-//                  + unavailable + (calls not yet resolved).
+//                  + unavailable + aborted + (calls not yet resolved).
 struct ResolutionCounts {
   uint64_t ok = 0;
   uint64_t errors = 0;             // byte-ABI violations, host errors, engine failures
@@ -39,6 +39,7 @@ struct ResolutionCounts {
   uint64_t deadline_running = 0;   // deadline passed while running
   uint64_t shutting_down = 0;
   uint64_t unavailable = 0;        // failed while queued because the module was quarantined
+  uint64_t aborted = 0;            // running calls stopped by Abort()
   uint64_t traps_total() const;
   uint64_t total() const;
 };
@@ -63,6 +64,23 @@ struct InstanceCounts {
   uint64_t quarantines = 0;        // times a module entered quarantine
 };
 
+// Workers beyond the configured ones, started for fairness (see
+// FairnessOptions in keel/runtime.h).
+struct SpareCounts {
+  int64_t workers = 0;             // spare worker threads now
+  int64_t temporary_instances = 0; // instances they host now
+  uint64_t grants = 0;             // times a starving pool was given a spare
+  uint64_t denied = 0;             // times none could be given (at the limit)
+};
+
+// The engine's linear memories in this process, including those of dropped
+// instances not yet collected.
+struct EngineMemoryCounts {
+  int64_t live_memories = 0;
+  uint64_t reserved_bytes = 0;
+  uint64_t committed_bytes = 0;
+};
+
 struct MetricsSnapshot {
   uint64_t submitted = 0;          // accepted by Submit
   uint64_t rejected_overloaded = 0;
@@ -73,6 +91,10 @@ struct MetricsSnapshot {
   RunCounts runs;
   InstanceCounts instances;
   uint64_t detached_results = 0;   // results of detached calls handed to the sink
+  uint64_t callback_exceptions = 0;  // completion callbacks that threw
+  uint64_t modules_refused = 0;    // by Compile's start-function check
+  SpareCounts spares;
+  EngineMemoryCounts engine_memory;
   // Gauges.
   int64_t queued = 0;
   int64_t running = 0;

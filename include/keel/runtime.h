@@ -37,10 +37,30 @@ namespace engine {
 class Module;
 }  // namespace engine
 
+namespace internal {
+struct RuntimeAccess;
+}  // namespace internal
+
 // Receives the results of calls whose callers detached (cancelled while
 // running), so that finished work is not silently lost. Runs on a keel
 // callback thread.
 using DetachedSink = std::function<void(CallId id, const CallResult& result)>;
+
+// Workers are shared by every pool, and a started call runs to its end, so
+// one module's long calls could hold every worker. When a call waits
+// although its pool has instances free of its own calls, because other
+// pools' calls hold every worker hosting them, the runtime starts a spare
+// worker (an extra thread with its own engine context) that builds a
+// temporary instance of that pool and serves its queue. A pool whose calls
+// hold all its own instances gets no spare: that is its capacity.
+struct FairnessOptions {
+  // Spare workers the runtime may run at once; -1: two per worker.
+  int max_spare_workers = -1;
+  // How long such a call waits before a spare is brought in.
+  std::chrono::milliseconds starvation_delay{20};
+  // A temporary instance unused this long is dropped.
+  std::chrono::milliseconds spare_idle{2000};
+};
 
 struct RuntimeOptions {
   // Worker threads, each with its own engine context. 0: one per core.
@@ -53,11 +73,21 @@ struct RuntimeOptions {
   DetachedSink detached_sink;
   // Default drain period of Shutdown() and of the destructor.
   std::chrono::milliseconds drain_grace{5000};
+  FairnessOptions fairness;
 };
 
 struct ModuleOptions {
   std::string name;                    // for errors and metrics
   uint32_t max_memory_pages = 16384;   // per-instance cap (1 GiB)
+  // Compile instantiates the module once, off the caller's thread, so that
+  // a start function (or _initialize) that traps or does not finish within
+  // `start_timeout` refuses the module. The check binds imports from
+  // `linker` (and makes host state with `host_state_factory`) when given;
+  // an import they do not provide is a stub, and a check that reaches a
+  // stub is inconclusive (the module is accepted).
+  std::chrono::milliseconds start_timeout{5000};
+  std::shared_ptr<const Linker> linker;
+  std::function<std::unique_ptr<HostState>()> host_state_factory;
 };
 
 // A compiled module. Immutable; thread-safe; shared.
@@ -151,6 +181,7 @@ struct PoolStats {
   size_t healthy_instances = 0;
   size_t busy_instances = 0;
   size_t queued = 0;
+  size_t temporary_instances = 0;  // on spare workers (FairnessOptions)
   bool quarantined = false;
   std::string quarantine_reason;
   std::chrono::milliseconds quarantine_remaining{0};
@@ -189,6 +220,7 @@ class Pool {
 
  private:
   friend class Runtime;
+  friend struct internal::RuntimeAccess;
   explicit Pool(std::shared_ptr<PoolImpl> impl) : impl_(std::move(impl)) {}
   std::shared_ptr<PoolImpl> impl_;
 };
@@ -203,8 +235,10 @@ class Runtime {
   [[nodiscard]] static Result<std::unique_ptr<Runtime>> Create(RuntimeOptions options = {});
   ~Runtime();
 
-  // Validates and compiles. kInvalidModule says what is wrong;
-  // kResourceExhausted when its minimum memory is above the cap.
+  // Validates, compiles and instantiates once (see ModuleOptions).
+  // kInvalidModule says what is wrong, including a start function that
+  // traps or does not finish; kResourceExhausted when its minimum memory is
+  // above the cap.
   [[nodiscard]] Result<std::shared_ptr<const Module>> Compile(std::span<const uint8_t> bytes,
                                                               ModuleOptions options = {});
 
@@ -216,8 +250,10 @@ class Runtime {
 
   // Refuses new calls, resolves queued ones kShuttingDown, lets running ones
   // finish within `grace`, then interrupts the rest (kShuttingDown), and
-  // stops the workers. Every handle has resolved when it returns.
-  // Idempotent.
+  // stops the workers. Every handle has resolved when it returns, within
+  // `grace` plus the time guests take to reach a safe point. Idempotent.
+  // May be called (and the runtime destroyed) from a completion callback:
+  // that callback thread then ends when the callback returns.
   void Shutdown(std::chrono::milliseconds grace);
   void Shutdown();
 
@@ -225,6 +261,7 @@ class Runtime {
   int workers() const;
 
  private:
+  friend struct internal::RuntimeAccess;
   explicit Runtime(std::unique_ptr<RuntimeImpl> impl);
   std::unique_ptr<RuntimeImpl> impl_;
 };

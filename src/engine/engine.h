@@ -98,8 +98,23 @@ class Interrupter {
   virtual ~Interrupter() = default;
   // If the running call has tag `call_tag`, it stops at its next safe point
   // (or when its blocking host function notices). Otherwise nothing happens,
-  // now or later.
-  virtual void Request(uint64_t call_tag) = 0;
+  // now or later. Returns the wake-up of the host function the call is
+  // blocked in (the hook it set with Caller::SetInterruptHook), or an empty
+  // function: the caller runs it, on any thread, holding no lock. Running it
+  // late is safe: it does nothing once that host function has returned.
+  [[nodiscard]] virtual std::function<void()> RequestDeferred(uint64_t call_tag) = 0;
+  // RequestDeferred, running the wake-up at once on this thread.
+  void Request(uint64_t call_tag) {
+    if (auto wake = RequestDeferred(call_tag)) wake();
+  }
+};
+
+// Linear memories the engine holds in this process, including those of
+// dropped instances it has not collected yet.
+struct MemoryStats {
+  int64_t live_memories = 0;
+  uint64_t reserved_bytes = 0;   // address space held (reservations and guards)
+  uint64_t committed_bytes = 0;  // current byte length of those memories
 };
 
 struct ContextOptions {
@@ -126,6 +141,10 @@ class Context {
   // Gives the engine a chance to free dropped instances; cheap when there is
   // nothing to do. Call when idle.
   virtual void MaybeCollectGarbage() = 0;
+  // Frees everything dropped on this context now (memories, code of modules
+  // no instance uses any more). Costs about a millisecond: call when pools
+  // close, or before retrying an allocation that failed.
+  virtual void CollectGarbage() = 0;
 };
 
 // The function export `name` of `info`: kNotFound when there is none (or
@@ -152,6 +171,9 @@ class Engine {
       const ContextOptions& options = {}) = 0;
 
   virtual std::string_view name() const = 0;
+
+  // Process-wide; thread-safe.
+  virtual MemoryStats memory_stats() const = 0;
 };
 
 // The default engine (SpiderMonkey), started on first use.

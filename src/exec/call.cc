@@ -18,6 +18,7 @@ std::string_view ToString(CancelOutcome outcome) {
   switch (outcome) {
     case CancelOutcome::kWithdrawn: return "withdrawn";
     case CancelOutcome::kDetached: return "detached";
+    case CancelOutcome::kAborted: return "aborted";
     case CancelOutcome::kTooLate: return "too_late";
   }
   return "?";
@@ -46,13 +47,18 @@ CancelOutcome Call::Cancel() {
   return record_->pool->core().Cancel(record_);
 }
 
+CancelOutcome Call::Abort() {
+  if (!record_) return CancelOutcome::kTooLate;
+  return record_->pool->core().Abort(record_);
+}
+
 const CallResult& Call::Wait() const {
   static const CallResult kInvalid =
       tl::unexpected(Error(ErrorCode::kFailedPrecondition, "invalid call handle"));
   if (!record_) return kInvalid;
   if (!ready()) {
-    std::unique_lock<std::mutex> lock(record_->mu);
-    record_->cv.wait(lock, [&] { return record_->resolved; });
+    MutexLock lock(record_->mu);
+    while (!record_->resolved) record_->cv.Wait(record_->mu);
   }
   return record_->result;
 }
@@ -60,8 +66,11 @@ const CallResult& Call::Wait() const {
 const CallResult* Call::WaitFor(std::chrono::nanoseconds timeout) const {
   if (!record_) return &Wait();
   if (!ready()) {
-    std::unique_lock<std::mutex> lock(record_->mu);
-    if (!record_->cv.wait_for(lock, timeout, [&] { return record_->resolved; })) return nullptr;
+    Clock::time_point until = Clock::now() + timeout;
+    MutexLock lock(record_->mu);
+    while (!record_->resolved) {
+      if (!record_->cv.WaitUntil(record_->mu, until) && !record_->resolved) return nullptr;
+    }
   }
   return &record_->result;
 }
@@ -72,7 +81,7 @@ void Call::OnComplete(std::function<void(const CallResult&)> fn) const {
     return;
   }
   {
-    std::lock_guard<std::mutex> lock(record_->mu);
+    MutexLock lock(record_->mu);
     if (!record_->resolved) {
       record_->callbacks.push_back(std::move(fn));
       return;
@@ -94,7 +103,7 @@ bool RuntimeCore::Resolve(const std::shared_ptr<CallRecord>& record, CallResult&
                           Cause cause, TrapKind trap, bool detach) {
   std::vector<std::function<void(const CallResult&)>> callbacks;
   {
-    std::lock_guard<std::mutex> lock(record->mu);
+    MutexLock lock(record->mu);
     if (record->resolved) return false;
     record->resolved = true;
     record->detached = detach;
@@ -106,7 +115,7 @@ bool RuntimeCore::Resolve(const std::shared_ptr<CallRecord>& record, CallResult&
     metrics.end_to_end.Record(Clock::now() - record->submitted);
     record->resolved_flag.store(true, std::memory_order_release);
   }
-  record->cv.notify_all();
+  record->cv.SignalAll();
   for (auto& fn : callbacks) {
     executor->Post([record, fn = std::move(fn)] { fn(record->result); });
   }
@@ -136,6 +145,25 @@ CancelOutcome RuntimeCore::Cancel(const std::shared_ptr<CallRecord>& record) {
   return detached ? CancelOutcome::kDetached : CancelOutcome::kTooLate;
 }
 
+CancelOutcome RuntimeCore::Abort(const std::shared_ptr<CallRecord>& record) {
+  if (Withdraw(record)) {
+    Resolve(record, tl::unexpected(Error(ErrorCode::kCancelled, "aborted before it started")),
+            Cause::kCancelledQueued);
+    return CancelOutcome::kWithdrawn;
+  }
+  CallState state = record->state.load();
+  if (state != CallState::kRunning && state != CallState::kPostReturn) return CancelOutcome::kTooLate;
+  if (record->aborted.exchange(true)) return CancelOutcome::kTooLate;
+  // A detached call has resolved already; it is still interrupted.
+  Resolve(record,
+          tl::unexpected(Error(ErrorCode::kCancelled,
+                               "aborted while running: the guest was interrupted and its "
+                               "instance is replaced")),
+          Cause::kAborted);
+  Interrupt(*record);
+  return CancelOutcome::kAborted;
+}
+
 void RuntimeCore::Expire(const std::shared_ptr<CallRecord>& record) {
   if (Withdraw(record)) {
     Resolve(record,
@@ -150,19 +178,70 @@ void RuntimeCore::Expire(const std::shared_ptr<CallRecord>& record) {
                                "deadline passed while running; the guest was interrupted")),
           Cause::kDeadlineRunning);
   // Even a detached call is bounded by its deadline.
-  if (Worker* worker = record->worker.load()) worker->interrupter()->Request(record->engine_tag.load());
+  Interrupt(*record);
+}
+
+void RuntimeCore::Interrupt(const CallRecord& record) {
+  Worker* worker = record.worker.load();
+  if (!worker) return;
+  if (auto wake = worker->interrupter()->RequestDeferred(record.engine_tag.load())) {
+    executor->Post(std::move(wake));
+  }
 }
 
 void RuntimeCore::DeliverDetached(const std::shared_ptr<CallRecord>& record, CallResult actual) {
   bool detached;
   {
-    std::lock_guard<std::mutex> lock(record->mu);
+    MutexLock lock(record->mu);
     detached = record->detached;
   }
   if (!detached || !options.detached_sink) return;
   metrics.detached_results++;
   executor->Post([sink = options.detached_sink, id = record->id,
                     actual = std::move(actual)] { sink(id, actual); });
+}
+
+void RuntimeCore::OnCallEnded() {
+  if (metrics.running.load() != 0 || !shutting_down.load()) return;
+  MutexLock lock(drain_mu);
+  drain_cv.SignalAll();
+}
+
+void RuntimeCore::CollectEverywhere(const Worker* except) {
+  for (auto& w : workers) {
+    if (w.get() != except) w->Post([](Worker& worker) { worker.CollectGarbage(); });
+  }
+  MutexLock lock(spares_mu);
+  for (auto& w : spares) {
+    if (w.get() != except) w->Post([](Worker& worker) { worker.CollectGarbage(); });
+  }
+}
+
+Worker* RuntimeCore::SpareWorker() {
+  MutexLock lock(spares_mu);
+  if (shutting_down.load()) return nullptr;
+  for (auto& w : spares) {
+    if (w->ClaimIfIdle()) return w.get();
+  }
+  int limit = options.fairness.max_spare_workers;
+  if (limit < 0) limit = 2 * static_cast<int>(workers.size());
+  if (static_cast<int>(spares.size()) >= limit) return nullptr;
+  auto worker = std::make_unique<Worker>(this, static_cast<int>(workers.size() + spares.size()),
+                                         /*spare=*/true);
+  if (!worker->Start(options.worker_stack_bytes)) return nullptr;
+  metrics.spare_workers++;
+  spares.push_back(std::move(worker));
+  return spares.back().get();
+}
+
+void RuntimeCore::Test(TestPoint point) {
+  if (!has_test_hook.load()) return;
+  std::function<void(TestPoint)> hook;
+  {
+    MutexLock lock(test_hook_mu);
+    hook = test_hook;
+  }
+  if (hook) hook(point);
 }
 
 }  // namespace keel::exec

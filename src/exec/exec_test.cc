@@ -1,202 +1,15 @@
 // The call contract of DESIGN.md, row by row, plus the invariants. Timing is
 // controlled by gates (a host import the guest blocks on), never by sleeps;
 // the only waits are bounded polls for a state to be reached.
-#include <atomic>
-#include <condition_variable>
 #include <coroutine>
-#include <map>
-#include <mutex>
 #include <random>
-#include <thread>
 
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
+#include "exec/exec_fixture.h"
 
-#include "base/file.h"
-#include "keel/runtime.h"
-
-namespace keel {
+namespace keel::exectest {
 namespace {
 
-using namespace std::chrono_literals;
 using ::testing::HasSubstr;
-
-// Waits (bounded, generous) until `pred` holds.
-template <typename Pred>
-bool Eventually(Pred pred, std::chrono::milliseconds limit = 20s) {
-  auto until = Clock::now() + limit;
-  while (!pred()) {
-    if (Clock::now() > until) return false;
-    std::this_thread::sleep_for(1ms);
-  }
-  return true;
-}
-
-// Host side of exec_guest.wat.
-class TestHost {
- public:
-  static constexpr int kMaxIds = 1 << 20;
-
-  TestHost() : ran_(new std::atomic<uint8_t>[kMaxIds]) {
-    for (int i = 0; i < kMaxIds; ++i) ran_[i] = 0;
-    auto linker = std::make_shared<Linker>();
-    linker->Define("keel_test", "gate", {{ValType::kI32}, {ValType::kI32}},
-                   [this](Caller& caller, std::span<const Value> a, std::span<Value> r) {
-                     return Gate(caller, a[0].i32(), r);
-                   });
-    linker->Define("keel_test", "ran", {{ValType::kI32}, {}},
-                   [this](Caller&, std::span<const Value> a, std::span<Value>) -> Result<void> {
-                     ran_[static_cast<uint32_t>(a[0].i32()) % kMaxIds]++;
-                     return {};
-                   });
-    linker->Define("keel_test", "start_ok", {{}, {ValType::kI32}},
-                   [this](Caller&, std::span<const Value>, std::span<Value> r) -> Result<void> {
-                     r[0] = Value::I32(start_ok_.load() ? 1 : 0);
-                     return {};
-                   });
-    // Invariant checks through per-instance state (when the pool has one):
-    // overlapping calls on one instance, and calls on a poisoned instance.
-    linker->Define("keel_test", "enter", {{}, {}},
-                   [this](Caller& caller, std::span<const Value>, std::span<Value>) -> Result<void> {
-                     if (auto* t = static_cast<Tracker*>(caller.host_state())) {
-                       if (t->in_flight.fetch_add(1) != 0) reentries_++;
-                       if (t->poisoned) poisoned_reuse_++;
-                     }
-                     return {};
-                   });
-    linker->Define("keel_test", "leave", {{}, {}},
-                   [](Caller& caller, std::span<const Value>, std::span<Value>) -> Result<void> {
-                     if (auto* t = static_cast<Tracker*>(caller.host_state())) t->in_flight--;
-                     return {};
-                   });
-    linker->Define("keel_test", "poison_me", {{}, {}},
-                   [](Caller& caller, std::span<const Value>, std::span<Value>) -> Result<void> {
-                     if (auto* t = static_cast<Tracker*>(caller.host_state())) t->poisoned = true;
-                     return {};
-                   });
-    linker_ = linker;
-  }
-
-  std::shared_ptr<const Linker> linker() const { return linker_; }
-  void Open(int id) {
-    std::lock_guard<std::mutex> lock(mu_);
-    open_[id] = true;
-    cv_.notify_all();
-  }
-  // Waits until gate `id` has been entered `n` times in all.
-  bool WaitEntered(int id, int n = 1) {
-    std::unique_lock<std::mutex> lock(mu_);
-    return cv_.wait_for(lock, 20s, [&] { return entered_[id] >= n; });
-  }
-  int Entered(int id) {
-    std::lock_guard<std::mutex> lock(mu_);
-    return entered_[id];
-  }
-  int Ran(int id) const { return ran_[id]; }
-  void SetStartOk(bool ok) { start_ok_ = ok; }
-
-  // Per-instance state for the invariant checks.
-  struct Tracker : HostState {
-    std::atomic<int> in_flight{0};
-    std::atomic<bool> poisoned{false};
-  };
-  int reentries() const { return reentries_; }
-  int poisoned_reuse() const { return poisoned_reuse_; }
-
- private:
-  Result<void> Gate(Caller& caller, int id, std::span<Value> r) {
-    caller.SetInterruptHook([this] {
-      std::lock_guard<std::mutex> lock(mu_);
-      cv_.notify_all();
-    });
-    std::unique_lock<std::mutex> lock(mu_);
-    entered_[id]++;
-    cv_.notify_all();
-    cv_.wait(lock, [&] { return open_[id] || caller.interrupted(); });
-    if (!open_[id]) return MakeError(ErrorCode::kInterrupted, "gate interrupted");
-    r[0] = Value::I32(id);
-    return {};
-  }
-
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::map<int, bool> open_;
-  std::map<int, int> entered_;
-  std::unique_ptr<std::atomic<uint8_t>[]> ran_;
-  std::atomic<bool> start_ok_{true};
-  std::atomic<int> reentries_{0};
-  std::atomic<int> poisoned_reuse_{0};
-  std::shared_ptr<const Linker> linker_;
-};
-
-class ExecTest : public ::testing::Test {
- protected:
-  void SetUp() override { StartRuntime(2); }
-  void TearDown() override {
-    if (runtime_) runtime_->Shutdown(10s);
-  }
-
-  void StartRuntime(int workers) {
-    RuntimeOptions options;
-    options.workers = workers;
-    options.detached_sink = [this](CallId id, const CallResult& result) {
-      std::lock_guard<std::mutex> lock(sink_mu_);
-      sink_.emplace_back(id, result);
-    };
-    auto runtime = Runtime::Create(options);
-    ASSERT_TRUE(runtime) << runtime.error().ToString();
-    runtime_ = std::move(*runtime);
-    auto bytes = ReadFile(std::string(KEEL_FIXTURE_DIR) + "/exec_guest.wasm");
-    ASSERT_TRUE(bytes);
-    auto module = runtime_->Compile(*bytes, {.name = "exec_guest"});
-    ASSERT_TRUE(module) << module.error().ToString();
-    module_ = *module;
-  }
-
-  std::shared_ptr<Pool> MakePool(PoolOptions options = {}) {
-    if (options.instances == 0) options.instances = 1;
-    options.linker = host_.linker();
-    auto pool = runtime_->CreatePool(module_, options);
-    EXPECT_TRUE(pool) << pool.error().ToString();
-    if (!pool) return nullptr;
-    size_t want = options.instances;
-    EXPECT_TRUE(Eventually([&] { return (*pool)->Stats().healthy_instances == want; }));
-    return *pool;
-  }
-
-  Call Submit(Pool& pool, std::string_view name, std::vector<Value> args, CallOptions options = {}) {
-    auto call = pool.Submit(name, std::move(args), options);
-    EXPECT_TRUE(call) << call.error().ToString();
-    return call ? std::move(*call) : Call();
-  }
-
-  Call SubmitBytes(Pool& pool, std::string_view name, std::string input, CallOptions options = {}) {
-    auto call = pool.SubmitBytes(name, std::vector<uint8_t>(input.begin(), input.end()), options);
-    EXPECT_TRUE(call) << call.error().ToString();
-    return call ? std::move(*call) : Call();
-  }
-
-  size_t SinkSize() {
-    std::lock_guard<std::mutex> lock(sink_mu_);
-    return sink_.size();
-  }
-
-  // Every accepted call resolved exactly once and every started call ended.
-  void ExpectSumRules() {
-    MetricsSnapshot m = runtime_->Metrics();
-    EXPECT_EQ(m.submitted, m.resolved.total()) << "resolutions must account for every call";
-    EXPECT_EQ(m.runs.started,
-              m.runs.run_ok + m.runs.run_trapped + m.runs.run_interrupted + m.runs.run_failed);
-    EXPECT_EQ(m.queued, 0);
-    EXPECT_EQ(m.running, 0);
-  }
-
-  TestHost host_;
-  std::unique_ptr<Runtime> runtime_;
-  std::shared_ptr<const Module> module_;
-  std::mutex sink_mu_;
-  std::vector<std::pair<CallId, CallResult>> sink_;
-};
 
 // --- Happy path ------------------------------------------------------------------
 
@@ -430,17 +243,24 @@ TEST_F(ExecTest, DeadlineAlreadyPassedIsRejectedAtSubmit) {
 }
 
 TEST_F(ExecTest, DeadlineCoversQueueTimePlusRunTime) {
+  constexpr auto kTimeout = 4s;
   auto pool = MakePool();
   Call blocker = Submit(*pool, "gated", {Value::I32(14)});
   ASSERT_TRUE(host_.WaitEntered(14));
-  // 300 ms in all; it waits in the queue, then starts and spins.
-  Call call = Submit(*pool, "gated_spin", {Value::I32(15)}, {.timeout = 300ms});
+  // Both wait in the queue; the marker's expiry tells that half of the
+  // call's time went by before it could start.
+  Call call = Submit(*pool, "gated_spin", {Value::I32(15)}, {.timeout = kTimeout});
+  Call marker = Submit(*pool, "work", {Value::I32(7001), Value::I32(0)}, {.timeout = kTimeout / 2});
   host_.Open(15);
+  EXPECT_EQ(marker.Wait().error().code, ErrorCode::kDeadlineExceeded);
+  auto started = Clock::now();
   host_.Open(14);
-  auto start = Clock::now();
   const CallResult& r = call.Wait();
   EXPECT_EQ(r.error().code, ErrorCode::kDeadlineExceeded);
-  EXPECT_LT(Clock::now() - start, 10s);  // sanity bound only
+  EXPECT_EQ(runtime_->Metrics().resolved.deadline_running, 1u);
+  // Counted from submit, the call runs at most the other half; counted from
+  // its start it would run the whole kTimeout.
+  EXPECT_LT(Clock::now() - started, kTimeout * 7 / 8);
 }
 
 // --- Traps ---------------------------------------------------------------------------
@@ -557,6 +377,13 @@ TEST_F(ExecTest, CompletionCallbackRunsExactlyOnceOffTheCallerThread) {
   // Registered after resolution: still runs, once.
   call.OnComplete([&](const CallResult&) { runs++; });
   ASSERT_TRUE(Eventually([&] { return runs.load() == 2; }));
+  // The one callback thread runs callbacks in order: once a later call's
+  // callback ran, no second run of the first two can still be coming.
+  std::atomic<bool> barrier{false};
+  Call later = Submit(*pool, "add", {Value::I32(0), Value::I32(0)});
+  later.OnComplete([&](const CallResult&) { barrier = true; });
+  ASSERT_TRUE(Eventually([&] { return barrier.load(); }));
+  EXPECT_EQ(runs.load(), 2);
   EXPECT_FALSE(on_caller.load());
 }
 
@@ -650,23 +477,32 @@ TEST_F(ExecTest, CrashLoopQuarantinesWithBackoffAndRecovers) {
   EXPECT_THAT(r.error().message, HasSubstr("quarantined"));
   EXPECT_THAT(r.error().message, HasSubstr("unreachable"));
   EXPECT_GE(runtime_->Metrics().instances.quarantines, 1u);
+  // After the backoff a call is accepted and lets the pool try again.
+  ASSERT_TRUE(Eventually([&] { return !(*pool)->Stats().quarantined; }));
+  auto retry = (*pool)->Submit("add", {Value::I32(1), Value::I32(1)});
+  ASSERT_TRUE(retry) << retry.error().ToString();
+  EXPECT_EQ(retry->Wait().error().code, ErrorCode::kUnavailable);  // failed again
+  EXPECT_EQ(runtime_->Metrics().instances.quarantines, 2u);
   host_.SetStartOk(true);
-  ASSERT_TRUE(Eventually([&] { return (*pool)->Stats().healthy_instances == 1; }));
+  ASSERT_TRUE(Eventually([&] { return !(*pool)->Stats().quarantined; }));
   auto ok = (*pool)->Submit("add", {Value::I32(1), Value::I32(1)});
   ASSERT_TRUE(ok);
   EXPECT_TRUE(ok->Wait());
+  EXPECT_EQ((*pool)->Stats().healthy_instances, 1u);
 }
 
 TEST_F(ExecTest, InstantiationHasADeadline) {
-  auto bytes = ReadFile(std::string(KEEL_FIXTURE_DIR) + "/engine_start.wasm");
-  auto module = runtime_->Compile(*bytes, {.name = "spinning_start"});
-  ASSERT_TRUE(module);
-  auto pool = runtime_->CreatePool(*module, {.instances = 1,
+  // The start function spins only in pools (start_ok() blocks on gate 50
+  // there), so Compile's check, which binds stubs, lets the module through.
+  host_.SetStartGate(50);
+  auto pool = runtime_->CreatePool(module_, {.instances = 1,
                                              .quarantine = {.failures = 1},
-                                             .instantiate_timeout = 50ms});
+                                             .instantiate_timeout = 50ms,
+                                             .linker = host_.linker()});
   ASSERT_TRUE(pool);
   ASSERT_TRUE(Eventually([&] { return (*pool)->Stats().quarantined; }));
   EXPECT_THAT((*pool)->Stats().quarantine_reason, HasSubstr("deadline"));
+  host_.SetStartGate(0);
 }
 
 TEST_F(ExecTest, ClosingAPoolAfterShutdownIsHarmless) {
@@ -785,4 +621,4 @@ TEST_F(ExecTest, RandomizedStress) {
 }
 
 }  // namespace
-}  // namespace keel
+}  // namespace keel::exectest

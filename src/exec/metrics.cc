@@ -13,7 +13,7 @@ uint64_t ResolutionCounts::traps_total() const {
 
 uint64_t ResolutionCounts::total() const {
   return ok + errors + traps_total() + cancelled_queued + detached + deadline_queued +
-         deadline_running + shutting_down + unavailable;
+         deadline_running + shutting_down + unavailable + aborted;
 }
 
 double HistogramSnapshot::Quantile(double q) const {
@@ -69,6 +69,7 @@ void Metrics::CountResolution(Cause cause, TrapKind trap) {
     case Cause::kDeadlineRunning: deadline_running++; break;
     case Cause::kShuttingDown: shutting_down++; break;
     case Cause::kUnavailable: unavailable++; break;
+    case Cause::kAborted: aborted++; break;
   }
 }
 
@@ -97,6 +98,7 @@ MetricsSnapshot Metrics::Snapshot() const {
   s.resolved.deadline_running = deadline_running;
   s.resolved.shutting_down = shutting_down;
   s.resolved.unavailable = unavailable;
+  s.resolved.aborted = aborted;
   s.runs.started = started;
   s.runs.run_ok = run_ok;
   s.runs.run_trapped = run_trapped;
@@ -109,6 +111,12 @@ MetricsSnapshot Metrics::Snapshot() const {
   s.instances.instantiation_failures = instantiation_failures;
   s.instances.quarantines = quarantines;
   s.detached_results = detached_results;
+  s.callback_exceptions = callback_exceptions;
+  s.modules_refused = modules_refused;
+  s.spares.workers = spare_workers;
+  s.spares.temporary_instances = temporary_instances;
+  s.spares.grants = spare_grants;
+  s.spares.denied = spare_denied;
   s.queued = queued;
   s.running = running;
   s.instances_live = instances_live;

@@ -35,6 +35,7 @@ enum class Cause : uint8_t {
   kDeadlineRunning,
   kShuttingDown,
   kUnavailable,
+  kAborted,
 };
 
 // How one started call ended in the guest; see RunCounts.
@@ -52,8 +53,10 @@ struct Metrics {
   std::array<Counter, kTrapKinds> traps{};
   Counter started, run_ok, run_trapped, run_interrupted, run_failed;
   Counter created, poisoned, replaced, recycled, instantiation_failures, quarantines;
-  Counter detached_results;
-  Gauge queued, running, instances_live;
+  Counter detached_results, callback_exceptions, modules_refused;
+  Counter aborted;
+  Counter spare_grants, spare_denied;
+  Gauge queued, running, instances_live, spare_workers, temporary_instances;
   Histogram queue_wait, run_time, end_to_end;
 
   void CountResolution(Cause cause, TrapKind trap);

@@ -1,5 +1,5 @@
-// Pools: admission control, the FIFO and affinity queues, and crash-loop
-// protection.
+// Pools: admission control, the FIFO and affinity queues, crash-loop
+// protection and starvation checks.
 #include <algorithm>
 
 #include "abi/bytecall.h"
@@ -29,23 +29,71 @@ PoolImpl::PoolImpl(std::shared_ptr<exec::RuntimeCore> core, std::shared_ptr<cons
       module_(std::move(module)),
       options_(std::move(options)),
       slot_workers_(std::move(slot_workers)),
-      affinity_queues_(slot_workers_.size()),
       affinity_live_(new std::atomic<int64_t>[slot_workers_.size()]) {
   for (size_t i = 0; i < slot_workers_.size(); ++i) affinity_live_[i] = 0;
   for (exec::Worker* w : slot_workers_) {
     if (std::find(workers_.begin(), workers_.end(), w) == workers_.end()) workers_.push_back(w);
   }
+  MutexLock lock(mu_);
+  affinity_queues_.resize(slot_workers_.size());
 }
 
-Result<void> PoolImpl::CheckAvailable(Clock::time_point now) const {
-  if (now < quarantined_until_) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(quarantined_until_ - now);
-    return MakeError(ErrorCode::kUnavailable,
-                     ModuleLabel(*module_) + " is quarantined for " + std::to_string(left.count()) +
-                         " ms more after " + std::to_string(consecutive_failures_) +
-                         " consecutive instantiation failures; last: " + quarantine_reason_);
+std::string PoolImpl::QuarantineMessage(Clock::time_point now) const {
+  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(quarantined_until_ - now);
+  return ModuleLabel(*module_) + " is quarantined for " + std::to_string(left.count()) +
+         " ms more after " + std::to_string(consecutive_failures_) +
+         " consecutive instantiation failures; last: " + quarantine_reason_;
+}
+
+// Admission of one call at `now`: the queue bound and the quarantine.
+Result<void> PoolImpl::Admit(Clock::time_point now) {
+  exec::Metrics& metrics = core_->metrics;
+  if (core_->shutting_down.load()) {
+    metrics.rejected_shutting_down++;
+    return MakeError(ErrorCode::kShuttingDown, "the runtime is shutting down");
   }
+  if (closed_.load()) {
+    return MakeError(ErrorCode::kFailedPrecondition, "the pool of " + ModuleLabel(*module_) + " is closed");
+  }
+  if (now < quarantined_until_) {
+    metrics.rejected_unavailable++;
+    return MakeError(ErrorCode::kUnavailable, QuarantineMessage(now));
+  }
+  if (static_cast<size_t>(total_live_.load()) >= options_.max_queue) {
+    metrics.rejected_overloaded++;
+    return MakeError(ErrorCode::kOverloaded, "the queue of " + ModuleLabel(*module_) + " is full (" +
+                                                 std::to_string(options_.max_queue) + " calls)");
+  }
+  // The backoff is over: this call is what lets the slots try again.
+  if (in_quarantine_) retry_permitted_ = true;
   return {};
+}
+
+void PoolImpl::Enqueue(const std::shared_ptr<internal::CallRecord>& record) {
+  // Withdrawn calls stay in their deque until popped; sweep them when they
+  // pile up (e.g. behind a long call), so queue memory stays bounded by
+  // max_queue on every path.
+  if (entries_ >= 2 * options_.max_queue + 64) SweepWithdrawn();
+  if (record->affinity_slot >= 0) {
+    affinity_queues_[record->affinity_slot].push_back(record);
+    affinity_live_[record->affinity_slot]++;
+  } else {
+    shared_queue_.push_back(record);
+    shared_live_++;
+  }
+  entries_++;
+  total_live_++;
+}
+
+void PoolImpl::SweepWithdrawn() {
+  auto withdrawn = [](const auto& r) { return r->state.load() != CallState::kQueued; };
+  entries_ = 0;
+  std::erase_if(shared_queue_, withdrawn);
+  entries_ += shared_queue_.size();
+  for (auto& queue : affinity_queues_) {
+    std::erase_if(queue, withdrawn);
+    entries_ += queue.size();
+  }
 }
 
 Result<Call> PoolImpl::Submit(std::shared_ptr<internal::CallRecord> record,
@@ -56,7 +104,7 @@ Result<Call> PoolImpl::Submit(std::shared_ptr<internal::CallRecord> record,
                                          ? options.timeout
                                          : std::chrono::nanoseconds(options_.default_timeout);
   Clock::time_point deadline = Clock::time_point::max();
-  if (timeout.count() > 0) deadline = now + timeout;
+  if (timeout.count() > 0) deadline = now + std::min(timeout, std::chrono::nanoseconds(Clock::time_point::max() - now));
   if (options.deadline) deadline = std::min(deadline, *options.deadline);
   if (deadline <= now) {
     metrics.rejected_deadline++;
@@ -70,37 +118,9 @@ Result<Call> PoolImpl::Submit(std::shared_ptr<internal::CallRecord> record,
     record->affinity_slot = static_cast<int>(SlotForKey(*options.affinity_key, slot_workers_.size()));
   }
   {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (core_->shutting_down.load()) {
-      metrics.rejected_shutting_down++;
-      return MakeError(ErrorCode::kShuttingDown, "the runtime is shutting down");
-    }
-    if (closed_.load()) {
-      return MakeError(ErrorCode::kFailedPrecondition, "the pool of " + ModuleLabel(*module_) + " is closed");
-    }
-    if (auto available = CheckAvailable(now); !available) {
-      metrics.rejected_unavailable++;
-      return MakeError(available.error());
-    }
-    if (static_cast<size_t>(total_live_.load()) >= options_.max_queue) {
-      metrics.rejected_overloaded++;
-      return MakeError(ErrorCode::kOverloaded,
-                       "the queue of " + ModuleLabel(*module_) + " is full (" +
-                           std::to_string(options_.max_queue) + " calls)");
-    }
-    if (record->affinity_slot >= 0) {
-      affinity_queues_[record->affinity_slot].push_back(record);
-      affinity_live_[record->affinity_slot]++;
-    } else {
-      // Withdrawn calls stay in the deque until popped; sweep them if they
-      // pile up behind a long-running call.
-      if (shared_queue_.size() > 2 * options_.max_queue + 64) {
-        std::erase_if(shared_queue_, [](const auto& r) { return r->state.load() != CallState::kQueued; });
-      }
-      shared_queue_.push_back(record);
-      shared_live_++;
-    }
-    total_live_++;
+    MutexLock lock(mu_);
+    if (auto admitted = Admit(now); !admitted) return MakeError(admitted.error());
+    Enqueue(record);
   }
   metrics.submitted++;
   metrics.queued++;
@@ -111,38 +131,89 @@ Result<Call> PoolImpl::Submit(std::shared_ptr<internal::CallRecord> record,
                                     if (auto r = weak.lock()) r->pool->core().Cancel(r);
                                   }));
   }
-  NotifyWorkers(record->affinity_slot);
+  if (!NotifyWorkers(record->affinity_slot) && record->affinity_slot < 0) ArmStarvationCheck();
   return internal::CallAccess::Make(std::move(record));
 }
 
-void PoolImpl::NotifyWorkers(int slot_no) {
-  if (slot_no >= 0) {
-    exec::Worker* w = slot_workers_[slot_no];
-    if (w->idle()) w->Wake();
+// Wakes one idle worker that hosts this pool; claiming it means the next
+// submit picks another, so N calls reach N idle workers. False when every
+// worker that could run the call is busy.
+bool PoolImpl::NotifyWorkers(int slot_no) {
+  if (slot_no >= 0) return slot_workers_[slot_no]->ClaimIfIdle();
+  for (exec::Worker* w : workers_) {
+    if (w->ClaimIfIdle()) return true;
+  }
+  MutexLock lock(mu_);
+  for (exec::Worker* w : temporary_workers_) {
+    if (w->ClaimIfIdle()) return true;
+  }
+  return false;
+}
+
+void PoolImpl::ArmStarvationCheck() {
+  {
+    MutexLock lock(mu_);
+    if (starvation_check_armed_) return;
+    starvation_check_armed_ = true;
+  }
+  core_->watchdog->WatchPool(Clock::now() + core_->options.fairness.starvation_delay, weak_from_this());
+}
+
+void PoolImpl::CheckStarvation() {
+  exec::Worker* spare = nullptr;
+  {
+    MutexLock lock(mu_);
+    starvation_check_armed_ = false;
+    if (closed_.load() || shared_live_.load() == 0 || Clock::now() < quarantined_until_) return;
+    // Our calls wait while workers hosting our instances run other pools'
+    // calls: temporary instances make up for those, never for more.
+    size_t blocked = 0;
+    for (exec::Worker* w : slot_workers_) {
+      const PoolImpl* running = w->running_pool();
+      if (running != nullptr && running != this) blocked++;
+    }
+    if (temporary_workers_.size() >= blocked) return;
+  }
+  spare = core_->SpareWorker();
+  if (!spare) {
+    core_->metrics.spare_denied++;
     return;
   }
-  for (exec::Worker* w : workers_) {
-    if (w->idle()) {
-      w->Wake();
-      return;
-    }
+  core_->metrics.spare_grants++;
+  {
+    MutexLock lock(mu_);
+    temporary_workers_.push_back(spare);
   }
+  spare->Post([self = shared_from_this()](exec::Worker& w) { w.AddSlot(self, -1); });
+  // Still waiting after this one is up? Look again.
+  ArmStarvationCheck();
+}
+
+void PoolImpl::OnTemporarySlotGone(exec::Worker* worker) {
+  MutexLock lock(mu_);
+  auto it = std::find(temporary_workers_.begin(), temporary_workers_.end(), worker);
+  if (it != temporary_workers_.end()) temporary_workers_.erase(it);
 }
 
 std::shared_ptr<internal::CallRecord> PoolImpl::Pop(int slot_no) {
-  std::lock_guard<std::mutex> lock(mu_);
-  for (auto* queue : {&affinity_queues_[slot_no], &shared_queue_}) {
-    while (!queue->empty()) {
-      auto record = std::move(queue->front());
-      queue->pop_front();
+  MutexLock lock(mu_);
+  auto take = [this](std::deque<std::shared_ptr<internal::CallRecord>>& queue) REQUIRES(mu_) {
+    while (!queue.empty()) {
+      auto record = std::move(queue.front());
+      queue.pop_front();
+      entries_--;
       if (record->state.load() == CallState::kQueued) return record;
     }
+    return std::shared_ptr<internal::CallRecord>();
+  };
+  if (slot_no >= 0) {
+    if (auto record = take(affinity_queues_[slot_no])) return record;
   }
-  return nullptr;
+  return take(shared_queue_);
 }
 
 bool PoolImpl::HasWork(int slot_no) const {
-  return shared_live_.load() > 0 || affinity_live_[slot_no].load() > 0;
+  return shared_live_.load() > 0 || (slot_no >= 0 && affinity_live_[slot_no].load() > 0);
 }
 
 void PoolImpl::OnDequeued(const internal::CallRecord& record) {
@@ -158,15 +229,14 @@ void PoolImpl::OnDequeued(const internal::CallRecord& record) {
 void PoolImpl::FailQueued(const Error& error, exec::Cause cause) {
   std::vector<std::shared_ptr<internal::CallRecord>> records;
   {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (auto* queue : [this] {
-           std::vector<std::deque<std::shared_ptr<internal::CallRecord>>*> all{&shared_queue_};
-           for (auto& q : affinity_queues_) all.push_back(&q);
-           return all;
-         }()) {
-      for (auto& r : *queue) records.push_back(std::move(r));
-      queue->clear();
+    MutexLock lock(mu_);
+    for (auto& r : shared_queue_) records.push_back(std::move(r));
+    shared_queue_.clear();
+    for (auto& queue : affinity_queues_) {
+      for (auto& r : queue) records.push_back(std::move(r));
+      queue.clear();
     }
+    entries_ = 0;
   }
   for (auto& r : records) {
     if (core_->Withdraw(r)) core_->Resolve(r, tl::unexpected(error), cause);
@@ -174,10 +244,12 @@ void PoolImpl::FailQueued(const Error& error, exec::Cause cause) {
 }
 
 void PoolImpl::OnInstantiated() {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   consecutive_failures_ = 0;
   backoff_ = std::chrono::milliseconds(0);
   quarantined_until_ = {};
+  in_quarantine_ = false;
+  retry_permitted_ = false;
   quarantine_reason_.clear();
 }
 
@@ -186,7 +258,7 @@ void PoolImpl::OnInstantiationFailed(const Error& error) {
   bool quarantine = false;
   std::string reason;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     ++consecutive_failures_;
     quarantine_reason_ = error.ToString();
     Clock::time_point now = Clock::now();
@@ -195,6 +267,8 @@ void PoolImpl::OnInstantiationFailed(const Error& error) {
                      ? options_.quarantine.initial_backoff
                      : std::min(backoff_ * 2, options_.quarantine.max_backoff);
       quarantined_until_ = now + backoff_;
+      in_quarantine_ = true;
+      retry_permitted_ = false;
       quarantine = true;
       reason = ModuleLabel(*module_) + " is quarantined after " +
                std::to_string(consecutive_failures_) +
@@ -207,9 +281,23 @@ void PoolImpl::OnInstantiationFailed(const Error& error) {
   }
 }
 
+bool PoolImpl::MayInstantiate(Clock::time_point now) const {
+  MutexLock lock(mu_);
+  return in_quarantine_ ? retry_permitted_ && now >= quarantined_until_ : true;
+}
+
 Clock::time_point PoolImpl::NextAttempt() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return quarantined_until_;
+  MutexLock lock(mu_);
+  return in_quarantine_ && !retry_permitted_ ? Clock::time_point::max() : quarantined_until_;
+}
+
+std::vector<exec::Worker*> PoolImpl::AllWorkers() const {
+  std::vector<exec::Worker*> all = workers_;
+  MutexLock lock(mu_);
+  for (exec::Worker* w : temporary_workers_) {
+    if (std::find(all.begin(), all.end(), w) == all.end()) all.push_back(w);
+  }
+  return all;
 }
 
 void PoolImpl::Close() {
@@ -217,7 +305,7 @@ void PoolImpl::Close() {
   FailQueued(Error(ErrorCode::kCancelled, "the pool was closed before the call started"),
              exec::Cause::kCancelledQueued);
   auto self = shared_from_this();
-  for (exec::Worker* w : workers_) {
+  for (exec::Worker* w : AllWorkers()) {
     w->Post([self](exec::Worker& worker) { worker.RemovePool(self.get()); });
   }
 }
@@ -228,7 +316,8 @@ PoolStats PoolImpl::Stats() const {
   s.healthy_instances = static_cast<size_t>(std::max(0, healthy_.load()));
   s.busy_instances = static_cast<size_t>(std::max(0, busy_.load()));
   s.queued = static_cast<size_t>(std::max<int64_t>(0, total_live_.load()));
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
+  s.temporary_instances = temporary_workers_.size();
   Clock::time_point now = Clock::now();
   if (now < quarantined_until_) {
     s.quarantined = true;
@@ -237,6 +326,13 @@ PoolStats PoolImpl::Stats() const {
         std::chrono::duration_cast<std::chrono::milliseconds>(quarantined_until_ - now);
   }
   return s;
+}
+
+size_t PoolImpl::QueueEntries() const {
+  MutexLock lock(mu_);
+  size_t n = shared_queue_.size();
+  for (const auto& queue : affinity_queues_) n += queue.size();
+  return n;
 }
 
 // --- Pool (the public handle) ---------------------------------------------------

@@ -5,14 +5,15 @@
 #include "abi/bytecall.h"
 #include "base/sha256.h"
 #include "exec/core.h"
+#include "exec/testing.h"
 
 namespace keel {
 
 class RuntimeImpl {
  public:
   std::shared_ptr<exec::RuntimeCore> core;
-  std::mutex shutdown_mu;
-  bool shut_down = false;  // guarded by shutdown_mu
+  Mutex shutdown_mu;
+  bool shut_down GUARDED_BY(shutdown_mu) = false;
 };
 
 const Module::Export* Module::FindExport(std::string_view name) const {
@@ -47,12 +48,13 @@ Result<std::unique_ptr<Runtime>> Runtime::Create(RuntimeOptions options) {
   auto impl = std::make_unique<RuntimeImpl>();
   auto core = std::make_shared<exec::RuntimeCore>();
   core->options = options;
-  core->executor = std::make_unique<exec::CallbackExecutor>(options.callback_threads);
+  core->executor = std::make_unique<exec::CallbackExecutor>(options.callback_threads, &core->metrics);
   core->watchdog = std::make_unique<exec::Watchdog>(core.get());
+  core->prober = std::make_unique<exec::Prober>(core.get());
   impl->core = core;
   auto runtime = std::unique_ptr<Runtime>(new Runtime(std::move(impl)));
   for (int i = 0; i < options.workers; ++i) {
-    core->workers.push_back(std::make_unique<exec::Worker>(core.get(), i));
+    core->workers.push_back(std::make_unique<exec::Worker>(core.get(), i, /*spare=*/false));
     if (auto ok = core->workers.back()->Start(options.worker_stack_bytes); !ok) {
       return MakeError(ok.error());  // the destructor stops the ones started
     }
@@ -62,8 +64,14 @@ Result<std::unique_ptr<Runtime>> Runtime::Create(RuntimeOptions options) {
 
 Result<std::shared_ptr<const Module>> Runtime::Compile(std::span<const uint8_t> bytes,
                                                         ModuleOptions options) {
+  exec::RuntimeCore& core = *impl_->core;
+  if (core.shutting_down.load()) return MakeError(ErrorCode::kShuttingDown, "the runtime is shutting down");
   auto compiled = engine::DefaultEngine().Compile(bytes, {.max_memory_pages = options.max_memory_pages});
   if (!compiled) return MakeError(compiled.error());
+  if (auto probed = core.prober->Probe(*compiled, options); !probed) {
+    core.metrics.modules_refused++;
+    return MakeError(probed.error());
+  }
   auto module = std::make_shared<Module>();
   module->digest_ = Sha256Hex(bytes);
   module->name_ = options.name.empty() ? module->digest_.substr(0, 12) : options.name;
@@ -99,7 +107,7 @@ Result<std::shared_ptr<Pool>> Runtime::CreatePool(std::shared_ptr<const Module> 
     slot_workers[i]->Post([impl, i](exec::Worker& w) { w.AddSlot(impl, static_cast<int>(i)); });
   }
   {
-    std::lock_guard<std::mutex> lock(core.pools_mu);
+    MutexLock lock(core.pools_mu);
     std::erase_if(core.pools, [](const auto& p) { return p.expired(); });
     core.pools.push_back(impl);
   }
@@ -108,38 +116,77 @@ Result<std::shared_ptr<Pool>> Runtime::CreatePool(std::shared_ptr<const Module> 
 
 void Runtime::Shutdown() { Shutdown(impl_->core->options.drain_grace); }
 
+namespace {
+
+std::vector<std::shared_ptr<PoolImpl>> LivePools(exec::RuntimeCore& core) {
+  std::vector<std::shared_ptr<PoolImpl>> pools;
+  MutexLock lock(core.pools_mu);
+  for (auto& weak : core.pools) {
+    if (auto pool = weak.lock()) pools.push_back(std::move(pool));
+  }
+  return pools;
+}
+
+// Running calls get until `until` to finish on their own.
+void Drain(exec::RuntimeCore& core, Clock::time_point until) {
+  MutexLock lock(core.drain_mu);
+  while (core.metrics.running.load() > 0) {
+    if (!core.drain_cv.WaitUntil(core.drain_mu, until) && Clock::now() >= until) return;
+  }
+}
+
+}  // namespace
+
 void Runtime::Shutdown(std::chrono::milliseconds grace) {
-  std::lock_guard<std::mutex> guard(impl_->shutdown_mu);
+  MutexLock guard(impl_->shutdown_mu);
   if (impl_->shut_down) return;
   impl_->shut_down = true;
   exec::RuntimeCore& core = *impl_->core;
   core.shutting_down.store(true);
-
-  std::vector<std::shared_ptr<PoolImpl>> pools;
-  {
-    std::lock_guard<std::mutex> lock(core.pools_mu);
-    for (auto& weak : core.pools) {
-      if (auto pool = weak.lock()) pools.push_back(std::move(pool));
-    }
-  }
-  for (auto& pool : pools) {
+  for (auto& pool : LivePools(core)) {
     pool->FailQueued(Error(ErrorCode::kShuttingDown, "the runtime shut down before the call started"),
                      exec::Cause::kShuttingDown);
   }
-  // Drain: running calls get `grace` to finish on their own.
-  Clock::time_point until = Clock::now() + grace;
-  while (core.metrics.running.load() > 0 && Clock::now() < until) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  core.prober->Stop();
+  Drain(core, Clock::now() + grace);
+  std::vector<exec::Worker*> all;
+  for (auto& worker : core.workers) all.push_back(worker.get());
+  {
+    MutexLock lock(core.spares_mu);
+    for (auto& worker : core.spares) all.push_back(worker.get());
   }
-  for (auto& worker : core.workers) {
+  for (exec::Worker* worker : all) {
     worker->InterruptCurrent("the runtime shut down: the drain period ended and the call was interrupted");
   }
-  for (auto& worker : core.workers) worker->Stop();
+  core.Test(exec::TestPoint::kInterrupted);
+  for (exec::Worker* worker : all) worker->Stop();
   core.watchdog->Stop();
   core.executor->Stop();
 }
 
-MetricsSnapshot Runtime::Metrics() const { return impl_->core->metrics.Snapshot(); }
+MetricsSnapshot Runtime::Metrics() const {
+  MetricsSnapshot snapshot = impl_->core->metrics.Snapshot();
+  engine::MemoryStats memory = engine::DefaultEngine().memory_stats();
+  snapshot.engine_memory = {memory.live_memories, memory.reserved_bytes, memory.committed_bytes};
+  return snapshot;
+}
+
+namespace exec {
+
+void SetTestHook(Runtime& runtime, std::function<void(TestPoint)> hook) {
+  RuntimeCore& core = *internal::RuntimeAccess::Core(runtime);
+  MutexLock lock(core.test_hook_mu);
+  core.has_test_hook.store(static_cast<bool>(hook));
+  core.test_hook = std::move(hook);
+}
+
+size_t QueueEntries(const Pool& pool) { return internal::RuntimeAccess::Impl(pool)->QueueEntries(); }
+
+}  // namespace exec
+
+std::shared_ptr<exec::RuntimeCore> internal::RuntimeAccess::Core(const Runtime& runtime) {
+  return runtime.impl_->core;
+}
 
 int Runtime::workers() const { return static_cast<int>(impl_->core->workers.size()); }
 

@@ -23,9 +23,14 @@ RunEnd RunEndOf(const CallResult& result) {
   }
 }
 
+bool IsOutOfMemory(const Error& error) {
+  return error.code == ErrorCode::kResourceExhausted ||
+         (error.code == ErrorCode::kTrap && error.trap == TrapKind::kOutOfMemory);
+}
+
 }  // namespace
 
-Worker::Worker(RuntimeCore* core, int index) : core_(core), index_(index) {}
+Worker::Worker(RuntimeCore* core, int index, bool spare) : core_(core), index_(index), spare_(spare) {}
 
 Worker::~Worker() { Stop(); }
 
@@ -37,8 +42,8 @@ Result<void> Worker::Start(size_t stack_bytes) {
   pthread_attr_destroy(&attr);
   if (rc != 0) return MakeError(ErrorCode::kInternal, "cannot start worker thread");
   started_ = true;
-  std::unique_lock<std::mutex> lock(start_mu_);
-  start_cv_.wait(lock, [&] { return start_result_.has_value(); });
+  MutexLock lock(start_mu_);
+  while (!start_result_) start_cv_.Wait(start_mu_);
   return *start_result_;
 }
 
@@ -49,7 +54,7 @@ void* Worker::ThreadMain(void* self) {
   engine::ContextOptions options{.stack_quota_bytes = stack - std::max<size_t>(stack / 4, 1 << 20)};
   auto context = engine::DefaultEngine().NewContext(options);
   {
-    std::lock_guard<std::mutex> lock(worker->start_mu_);
+    MutexLock lock(worker->start_mu_);
     if (context) {
       worker->context_ = std::move(*context);
       worker->interrupter_ = worker->context_->interrupter();
@@ -58,7 +63,7 @@ void* Worker::ThreadMain(void* self) {
       worker->start_result_ = Result<void>(tl::unexpected(context.error()));
     }
   }
-  worker->start_cv_.notify_all();
+  worker->start_cv_.SignalAll();
   if (worker->context_) worker->Loop();
   return nullptr;
 }
@@ -66,26 +71,32 @@ void* Worker::ThreadMain(void* self) {
 void Worker::Stop() {
   if (!started_) return;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     stop_ = true;
     wake_ = true;
   }
-  cv_.notify_all();
+  cv_.SignalAll();
   pthread_join(thread_, nullptr);
   started_ = false;
 }
 
 void Worker::Wake() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     wake_ = true;
   }
-  cv_.notify_one();
+  cv_.Signal();
+}
+
+bool Worker::ClaimIfIdle() {
+  if (!idle_.exchange(false)) return false;
+  Wake();
+  return true;
 }
 
 void Worker::Post(std::function<void(Worker&)> command) {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     // A stopped worker runs nothing more; keeping the command would keep
     // what it holds (e.g. a closed pool) alive forever.
     if (stop_) return;
@@ -93,7 +104,7 @@ void Worker::Post(std::function<void(Worker&)> command) {
     has_commands_.store(true);
     wake_ = true;
   }
-  cv_.notify_one();
+  cv_.Signal();
 }
 
 std::shared_ptr<engine::Interrupter> Worker::interrupter() const { return interrupter_; }
@@ -101,19 +112,25 @@ std::shared_ptr<engine::Interrupter> Worker::interrupter() const { return interr
 void Worker::InterruptCurrent(const std::string& why) {
   std::shared_ptr<CallRecord> record;
   {
-    std::lock_guard<std::mutex> lock(current_mu_);
+    MutexLock lock(current_mu_);
     record = current_;
   }
+  if (uint64_t tag = instantiating_tag_.load()) interrupter_->Request(tag);
   if (!record) return;
   core_->Resolve(record, tl::unexpected(Error(ErrorCode::kShuttingDown, why)), Cause::kShuttingDown);
   interrupter_->Request(record->engine_tag.load());
+}
+
+void Worker::SetCurrent(std::shared_ptr<CallRecord> record) {
+  MutexLock lock(current_mu_);
+  current_ = std::move(record);
 }
 
 bool Worker::RunCommands() {
   if (!has_commands_.load()) return false;
   std::vector<std::function<void(Worker&)>> commands;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     commands.swap(commands_);
     has_commands_.store(false);
   }
@@ -125,31 +142,54 @@ void Worker::AddSlot(std::shared_ptr<PoolImpl> pool, int slot_no) {
   Slot slot;
   slot.pool = std::move(pool);
   slot.slot_no = slot_no;
+  slot.last_used = Clock::now();
+  if (slot.temporary()) core_->metrics.temporary_instances++;
   slots_.push_back(std::move(slot));
 }
 
 void Worker::RemovePool(const PoolImpl* pool) {
+  bool removed = false;
   for (Slot& slot : slots_) {
-    if (slot.pool.get() == pool && slot.instance) Retire(slot);
+    if (slot.pool.get() != pool) continue;
+    if (slot.instance) Retire(slot);
+    if (slot.temporary()) core_->metrics.temporary_instances--;
+    removed = true;
   }
   std::erase_if(slots_, [pool](const Slot& s) { return s.pool.get() == pool; });
+  // The engine frees a dropped instance's memory only when it collects.
+  if (removed) context_->CollectGarbage();
 }
 
-bool Worker::Instantiate(Slot& slot) {
-  PoolImpl& pool = *slot.pool;
+void Worker::CollectGarbage() { context_->CollectGarbage(); }
+
+Result<std::unique_ptr<engine::Instance>> Worker::TryInstantiate(PoolImpl& pool) {
   const PoolOptions& options = pool.options();
   uint64_t tag = core_->next_tag.fetch_add(1);
-  Clock::time_point now = Clock::now();
-  core_->watchdog->WatchTag(now + options.instantiate_timeout, interrupter_, tag);
+  core_->watchdog->WatchTag(Clock::now() + options.instantiate_timeout, interrupter_, tag);
+  instantiating_tag_.store(tag);
   auto instance = context_->Instantiate(pool.module()->engine_module(),
                                         options.linker ? options.linker : EmptyLinker(),
                                         options.host_state_factory ? options.host_state_factory() : nullptr,
                                         tag);
+  instantiating_tag_.store(0);
+  return instance;
+}
+
+bool Worker::Instantiate(Slot& slot) {
+  PoolImpl& pool = *slot.pool;
+  auto instance = TryInstantiate(pool);
+  if (!instance && IsOutOfMemory(instance.error())) {
+    // Dropped instances keep their memories until their context collects
+    // (maybe on another worker): collect here and everywhere, retry once.
+    context_->CollectGarbage();
+    core_->CollectEverywhere(this);
+    instance = TryInstantiate(pool);
+  }
   if (!instance) {
     Error error = instance.error();
     if (error.code == ErrorCode::kInterrupted) {
       error.message = "instantiation exceeded its deadline of " +
-                      std::to_string(options.instantiate_timeout.count()) + " ms";
+                      std::to_string(pool.options().instantiate_timeout.count()) + " ms";
     }
     slot.retry_at = Clock::now() + std::chrono::milliseconds(10);
     pool.OnInstantiationFailed(error);
@@ -182,78 +222,91 @@ bool Worker::RunOneCall(Slot& slot) {
   return true;
 }
 
-void Worker::Execute(Slot& slot, std::shared_ptr<CallRecord> record) {
-  PoolImpl& pool = *slot.pool;
-  Metrics& metrics = core_->metrics;
+// Moves a dequeued call to kRunning, or resolves it without running. The
+// call is published as current before the shutdown check, so Shutdown
+// either sees it (and interrupts it) or this check sees Shutdown.
+bool Worker::BeginCall(const std::shared_ptr<CallRecord>& record, uint64_t tag) {
   // Tag and worker are published before the call can be seen running, so
   // the watchdog always interrupts the right call.
-  uint64_t tag = core_->next_tag.fetch_add(1);
   record->engine_tag.store(tag);
   record->worker.store(this);
-  Clock::time_point start = Clock::now();
-  if (start >= record->deadline) {
+  SetCurrent(record);
+  if (Clock::now() >= record->deadline) {
+    SetCurrent(nullptr);
     core_->Expire(record);
-    return;
+    return false;
   }
   if (core_->shutting_down.load()) {
+    SetCurrent(nullptr);
     if (core_->Withdraw(record)) {
       core_->Resolve(record, tl::unexpected(Error(ErrorCode::kShuttingDown, "the runtime is shutting down")),
                      Cause::kShuttingDown);
     }
-    return;
+    return false;
   }
+  core_->Test(TestPoint::kDequeued);
   CallState expected = CallState::kQueued;
-  if (!record->state.compare_exchange_strong(expected, CallState::kRunning)) return;
-  pool.OnDequeued(*record);
-  {
-    std::lock_guard<std::mutex> lock(current_mu_);
-    current_ = record;
+  if (!record->state.compare_exchange_strong(expected, CallState::kRunning)) {
+    SetCurrent(nullptr);
+    return false;
   }
+  record->pool->OnDequeued(*record);
+  return true;
+}
+
+CallResult Worker::RunInGuest(Slot& slot, CallRecord& record, uint64_t tag) {
+  PoolImpl& pool = *slot.pool;
+  engine::Instance& instance = *slot.instance;
+  if (HostState* state = instance.host_state()) state->OnCallStart();
+  if (record.bytes) {
+    const ByteCallLimits& limits = pool.options().byte_limits;
+    auto out = abi::CallBytes(instance, record.export_name, record.input,
+                              {limits.max_input_bytes, limits.max_output_bytes}, tag,
+                              [&] { record.state.store(CallState::kPostReturn); });
+    if (!out) return tl::unexpected(std::move(out.error()));
+    return CallOutput{{}, std::move(*out)};
+  }
+  const FuncType& type = pool.module()->engine_module()->info().exports[record.export_index].func;
+  CallOutput out;
+  out.values.resize(type.results.size());
+  auto ok = instance.Call(engine::Func{record.export_index, &type}, record.args, out.values, tag);
+  if (!ok) return tl::unexpected(std::move(ok.error()));
+  return out;
+}
+
+void Worker::Execute(Slot& slot, std::shared_ptr<CallRecord> record) {
+  uint64_t tag = core_->next_tag.fetch_add(1);
+  if (!BeginCall(record, tag)) return;
+  Metrics& metrics = core_->metrics;
+  Clock::time_point start = Clock::now();
   metrics.started++;
   metrics.running++;
   metrics.queue_wait.Record(start - record->submitted);
-  pool.SlotBusy(true);
-
-  CallResult result;
-  engine::Instance& instance = *slot.instance;
-  if (HostState* state = instance.host_state()) state->OnCallStart();
-  if (record->bytes) {
-    const ByteCallLimits& limits = pool.options().byte_limits;
-    auto out = abi::CallBytes(instance, record->export_name, record->input,
-                              {limits.max_input_bytes, limits.max_output_bytes}, tag,
-                              [&] { record->state.store(CallState::kPostReturn); });
-    if (out) {
-      result = CallOutput{{}, std::move(*out)};
-    } else {
-      result = tl::unexpected(std::move(out.error()));
-    }
-  } else {
-    const FuncType& type = pool.module()->engine_module()->info().exports[record->export_index].func;
-    CallOutput out;
-    out.values.resize(type.results.size());
-    auto ok = instance.Call(engine::Func{record->export_index, &type}, record->args, out.values, tag);
-    if (ok) {
-      result = std::move(out);
-    } else {
-      result = tl::unexpected(std::move(ok.error()));
-    }
-  }
+  slot.pool->SlotBusy(true);
+  running_pool_.store(slot.pool.get());
+  CallResult result = RunInGuest(slot, *record, tag);
+  running_pool_.store(nullptr);
   record->state.store(CallState::kDone);
   if (!result) {
-    if (const HostState* state = instance.host_state()) state->AnnotateError(result.error());
+    if (const HostState* state = slot.instance->host_state()) state->AnnotateError(result.error());
   }
-  {
-    std::lock_guard<std::mutex> lock(current_mu_);
-    current_.reset();
-  }
+  SetCurrent(nullptr);
+  FinishCall(slot, record, std::move(result), start);
+}
+
+void Worker::FinishCall(Slot& slot, const std::shared_ptr<CallRecord>& record, CallResult result,
+                        Clock::time_point start) {
+  Metrics& metrics = core_->metrics;
   Clock::time_point end = Clock::now();
+  // Before the resolution, so that a caller that wakes up finds the gauges
+  // consistent.
   metrics.running--;
   metrics.run_time.Record(end - start);
   metrics.CountRunEnd(RunEndOf(result));
-  pool.SlotBusy(false);
+  slot.pool->SlotBusy(false);
   slot.calls++;
   slot.last_used = end;
-  bool poisoned = instance.poisoned();
+  bool poisoned = slot.instance->poisoned();
 
   Cause cause = Cause::kOk;
   TrapKind trap = TrapKind::kNone;
@@ -263,27 +316,34 @@ void Worker::Execute(Slot& slot, std::shared_ptr<CallRecord> record) {
       cause = Cause::kTrap;
       trap = error.trap;
     } else {
-      // kInterrupted normally means the watchdog or shutdown resolved the
-      // handle first; anything else is a failure of the call itself.
+      // kInterrupted normally means the watchdog, an abort or shutdown
+      // resolved the handle first; anything else is a failure of the call.
       cause = Cause::kError;
     }
   }
   if (!core_->Resolve(record, std::move(result), cause, trap)) {
     core_->DeliverDetached(record, std::move(result));
   }
+  core_->OnCallEnded();
+  AfterCall(slot, poisoned);
+}
 
+// Replaces a poisoned instance (the caller already has its answer) and
+// applies the recycle policy.
+void Worker::AfterCall(Slot& slot, bool poisoned) {
+  bool shutting_down = core_->shutting_down.load();
   if (poisoned) {
-    metrics.poisoned++;
+    core_->metrics.poisoned++;
     Retire(slot);
     slot.replacing = true;
-    Instantiate(slot);  // the caller already has its answer
+    if (!shutting_down) Instantiate(slot);
     return;
   }
-  const RecyclePolicy& recycle = pool.options().recycle;
+  const RecyclePolicy& recycle = slot.pool->options().recycle;
   if (recycle.fresh_per_call || (recycle.max_calls > 0 && slot.calls >= recycle.max_calls)) {
-    metrics.recycled++;
+    core_->metrics.recycled++;
     Retire(slot);
-    Instantiate(slot);
+    if (!shutting_down) Instantiate(slot);
   }
 }
 
@@ -292,17 +352,36 @@ bool Worker::HasWork() const {
   Clock::time_point now = Clock::now();
   for (const Slot& slot : slots_) {
     if (slot.instance ? slot.pool->HasWork(slot.slot_no)
-                      : !slot.pool->closed() && now >= std::max(slot.retry_at, slot.pool->NextAttempt())) {
+                      : !slot.pool->closed() && now >= slot.retry_at && slot.pool->MayInstantiate(now)) {
       return true;
     }
   }
   return false;
 }
 
+void Worker::RetireTemporarySlots(Clock::time_point now) {
+  auto idle_limit = core_->options.fairness.spare_idle;
+  for (Slot& slot : slots_) {
+    if (!slot.temporary() || now - slot.last_used < idle_limit) continue;
+    if (slot.instance) {
+      core_->metrics.recycled++;
+      Retire(slot);
+    }
+    slot.pool->OnTemporarySlotGone(this);
+    core_->metrics.temporary_instances--;
+    slot.pool = nullptr;
+  }
+  std::erase_if(slots_, [](const Slot& s) { return s.pool == nullptr; });
+}
+
+// Idle-time upkeep; returns when it next has something to do (max() when
+// nothing is scheduled: only a command or a call wakes the worker then).
 Clock::time_point Worker::Maintenance() {
   Clock::time_point now = Clock::now();
-  Clock::time_point next = now + std::chrono::seconds(1);
+  RetireTemporarySlots(now);
+  Clock::time_point next = Clock::time_point::max();
   for (Slot& slot : slots_) {
+    if (slot.temporary()) next = std::min(next, slot.last_used + core_->options.fairness.spare_idle);
     if (!slot.instance) {
       next = std::min(next, std::max(slot.retry_at, slot.pool->NextAttempt()));
       continue;
@@ -321,39 +400,65 @@ Clock::time_point Worker::Maintenance() {
   return next;
 }
 
+bool Worker::Stopping() {
+  MutexLock lock(mu_);
+  return stop_;
+}
+
+void Worker::WaitForWork(Clock::time_point until) {
+  MutexLock lock(mu_);
+  while (!wake_ && !stop_) {
+    if (until == Clock::time_point::max()) {
+      cv_.Wait(mu_);
+    } else if (!cv_.WaitUntil(mu_, until)) {
+      break;
+    }
+  }
+  wake_ = false;
+}
+
+bool Worker::RunReadyCalls() {
+  bool worked = false;
+  for (Slot& slot : slots_) {
+    if (slot.instance && RunOneCall(slot)) worked = true;
+  }
+  return worked;
+}
+
+bool Worker::InstantiateMissing() {
+  bool worked = false;
+  Clock::time_point now = Clock::now();
+  for (Slot& slot : slots_) {
+    if (!slot.instance && !slot.pool->closed() && now >= slot.retry_at &&
+        slot.pool->MayInstantiate(now)) {
+      Instantiate(slot);
+      worked = true;
+    }
+  }
+  return worked;
+}
+
 void Worker::Loop() {
   for (;;) {
     RunCommands();
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (stop_) break;
-    }
-    bool worked = false;
-    for (Slot& slot : slots_) {
-      if (slot.instance && RunOneCall(slot)) worked = true;
-    }
-    Clock::time_point now = Clock::now();
-    for (Slot& slot : slots_) {
-      if (!slot.instance && !slot.pool->closed() &&
-          now >= std::max(slot.retry_at, slot.pool->NextAttempt())) {
-        Instantiate(slot);
-        worked = true;
-      }
-    }
+    if (Stopping()) break;
+    bool worked = RunReadyCalls();
+    if (!core_->shutting_down.load() && InstantiateMissing()) worked = true;
     if (worked) continue;
     Clock::time_point next = Maintenance();
     // Publish idleness before the last look, so a submitter either sees us
-    // idle and wakes us, or we see its call.
+    // idle and claims us, or we see its call.
     idle_.store(true);
-    if (!HasWork()) {
-      std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait_until(lock, next, [&] { return wake_ || stop_; });
-      wake_ = false;
-    }
+    if (!HasWork()) WaitForWork(next);
     idle_.store(false);
   }
+  Teardown();
+}
+
+void Worker::Teardown() {
   for (Slot& slot : slots_) {
     if (slot.instance) Retire(slot);
+    if (slot.temporary()) core_->metrics.temporary_instances--;
   }
   slots_.clear();
   context_.reset();  // interrupter_ stays valid: requests become no-ops

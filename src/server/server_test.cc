@@ -282,19 +282,16 @@ TEST_F(ServerTest, OverloadedIs429) {
   EXPECT_EQ(queued.get().body, "b");
 }
 
-TEST_F(ServerTest, QuarantinedModuleIs503) {
+TEST_F(ServerTest, ModuleWhoseStartFunctionTrapsIsRefusedAtUpload) {
   Start();
-  Upload("bad_start", Fixture("server_bad_start"));
   Client c(port());
-  Reply r;
-  ASSERT_TRUE(Eventually([&] {
-    r = c.PostJson("/v1/modules/bad_start/call/f?timeout=2s", "{}");
-    return r.status == 503;
-  }));
-  EXPECT_EQ(r.error_code(), "unavailable");
-  EXPECT_THAT(r.body, HasSubstr("quarantined"));
-  EXPECT_FALSE(r.header(http::field::retry_after).empty());
-  EXPECT_TRUE(c.Get("/v1/modules/bad_start").json().at("pool").at("quarantined").as_bool());
+  Reply r = c.Put("/v1/modules/bad_start", ReadBytes(Fixture("server_bad_start")));
+  EXPECT_EQ(r.status, 400);
+  EXPECT_EQ(r.error_code(), "invalid_module");
+  EXPECT_THAT(r.body, HasSubstr("start function"));
+  EXPECT_THAT(r.body, HasSubstr("unreachable"));
+  EXPECT_EQ(c.Get("/v1/modules/bad_start").status, 404);
+  EXPECT_EQ(c.PostJson("/v1/modules/add/call/add", R"({"args":[1,2]})").status, 200);
 }
 
 TEST_F(ServerTest, MethodNotAllowed) {

@@ -33,6 +33,7 @@
 #include <thread>
 #include <unordered_map>
 
+#include "base/mutex.h"
 #include "engine/engine.h"
 
 namespace keel::engine {
@@ -259,16 +260,46 @@ class SmModule final : public Module {
 // Calls on one context carry tags that never decrease, so "the largest tag
 // ever requested" is enough to remember a request that raced ahead of the
 // call it targets, and a stale request can never match a later call.
+//
+// The host's interrupt hook never runs under `mu`: a request hands it out
+// as a wake-up that the requester runs later, and a host function does not
+// return until every wake-up of its hook that started has finished, so the
+// hook may use whatever the host function's frame owns.
 struct InterruptState {
-  std::mutex mu;
-  JSContext* cx = nullptr;  // null once the context is gone
+  struct Hook {
+    std::function<void()> fn;
+  };
+
+  Mutex mu;
+  CondVar hook_done;
+  JSContext* cx GUARDED_BY(mu) = nullptr;  // null once the context is gone
   std::atomic<uint64_t> running_tag{0};
   std::atomic<uint64_t> requested_tag{0};
-  std::function<void()> hook;  // guarded by mu
+  std::shared_ptr<Hook> hook GUARDED_BY(mu);
+  int hooks_running GUARDED_BY(mu) = 0;
 
   bool InterruptedNow() const {
     uint64_t running = running_tag.load();
     return running != 0 && requested_tag.load() == running;
+  }
+
+  // Runs `hook` unless it was cleared or replaced in the meantime.
+  static void RunHook(const std::shared_ptr<InterruptState>& self, const std::shared_ptr<Hook>& hook) {
+    {
+      MutexLock lock(self->mu);
+      if (self->hook != hook) return;
+      self->hooks_running++;
+    }
+    hook->fn();
+    MutexLock lock(self->mu);
+    if (--self->hooks_running == 0) self->hook_done.SignalAll();
+  }
+
+  // Drops the hook and waits until no wake-up of it is running.
+  void ClearHook() EXCLUDES(mu) {
+    MutexLock lock(mu);
+    hook = nullptr;
+    while (hooks_running > 0) hook_done.Wait(mu);
   }
 };
 
@@ -276,15 +307,20 @@ class SmInterrupter final : public Interrupter {
  public:
   explicit SmInterrupter(std::shared_ptr<InterruptState> state) : state_(std::move(state)) {}
 
-  void Request(uint64_t call_tag) override {
-    if (call_tag == 0) return;
-    std::lock_guard<std::mutex> lock(state_->mu);
-    uint64_t prev = state_->requested_tag.load();
-    while (prev < call_tag && !state_->requested_tag.compare_exchange_weak(prev, call_tag)) {
+  std::function<void()> RequestDeferred(uint64_t call_tag) override {
+    if (call_tag == 0) return {};
+    std::shared_ptr<InterruptState::Hook> hook;
+    {
+      MutexLock lock(state_->mu);
+      uint64_t prev = state_->requested_tag.load();
+      while (prev < call_tag && !state_->requested_tag.compare_exchange_weak(prev, call_tag)) {
+      }
+      if (state_->cx == nullptr || state_->running_tag.load() != call_tag) return {};
+      JS_RequestInterruptCallback(state_->cx);
+      hook = state_->hook;
     }
-    if (state_->cx == nullptr || state_->running_tag.load() != call_tag) return;
-    JS_RequestInterruptCallback(state_->cx);
-    if (state_->hook) state_->hook();
+    if (!hook) return {};
+    return [state = state_, hook = std::move(hook)] { InterruptState::RunHook(state, hook); };
   }
 
  private:
@@ -299,6 +335,45 @@ thread_local SmContext* tls_context = nullptr;
 
 // Contexts alive in the process; JS_ShutDown is only safe at zero.
 std::atomic<int> live_contexts{0};
+
+// Address space SpiderMonkey reserves for each 32-bit memory on 64-bit
+// hosts: 4 GiB of index space plus a 2 GiB guard (bounds checks by signal).
+constexpr uint64_t kMemoryReservationBytes = uint64_t{6} << 30;
+
+// A WebAssembly.Memory some context created, held weakly: the collector
+// clears `object` when the memory is dead.
+struct TrackedMemory {
+  JS::Heap<JSObject*> object;
+  uint64_t bytes = 0;  // byte length when last seen
+};
+
+// Process-wide totals over every context's tracked memories.
+struct MemoryCounters {
+  std::atomic<int64_t> live{0};
+  std::atomic<uint64_t> committed{0};
+
+  void Add(const TrackedMemory& m) {
+    live++;
+    committed += m.bytes;
+  }
+  void Remove(const TrackedMemory& m) {
+    live--;
+    committed -= m.bytes;
+  }
+  void Resize(TrackedMemory& m, uint64_t bytes) {
+    committed += bytes - m.bytes;
+    m.bytes = bytes;
+  }
+  MemoryStats Snapshot() const {
+    MemoryStats stats;
+    stats.live_memories = live.load();
+    stats.reserved_bytes = static_cast<uint64_t>(std::max<int64_t>(0, stats.live_memories)) *
+                           kMemoryReservationBytes;
+    stats.committed_bytes = committed.load();
+    return stats;
+  }
+};
+MemoryCounters memory_counters;
 
 bool OnInterrupt(JSContext* cx);
 
@@ -351,6 +426,7 @@ class SmInstance final : public Instance, public Caller {
   JS::PersistentRootedObject memory_;
   // Exported function objects by export index, resolved on first Lookup.
   mutable std::vector<std::unique_ptr<JS::PersistentRootedObject>> funcs_;
+  TrackedMemory* tracked_memory_ = nullptr;  // owned by ctx_; alive while memory_ is
   std::string poison_reason_;
   bool in_call_ = false;
   std::optional<Error> host_error_;  // the error a host function ended the call with
@@ -381,9 +457,12 @@ class SmContext final : public Context {
 
   ~SmContext() override {
     {
-      std::lock_guard<std::mutex> lock(interrupt_->mu);
+      MutexLock lock(interrupt_->mu);
       interrupt_->cx = nullptr;
     }
+    JS_RemoveWeakPointerZonesCallback(cx_, &SmContext::SweepMemories);
+    for (auto& tracked : memories_) memory_counters.Remove(*tracked);
+    memories_.clear();
     module_objects_.clear();
     instance_ctor_.reset();
     global_.reset();
@@ -404,6 +483,22 @@ class SmContext final : public Context {
 
   void MaybeCollectGarbage() override { JS_MaybeGC(cx_); }
 
+  void CollectGarbage() override {
+    std::erase_if(module_objects_, [](const auto& kv) { return kv.second.owner.expired(); });
+    JS_GC(cx_);
+  }
+
+  // Starts counting `memory` (a WebAssembly.Memory) as live until the
+  // collector finds it dead.
+  TrackedMemory* TrackMemory(JSObject* memory, uint64_t bytes) {
+    auto tracked = std::make_unique<TrackedMemory>();
+    tracked->object = memory;
+    tracked->bytes = bytes;
+    memory_counters.Add(*tracked);
+    memories_.push_back(std::move(tracked));
+    return memories_.back().get();
+  }
+
   JSContext* cx() const { return cx_; }
   InterruptState& interrupt_state() { return *interrupt_; }
 
@@ -414,9 +509,8 @@ class SmContext final : public Context {
     return interrupt_->requested_tag.load() != tag;
   }
   void EndCall() {
-    std::lock_guard<std::mutex> lock(interrupt_->mu);
+    interrupt_->ClearHook();
     interrupt_->running_tag.store(0);
-    interrupt_->hook = nullptr;
   }
 
   // The WebAssembly.Module object for `module` in this context, created once.
@@ -437,12 +531,26 @@ class SmContext final : public Context {
 
  private:
   explicit SmContext(JSContext* cx) : cx_(cx), interrupt_(std::make_shared<InterruptState>()) {
+    MutexLock lock(interrupt_->mu);
     interrupt_->cx = cx;
+  }
+
+  // Forgets memories the collector found dead (weak references).
+  static void SweepMemories(JSTracer* trc, void* data) {
+    auto* self = static_cast<SmContext*>(data);
+    std::erase_if(self->memories_, [trc](const std::unique_ptr<TrackedMemory>& tracked) {
+      if (JS_UpdateWeakPointerAfterGC(trc, &tracked->object)) return false;
+      memory_counters.Remove(*tracked);
+      return true;
+    });
   }
 
   Result<void> Init() {
     tls_context = this;
     JS_AddInterruptCallback(cx_, OnInterrupt);
+    if (!JS_AddWeakPointerZonesCallback(cx_, &SmContext::SweepMemories, this)) {
+      return MakeError(ErrorCode::kInternal, "JS_AddWeakPointerZonesCallback failed");
+    }
     JS::RealmOptions realm_options;
     JS::RootedObject global(cx_, JS_NewGlobalObject(cx_, &kGlobalClass, nullptr,
                                                     JS::FireOnNewGlobalHook, realm_options));
@@ -472,6 +580,7 @@ class SmContext final : public Context {
   std::optional<JS::PersistentRootedObject> global_;
   std::optional<JS::PersistentRootedObject> instance_ctor_;
   std::unordered_map<const SmModule*, ModuleEntry> module_objects_;
+  std::vector<std::unique_ptr<TrackedMemory>> memories_;
   bool realm_entered_ = false;
 };
 
@@ -504,13 +613,15 @@ bool SmInstance::interrupted() const { return ctx_->interrupt_state().Interrupte
 
 void SmInstance::SetInterruptHook(std::function<void()> hook) {
   InterruptState& state = ctx_->interrupt_state();
+  std::shared_ptr<InterruptState::Hook> box;
+  if (hook) box = std::make_shared<InterruptState::Hook>(InterruptState::Hook{std::move(hook)});
   bool already = false;
   {
-    std::lock_guard<std::mutex> lock(state.mu);
-    state.hook = hook;
+    MutexLock lock(state.mu);
+    state.hook = box;
     already = state.InterruptedNow();
   }
-  if (already && hook) hook();
+  if (already && box) box->fn();
 }
 
 template <typename Fn>
@@ -655,6 +766,7 @@ std::span<uint8_t> SmInstance::Memory() {
   bool shared = false;
   uint8_t* data = nullptr;
   JS::GetArrayBufferLengthAndData(&buffer.toObject(), &length, &shared, &data);
+  if (tracked_memory_ && tracked_memory_->bytes != length) memory_counters.Resize(*tracked_memory_, length);
   return {data, length};
 }
 
@@ -682,6 +794,9 @@ bool SmInstance::HostTrampoline(JSContext* cx, unsigned argc, JS::Value* vp) {
   }
 
   Result<void> outcome = entry->fn(*self, args, results);
+  // The hook may point into the host function's frame: no wake-up of it may
+  // run (or still be running) once the function has returned.
+  self->ctx_->interrupt_state().ClearHook();
   if (!outcome) {
     Error error = std::move(outcome.error());
     if (error.code != ErrorCode::kInterrupted && error.code != ErrorCode::kTrap) {
@@ -791,6 +906,10 @@ Result<void> SmInstance::Initialize(uint64_t call_tag) {
     if (JS_GetProperty(cx_, exports_, mem->name.c_str(), &m) && m.isObject()) memory_ = &m.toObject();
     JS_ClearPendingException(cx_);
   }
+  if (memory_) {
+    tracked_memory_ = ctx_->TrackMemory(memory_, 0);
+    (void)Memory();  // records its size
+  }
   // WASI reactors must run _initialize once before any other export.
   if (const ExportInfo* init = info.FindFuncExport("_initialize");
       init && init->func.params.empty() && init->func.results.empty()) {
@@ -880,6 +999,8 @@ class SmEngine final : public Engine {
   }
 
   std::string_view name() const override { return "spidermonkey-102"; }
+
+  MemoryStats memory_stats() const override { return memory_counters.Snapshot(); }
 
  private:
   struct Job {

@@ -1,0 +1,25 @@
+// Test-only access to executor internals: hold a thread at a named point,
+// and look at queue memory. Not part of the public API.
+#ifndef KEEL_EXEC_TESTING_H_
+#define KEEL_EXEC_TESTING_H_
+
+#include <cstddef>
+#include <functional>
+
+#include "keel/runtime.h"
+
+namespace keel::exec {
+
+enum class TestPoint : uint8_t;
+
+// `hook` runs at each TestPoint (exec/core.h) on the thread that reaches
+// it; empty to remove.
+void SetTestHook(Runtime& runtime, std::function<void(TestPoint)> hook);
+
+// Queue entries of `pool`, withdrawn calls that still sit in a deque
+// included.
+size_t QueueEntries(const Pool& pool);
+
+}  // namespace keel::exec
+
+#endif  // KEEL_EXEC_TESTING_H_
