@@ -33,7 +33,8 @@ int main(int argc, char** argv) {
   inspect_cmd->add_option("module", inspect.module_path, "Path to a .wasm file")->required();
 
   // Listed here for `keel --help`; its words are parsed by run_args.cc.
-  app.add_subcommand("run", "Run a WASI program's _start, or call one export (--invoke) with numbers or bytes");
+  app.add_subcommand("run",
+                     "Run a WASI program's _start, or call one export (--invoke) with numbers or bytes");
 
   WorkerArgs worker;
   std::string lease;

@@ -50,7 +50,8 @@ class DeadlineThread {
   DeadlineThread(std::shared_ptr<engine::Interrupter> interrupter, std::chrono::nanoseconds timeout)
       : interrupter_(std::move(interrupter)) {
     if (timeout.count() <= 0) return;
-    thread_ = std::thread([this, until = std::chrono::steady_clock::now() + timeout] { Watch(until); });
+    const auto until = std::chrono::steady_clock::now() + timeout;
+    thread_ = std::thread([this, until] { Watch(until); });
   }
   ~DeadlineThread() {
     {

@@ -19,7 +19,8 @@ struct RunOption {
 };
 
 constexpr RunOption kRunOptions[] = {
-    {"--invoke", "NAME", "Call export NAME instead of _start (any name; --invoke '' is the empty one)",
+    {"--invoke", "NAME",
+     "Call export NAME instead of _start (any name; --invoke '' is the empty one)",
      [](RunArgs& args, const std::string& value) {
        // Taken literally, byte for byte. This is the one place where an
        // escape syntax for names a shell cannot pass (NUL) would be decoded.
@@ -76,7 +77,9 @@ const RunOption* FindOption(std::string_view word, bool* inline_value) {
   return nullptr;
 }
 
-Error UsageError(std::string message) { return Error(ErrorCode::kInvalidArgument, std::move(message)); }
+Error UsageError(std::string message) {
+  return Error(ErrorCode::kInvalidArgument, std::move(message));
+}
 
 // Applies the option in words[*i] (advancing *i past its value).
 Result<void> ApplyOption(const RunOption& option, bool inline_value,
