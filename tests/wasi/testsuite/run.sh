@@ -69,7 +69,7 @@ extract() {
 # A Python >= 3.12 (the runner needs it), from PATH or pyenv.
 find_python() {
   local candidates=(python3.13 python3.12 python3)
-  candidates+=("${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.1[2-9]*/bin/python3)
+  candidates+=("${PYENV_ROOT:-${HOME:-/root}/.pyenv}"/versions/3.1[2-9]*/bin/python3)
   for p in "${candidates[@]}"; do
     if "$p" -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1; then
       command -v "$p" || echo "$p"
