@@ -1,5 +1,6 @@
 #include "cli/run_args.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <span>
 #include <string_view>
