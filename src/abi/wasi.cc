@@ -550,6 +550,12 @@ Result<std::unique_ptr<WasiContext>> WasiContext::Create(const WasiConfig& confi
     e.rights_inheriting = wasi::kDirectoryInheritingRights;
     e.read_only = preopen.read_only;
     e.preopen_name = preopen.guest_path;
+    e.preopen_root =
+        std::make_shared<const wasi::UniqueFd>(fcntl(e.host.get(), F_DUPFD_CLOEXEC, 0));
+    if (!e.preopen_root->valid()) {
+      return MakeError(ErrorCode::kResourceExhausted,
+                       "WASI preopen " + preopen.host_path + ": " + std::strerror(errno));
+    }
     uint32_t fd;
     (void)st->Insert(std::move(e), &fd);
   }

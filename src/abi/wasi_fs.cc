@@ -340,10 +340,14 @@ R PathOpen(Call& c, uint32_t fd, uint32_t dirflags, uint32_t path, uint32_t path
     const int status = fcntl(host, F_GETFL);
     if (status < 0 || fcntl(host, F_SETFL, status & ~O_NONBLOCK) < 0) return ErrnoFromHost(errno);
   }
-  entry.rights_base = base;
-  entry.rights_inheriting = inheriting;
+  // Only rights that mean something for what was opened: a directory
+  // cannot seek, read or write bytes, whatever the guest asked for.
+  const bool dir_opened = entry.kind == FdKind::kDirectory;
+  entry.rights_base = base & (dir_opened ? kDirectoryBaseRights : kFileRights);
+  entry.rights_inheriting = dir_opened ? inheriting : inheriting & kFileRights;
   entry.flags = static_cast<uint16_t>(fdflags);
   entry.read_only = dir->read_only;
+  if (dir_opened) entry.preopen_root = dir->preopen_root;
   uint32_t guest_fd;
   if (Errno err = c.st.Insert(std::move(entry), &guest_fd); err != kSuccess) return err;
   (void)c.mem.Store<uint32_t>(fd_out, guest_fd);
@@ -412,11 +416,16 @@ R PathSymlink(Call& c, uint32_t old_path, uint32_t old_len, uint32_t fd, uint32_
   if (dir->read_only) return kPerm;
   std::string target;
   if (Errno err = ReadPath(c.mem, old_path, old_len, &target); err != kSuccess) return err;
-  // An absolute target could only ever point outside (cap-std refuses it
-  // too); relative ones are resolved beneath the preopen when used.
-  if (!target.empty() && target[0] == '/') return kPerm;
+  // Following a link is always confined, but a link that points outside
+  // would still lead any host program that follows it out of the preopen:
+  // absolute targets are refused (as cap-std does) and so are ".." climbs
+  // above the preopen, with the same EPERM.
   ParentPath parent;
   if (Errno err = ParentOf(c, *dir, new_path, new_len, &parent); err != kSuccess) return err;
+  const int root = dir->preopen_root ? dir->preopen_root->get() : dir->host.get();
+  if (int e = CheckSymlinkTarget(root, parent.fd, target); e != 0) {
+    return ErrnoFromHost(-e);
+  }
   if (symlinkat(target.c_str(), parent.fd, parent.name.c_str()) < 0) return ErrnoFromHost(errno);
   return kSuccess;
 }

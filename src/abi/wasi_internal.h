@@ -232,6 +232,10 @@ struct FdEntry {
   bool stream = false;
   // The guest name of a preopened directory.
   std::optional<std::string> preopen_name;
+  // Directories: the preopen they lie beneath (its own fd, duplicated so
+  // that it outlives the guest closing the preopen). Symlinks created
+  // beneath must point inside it.
+  std::shared_ptr<const UniqueFd> preopen_root;
   // Directories: the cookies fd_readdir gave out, made on first use.
   std::unique_ptr<DirCookies> dir_cookies;
 };

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <string_view>
 #include <vector>
 
 namespace keel::abi::wasi {
@@ -113,7 +114,51 @@ int WalkOpen(int dirfd, const std::string& path, int flags, mode_t mode) {
   }
 }
 
+bool SameFile(const struct stat& a, const struct stat& b) {
+  return a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+}
+
+// How many directories `dir` lies below `root`, found by climbing ".."
+// (so that symlinks in the path that led to `dir` do not matter), or
+// -errno; -EPERM if `root` is never met.
+int DepthBelow(int root, int dir) {
+  struct stat root_st, st;
+  if (fstat(root, &root_st) != 0 || fstat(dir, &st) != 0) return -errno;
+  UniqueFd climbed;
+  int cur = dir;
+  for (int depth = 0; depth <= static_cast<int>(kMaxPathBytes / 2); ++depth) {
+    if (SameFile(st, root_st)) return depth;
+    UniqueFd up(openat(cur, "..", O_PATH | O_DIRECTORY | O_CLOEXEC));
+    struct stat up_st;
+    if (!up.valid() || fstat(up.get(), &up_st) != 0) return -errno;
+    if (SameFile(up_st, st)) return -EPERM;  // the host's "/": root was not above
+    climbed = std::move(up);
+    cur = climbed.get();
+    st = up_st;
+  }
+  return -EPERM;
+}
+
 }  // namespace
+
+int CheckSymlinkTarget(int dirfd, int parent_fd, const std::string& target) {
+  if (!target.empty() && target[0] == '/') return -EPERM;
+  int depth = DepthBelow(dirfd, parent_fd);
+  if (depth < 0) return depth;
+  size_t start = 0;
+  while (start < target.size()) {
+    size_t end = target.find('/', start);
+    if (end == std::string::npos) end = target.size();
+    const std::string_view comp(target.data() + start, end - start);
+    if (comp == "..") {
+      if (--depth < 0) return -EPERM;
+    } else if (!comp.empty() && comp != ".") {
+      ++depth;
+    }
+    start = end + 1;
+  }
+  return 0;
+}
 
 void ForcePathWalkForTesting(bool on) { force_walk.store(on); }
 

@@ -33,6 +33,14 @@ struct ParentPath {
 // 0 or -errno, as OpenBeneath.
 [[nodiscard]] int ResolveParent(int dirfd, const std::string& path, ParentPath* out);
 
+// Whether a symlink `target` created in `parent_fd` (a directory beneath
+// `dirfd`) would point inside `dirfd`: 0 if so, -EPERM (as OpenBeneath's
+// escapes, and cap-std's for absolute targets) if it is absolute or a ".."
+// climbs above `dirfd`, counting from where `parent_fd` really is. The
+// target's components are judged as spelled, since it may dangle; symlinks
+// met on the way are confined again whenever the link is followed.
+[[nodiscard]] int CheckSymlinkTarget(int dirfd, int parent_fd, const std::string& target);
+
 // Makes OpenBeneath use the walk even where openat2 works, so that tests
 // cover both.
 void ForcePathWalkForTesting(bool on);

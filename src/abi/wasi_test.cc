@@ -135,6 +135,7 @@ class WasiTest : public ::testing::Test {
     std::ofstream(root_ / "outside" / "secret.txt") << "secret";
     fs::create_symlink("/etc", root_ / "rw" / "abs_link");
     fs::create_symlink("../outside", root_ / "rw" / "out_link");
+    fs::create_symlink("../outside/secret.txt", root_ / "rw" / "esc");
     WasiConfig config = Captured(std::move(args));
     config.preopens = {{(root_ / "rw").string(), "/sandbox", false},
                        {(root_ / "ro").string(), "/ro", true}};

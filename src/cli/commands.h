@@ -3,6 +3,7 @@
 #define KEEL_CLI_COMMANDS_H_
 
 #include <chrono>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -30,7 +31,7 @@ int Inspect(const InspectArgs& args);
 
 struct RunArgs {
   std::string module_path;
-  std::string invoke;                   // export to call; empty: the program's _start
+  std::optional<std::string> invoke;    // export to call (any name, "" too); none: _start
   std::string input;                    // with invoke: a byte call's input file, "-" for stdin
   std::vector<std::string> values;      // numeric arguments, or the program's arguments
   std::vector<std::string> dirs;        // HOST[::GUEST], read-write
@@ -38,7 +39,7 @@ struct RunArgs {
   std::vector<std::string> env;         // K=V
   std::chrono::nanoseconds timeout{0};  // 0: none
 };
-int Run(const RunArgs& args);
+int Run(const RunArgs& args);  // run.cc; run_args.h parses the command line
 
 struct WorkerArgs {
   std::string store;                    // data directory or postgresql:// URL

@@ -3,6 +3,7 @@
 
 #include "base/duration.h"
 #include "cli/commands.h"
+#include "cli/run_args.h"
 
 namespace {
 
@@ -20,30 +21,20 @@ std::function<std::string(const std::string&)> DurationInto(std::chrono::nanosec
 
 int main(int argc, char** argv) {
   using namespace keel::cli;
+  if (argc >= 2 && std::string_view(argv[1]) == "run") {
+    return RunCommand(std::vector<std::string>(argv + 2, argv + argc));
+  }
   CLI::App app{"keel: runs WebAssembly calls safely under cancellation"};
   app.require_subcommand(1);
+  app.set_version_flag("--version", "keel " KEEL_VERSION);
 
   InspectArgs inspect;
   auto* inspect_cmd = app.add_subcommand("inspect", "Print a module's imports and exports");
   inspect_cmd->add_option("module", inspect.module_path, "Path to a .wasm file")->required();
 
-  RunArgs run;
-  std::string run_timeout;
-  auto* run_cmd = app.add_subcommand(
-      "run", "Run a WASI program's _start, or call one export (--invoke) with numbers or bytes");
-  run_cmd->add_option("module", run.module_path, "Path to a .wasm file")->required();
-  run_cmd->add_option("--invoke", run.invoke, "Export to call instead of _start");
-  run_cmd->add_option("--input", run.input, "With --invoke: make a byte call with this file's bytes (- for stdin)");
-  // One value per flag (repeat the flag for more), so that
-  // `--dir H::G prog.wasm` does not take prog.wasm as a second directory.
-  for (auto* repeated : {run_cmd->add_option("--dir", run.dirs, "Preopen HOST[::GUEST] read-write"),
-                         run_cmd->add_option("--dir-ro", run.dirs_ro, "Preopen HOST[::GUEST] read-only"),
-                         run_cmd->add_option("--env", run.env, "Set K=V in the guest's environment")}) {
-    repeated->expected(1)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
-  }
-  run_cmd->add_option("--timeout", run_timeout, "Deadline, e.g. 250ms or 2s")
-      ->check(CLI::Validator(DurationInto(&run.timeout), "DURATION"));
-  run_cmd->add_option("args", run.values, "Numeric arguments of --invoke, or the program's arguments after --");
+  // Listed here for `keel --help`; its words are parsed by run_args.cc.
+  app.add_subcommand("run",
+                     "Run a WASI program's _start, or call one export (--invoke) with numbers or bytes");
 
   WorkerArgs worker;
   std::string lease;
@@ -65,7 +56,6 @@ int main(int argc, char** argv) {
     return code == 0 ? kExitOk : kExitUsage;
   }
   if (*inspect_cmd) return Inspect(inspect);
-  if (*run_cmd) return Run(run);
   if (*worker_cmd) return Worker(worker);
   if (*serve_cmd) return Serve(serve);
   return kExitUsage;

@@ -3,14 +3,13 @@
 // directly; a deadline thread interrupts the guest when --timeout passes.
 #include <unistd.h>
 
-#include <condition_variable>
 #include <cstdio>
-#include <mutex>
 #include <thread>
 
 #include "abi/bytecall.h"
 #include "abi/wasi.h"
 #include "base/file.h"
+#include "base/mutex.h"
 #include "cli/commands.h"
 #include "engine/engine.h"
 
@@ -45,30 +44,25 @@ int Fail(Error error, bool deadline_fired = false) {
   return ExitCodeFor(error);
 }
 
-// Interrupts call `tag` when the deadline passes, unless disarmed first.
+// Interrupts the run when the deadline passes, unless disarmed first.
 class DeadlineThread {
  public:
   DeadlineThread(std::shared_ptr<engine::Interrupter> interrupter, std::chrono::nanoseconds timeout)
       : interrupter_(std::move(interrupter)) {
     if (timeout.count() <= 0) return;
-    thread_ = std::thread([this, until = std::chrono::steady_clock::now() + timeout] {
-      std::unique_lock<std::mutex> lock(mu_);
-      if (!cv_.wait_until(lock, until, [&] { return done_; })) {
-        fired_ = true;
-        interrupter_->Request(kTag);
-      }
-    });
+    const auto until = std::chrono::steady_clock::now() + timeout;
+    thread_ = std::thread([this, until] { Watch(until); });
   }
   ~DeadlineThread() {
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(mu_);
       done_ = true;
     }
-    cv_.notify_all();
+    cv_.SignalAll();
     if (thread_.joinable()) thread_.join();
   }
-  bool fired() {
-    std::lock_guard<std::mutex> lock(mu_);
+  bool fired() EXCLUDES(mu_) {
+    MutexLock lock(mu_);
     return fired_;
   }
   // Every engine call of this run (start, _initialize, the call itself)
@@ -76,11 +70,21 @@ class DeadlineThread {
   static constexpr uint64_t kTag = 1;
 
  private:
+  void Watch(std::chrono::steady_clock::time_point until) EXCLUDES(mu_) {
+    MutexLock lock(mu_);
+    while (!done_ && std::chrono::steady_clock::now() < until) cv_.WaitUntil(mu_, until);
+    if (done_) return;
+    fired_ = true;
+    // Under the lock so the run cannot end between the check and the
+    // request (Request only flags the engine; it runs no callback).
+    interrupter_->Request(kTag);
+  }
+
   std::shared_ptr<engine::Interrupter> interrupter_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool done_ = false;
-  bool fired_ = false;
+  Mutex mu_;
+  CondVar cv_;
+  bool done_ GUARDED_BY(mu_) = false;
+  bool fired_ GUARDED_BY(mu_) = false;
   std::thread thread_;
 };
 
@@ -125,12 +129,12 @@ Result<abi::WasiConfig> MakeWasiConfig(const RunArgs& args, bool program) {
 }
 
 int CallNumeric(engine::Instance& instance, const RunArgs& args, DeadlineThread& deadline) {
-  auto func = instance.Lookup(args.invoke);
+  auto func = instance.Lookup(*args.invoke);
   if (!func) return Fail(func.error());
   const FuncType& type = *func->type;
   if (args.values.size() != type.params.size()) {
     return Fail(Error(ErrorCode::kInvalidArgument,
-                      "export '" + args.invoke + "' takes " + std::to_string(type.params.size()) +
+                      "export '" + *args.invoke + "' takes " + std::to_string(type.params.size()) +
                           " argument(s) " + type.ToString() + ", got " +
                           std::to_string(args.values.size())));
   }
@@ -157,7 +161,7 @@ int CallBytes(engine::Instance& instance, const RunArgs& args, DeadlineThread& d
     std::fprintf(stderr, "keel: %s\n", input.error().message.c_str());
     return kExitNoInput;
   }
-  auto output = abi::CallBytes(instance, args.invoke, *input, {}, DeadlineThread::kTag);
+  auto output = abi::CallBytes(instance, *args.invoke, *input, {}, DeadlineThread::kTag);
   if (!output) return Fail(output.error(), deadline.fired());
   std::fflush(stdout);
   size_t written = 0;
@@ -177,13 +181,13 @@ int Run(const RunArgs& args) {
     std::fprintf(stderr, "keel: %s\n", bytes.error().message.c_str());
     return kExitNoInput;
   }
-  if (!args.input.empty() && args.invoke.empty()) {
+  if (!args.input.empty() && !args.invoke) {
     return Fail(Error(ErrorCode::kInvalidArgument, "--input needs --invoke NAME"));
   }
   engine::Engine& engine = engine::DefaultEngine();
   auto module = engine.Compile(*bytes);
   if (!module) return Fail(module.error());
-  bool program = args.invoke.empty();
+  bool program = !args.invoke;
   if (program && !(*module)->info().FindFuncExport("_start")) {
     return Fail(Error(ErrorCode::kInvalidArgument,
                       "the module has no _start: name an export with --invoke NAME"));

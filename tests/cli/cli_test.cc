@@ -5,6 +5,9 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -15,6 +18,7 @@ namespace keel {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 using ::testing::StartsWith;
 using testing::ProcessResult;
 using testing::RunProcess;
@@ -99,6 +103,120 @@ TEST(CliTest, ByteCallFromFileOrStdin) {
   EXPECT_THAT(bad.err, HasSubstr("invalid JSON"));
 }
 
+// What `hello` printed as its argv[1..] (argv[0] is the module path).
+std::vector<std::string> GuestArgs(const std::string& out) {
+  std::vector<std::string> args;
+  std::istringstream lines(out);
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (line.starts_with("argv[") && !line.starts_with("argv[0]=")) {
+      args.push_back(line.substr(line.find('=') + 1));
+    }
+  }
+  return args;
+}
+
+using Words = std::vector<std::string>;
+
+TEST(CliTest, RunHandsEveryWordAfterTheModuleToTheGuestInOrder) {
+  const std::string dir = std::filesystem::temp_directory_path().string();
+  const std::string hello = Guest("hello");
+  struct Case {
+    Words argv;
+    Words guest;
+  };
+  const Case cases[] = {
+      {{"run", "--dir", dir, hello, "--"}, {}},  // a bare trailing --
+      {{"run", "--dir", dir, hello, "--", "a", "-b", "--c"}, {"a", "-b", "--c"}},
+      {{"run", hello, "x", "--flag"}, {"x", "--flag"}},
+      {{"run", hello, "-", "-7", "--", "--"}, {"-", "-7", "--"}},
+      {{"run", hello, "", "x y", "-"}, {"", "x y", "-"}},
+      {{"run", "--", hello, "--dir", "d"}, {"--dir", "d"}},  // MODULE right after --
+      {{"run", hello, "a", "--dir=" + dir, "b", "--timeout", "10s", "c"}, {"a", "b", "c"}},
+  };
+  for (const Case& c : cases) {
+    ProcessResult r = Keel(c.argv);
+    EXPECT_EQ(r.exit_code, 0) << ::testing::PrintToString(c.argv) << r.err;
+    EXPECT_EQ(GuestArgs(r.out), c.guest) << ::testing::PrintToString(c.argv);
+  }
+}
+
+TEST(CliTest, RunTakesItsOptionsOnEitherSideOfTheModuleUntilDoubleDash) {
+  // --env after the module is keel's; after -- it is the guest's.
+  ProcessResult r = Keel({"run", Guest("hello"), "one", "--env", "K=after", "two", "--", "--env",
+                          "K=guest"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("env K=after\n"));
+  EXPECT_EQ(GuestArgs(r.out), (Words{"one", "two", "--env", "K=guest"}));
+  // Values are taken verbatim, from the next word or after '='.
+  r = Keel({"run", "--env=K=a=b", Guest("hello"), "--env", "L=-x"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("env K=a=b\n"));
+  EXPECT_THAT(r.out, HasSubstr("env L=-x\n"));
+  EXPECT_EQ(GuestArgs(r.out), Words{});
+}
+
+TEST(CliTest, RunHelpStatesTheRule) {
+  for (const Words& argv :
+       {Words{"run", "--help"}, Words{"run", "-h"}, Words{"run", Guest("hello"), "--help"}}) {
+    ProcessResult r = Keel(argv);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_THAT(r.out, StartsWith("Usage: keel run [OPTIONS] MODULE [ARGS...]\n"));
+    EXPECT_THAT(r.out, HasSubstr("keel's options may come before or after MODULE"));
+    EXPECT_THAT(r.out, HasSubstr("`--` ends keel's options"));
+    EXPECT_THAT(r.out, HasSubstr("--dir HOST[::GUEST]"));
+    EXPECT_THAT(r.out, Not(HasSubstr("hello from keel")));
+  }
+  // After --, --help is the guest's.
+  ProcessResult r = Keel({"run", Guest("hello"), "--", "--help"});
+  EXPECT_EQ(GuestArgs(r.out), Words{"--help"});
+  EXPECT_THAT(Keel({"--help"}).out, HasSubstr("run"));
+  EXPECT_THAT(Keel({"--version"}).out, StartsWith("keel "));
+}
+
+TEST(CliTest, RunUsageErrorsNameWhatWasWrong) {
+  struct Case {
+    Words argv;
+    std::string message;
+  };
+  const Case cases[] = {
+      {{"run"}, "MODULE is required"},
+      {{"run", "--dir", "/tmp"}, "MODULE is required"},
+      {{"run", "--"}, "MODULE is required"},
+      {{"run", "--bogus", Guest("hello")}, "unknown option '--bogus' before MODULE"},
+      {{"run", Guest("hello"), "--timeout"}, "--timeout needs a value DURATION"},
+      {{"run", Guest("hello"), "--timeout", "soon"}, "--timeout 'soon'"},
+      {{"run", "--dir"}, "--dir needs a value HOST[::GUEST]"},
+  };
+  for (const Case& c : cases) {
+    ProcessResult r = Keel(c.argv);
+    EXPECT_EQ(r.exit_code, 64) << ::testing::PrintToString(c.argv);
+    EXPECT_THAT(r.err, HasSubstr(c.message)) << ::testing::PrintToString(c.argv);
+    EXPECT_THAT(r.err, HasSubstr("keel run --help"));
+  }
+}
+
+TEST(CliTest, InvokeTakesAnyExportNameVerbatim) {
+  const std::string names = KEEL_CLI_NAMES;
+  ProcessResult r = Keel({"run", "--invoke", "-x", names});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "1\n");
+  r = Keel({"run", names, "--invoke", "--env"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "2\n");
+  r = Keel({"run", names, "--invoke=a=b c", "--", "-4"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "-1\n");
+  // The empty name is a name: looked up, not taken for "no --invoke".
+  for (const Words& argv :
+       {Words{"run", "--invoke", "", Guest("hello")}, Words{"run", "--invoke=", Guest("hello")}}) {
+    r = Keel(argv);
+    EXPECT_EQ(r.exit_code, 64);
+    EXPECT_THAT(r.err, HasSubstr("no export named ''"));
+    EXPECT_THAT(r.out, Not(HasSubstr("hello from keel")));
+  }
+}
+
 TEST(CliTest, PreopensAreOffUnlessAsked) {
   auto dir = std::filesystem::temp_directory_path() / ("keel-cli-dir-" + std::to_string(getpid()));
   std::filesystem::create_directories(dir);
@@ -107,6 +225,10 @@ TEST(CliTest, PreopensAreOffUnlessAsked) {
   ProcessResult r = Keel({"run", "--dir", dir.string() + "::/sandbox", "--dir-ro",
                           dir.string() + "::/ro", Guest("hostile_path_escape")});
   EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  // Nor can it leave links on the host that point out of its preopen.
+  EXPECT_THAT(r.out, HasSubstr("keel_escape_rel -> ../../../../../../etc/passwd: EPERM"));
+  EXPECT_THAT(r.out, HasSubstr("keel_escape_abs -> /etc/passwd: EPERM"));
+  EXPECT_TRUE(std::filesystem::is_empty(dir)) << r.out;
   std::filesystem::remove_all(dir);
 }
 
