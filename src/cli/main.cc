@@ -35,11 +35,12 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--invoke", run.invoke, "Export to call instead of _start");
   run_cmd->add_option("--input", run.input, "With --invoke: make a byte call with this file's bytes (- for stdin)");
   // One value per flag (repeat the flag for more), so that
-  // `--dir H::G prog.wasm` does not take prog.wasm as a second directory.
+  // `--dir H::G prog.wasm` does not take prog.wasm as a second directory:
+  // CLI11 2.1 lets a vector option take extra values despite expected(1).
   for (auto* repeated : {run_cmd->add_option("--dir", run.dirs, "Preopen HOST[::GUEST] read-write"),
                          run_cmd->add_option("--dir-ro", run.dirs_ro, "Preopen HOST[::GUEST] read-only"),
                          run_cmd->add_option("--env", run.env, "Set K=V in the guest's environment")}) {
-    repeated->expected(1)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+    repeated->expected(1)->allow_extra_args(false)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   }
   run_cmd->add_option("--timeout", run_timeout, "Deadline, e.g. 250ms or 2s")
       ->check(CLI::Validator(DurationInto(&run.timeout), "DURATION"));
