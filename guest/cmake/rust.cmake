@@ -37,6 +37,7 @@ foreach(crate aho-corasick flate2 miniz_oxide pulldown-cmark regex serde serde_d
   endif()
 endforeach()
 if(missing)
+  list(JOIN missing ", " missing)
   message(FATAL_ERROR "The Rust guests need these crates in ${KEEL_CARGO_REGISTRY}: ${missing}. ${hint}")
 endif()
 
