@@ -143,12 +143,12 @@ __attribute__((used)) inline int32_t keel_cxx_cabi_realloc(int32_t old, int32_t 
       static_cast<uint32_t>(new_size))));
 }
 
-// Exports byte call `name` (an identifier) from `fn`, a function or lambda
-// of one of the shapes described at the top. Emits `name` and
-// `cabi_post_name`.
-#define KEEL_CXX_EXPORT(name, fn)                                                  \
+// Exports byte call `name` (an identifier) from a function or lambda of
+// one of the shapes described at the top (variadic, so that a lambda's
+// commas need no parentheses). Emits `name` and `cabi_post_name`.
+#define KEEL_CXX_EXPORT(name, ...)                                                  \
   static int keel_cxx_impl_##name(const uint8_t* in, size_t len, keel_output* out) { \
-    return ::keel::internal::Call(#name, fn, in, len, out);                        \
+    return ::keel::internal::Call(#name, __VA_ARGS__, in, len, out);               \
   }                                                                                \
   KEEL_BYTES_FN_WITH_POST(name, keel_cxx_impl_##name, ::keel::internal::Release)
 

@@ -36,4 +36,5 @@ function(keel_cxx_guest)
 endfunction()
 
 keel_cxx_guest(NAME csv DIR ${KEEL_GUEST_OUT} SOURCES examples/csv.cc)
-set(KEEL_CXX_GUESTS csv)
+keel_cxx_guest(NAME hostile_cxx DIR ${KEEL_GUEST_OUT} SOURCES hostile/cxx.cc)
+set(KEEL_CXX_GUESTS csv hostile_cxx)

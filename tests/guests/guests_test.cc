@@ -213,6 +213,15 @@ TEST_F(GuestsTest, RustPanicsAndFailuresReachTheCaller) {
   EXPECT_EQ(sum->Wait()->values[0].i32(), 42);
 }
 
+TEST_F(GuestsTest, CxxSdkEdgeCases) {
+  auto pool = Load(GuestPath("hostile_cxx"));
+  ASSERT_TRUE(pool);
+  EXPECT_THAT(Trap(*pool, "oom", ""), HasSubstr("guest stderr: oom: out of memory"));
+  EXPECT_EQ(Ok(*pool, "sizes", "a\nb\n"), "4 2");  // a lambda export
+  EXPECT_EQ(Ok(*pool, "prefix", "abcdef"), "abc");  // borrowed from the input
+  EXPECT_EQ(Ok(*pool, "prefix", "ab"), "ab");
+}
+
 // One instance with a 32 MiB cap takes 64 calls of 1 MiB in and 1 MiB out:
 // an SDK that kept either buffer after post-return would run out of memory.
 TEST_F(GuestsTest, SdksFreeInputAndOutputInPostReturn) {

@@ -253,7 +253,9 @@ pub extern "C" fn _initialize() {
             .copied()
             .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
             .unwrap_or("(non-string panic payload)");
-        let prefix = current_export().map(|n| format!("{n}: ")).unwrap_or_default();
+        let prefix = current_export()
+            .map(|n| format!("{n}: "))
+            .unwrap_or_default();
         let _ = match info.location() {
             Some(at) => writeln!(std::io::stderr(), "{prefix}panicked at {at}: {message}"),
             None => writeln!(std::io::stderr(), "{prefix}panicked: {message}"),

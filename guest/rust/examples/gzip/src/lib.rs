@@ -19,8 +19,13 @@ use keel_guest::{export, fail};
 const MAX_OUTPUT: u64 = 64 << 20;
 
 fn compress(input: &[u8]) -> Vec<u8> {
-    let mut encoder = GzEncoder::new(Vec::with_capacity(input.len() / 2 + 64), Compression::new(6));
-    encoder.write_all(input).expect("writing to a Vec cannot fail");
+    let mut encoder = GzEncoder::new(
+        Vec::with_capacity(input.len() / 2 + 64),
+        Compression::new(6),
+    );
+    encoder
+        .write_all(input)
+        .expect("writing to a Vec cannot fail");
     encoder.finish().expect("writing to a Vec cannot fail")
 }
 

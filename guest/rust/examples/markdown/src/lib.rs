@@ -46,7 +46,10 @@ fn outline(input: &[u8]) -> Vec<u8> {
     for event in Parser::new(text(input)) {
         match (event, current.as_mut()) {
             (Event::Start(Tag::Heading(level, ..)), _) => {
-                current = Some(Heading { level: level as u8, text: String::new() });
+                current = Some(Heading {
+                    level: level as u8,
+                    text: String::new(),
+                });
             }
             (Event::End(Tag::Heading(..)), Some(_)) => headings.extend(current.take()),
             (Event::Text(t) | Event::Code(t), Some(h)) => h.text.push_str(&t),

@@ -63,7 +63,12 @@ fn find(req: FindRequest) -> FindResponse {
                 .iter()
                 .filter_map(|&n| caps.name(n).map(|g| (n.to_owned(), g.as_str().to_owned())))
                 .collect();
-            Match { start: whole.start(), end: whole.end(), text: whole.as_str().to_owned(), groups }
+            Match {
+                start: whole.start(),
+                end: whole.end(),
+                text: whole.as_str().to_owned(),
+                groups,
+            }
         })
         .collect();
     FindResponse { matches }
@@ -87,8 +92,14 @@ fn replace(req: ReplaceRequest) -> ReplaceResponse {
     let re = compile(&req.pattern);
     let limit = req.limit.unwrap_or(0);
     let available = re.find_iter(&req.text).count();
-    let replaced = if limit == 0 { available } else { available.min(limit) };
-    let text = re.replacen(&req.text, limit, req.replacement.as_str()).into_owned();
+    let replaced = if limit == 0 {
+        available
+    } else {
+        available.min(limit)
+    };
+    let text = re
+        .replacen(&req.text, limit, req.replacement.as_str())
+        .into_owned();
     ReplaceResponse { text, replaced }
 }
 

@@ -38,7 +38,9 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String> {
             "-i" => options.ignore_case = true,
             "-n" => options.line_numbers = true,
             "-c" => options.count = true,
-            s if s.starts_with('-') && s != "-" => return Err(format!("unknown option {s}\n{USAGE}")),
+            s if s.starts_with('-') && s != "-" => {
+                return Err(format!("unknown option {s}\n{USAGE}"))
+            }
             _ => positional.push(arg),
         }
     }
@@ -51,7 +53,13 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String> {
 }
 
 /// Writes the matching lines of `input`; returns how many matched.
-fn grep(re: &Regex, input: impl BufRead, prefix: &str, options: &Options, out: &mut impl Write) -> io::Result<u64> {
+fn grep(
+    re: &Regex,
+    input: impl BufRead,
+    prefix: &str,
+    options: &Options,
+    out: &mut impl Write,
+) -> io::Result<u64> {
     let mut matched = 0;
     for (number, line) in input.split(b'\n').enumerate() {
         let line = line?;
@@ -79,10 +87,18 @@ fn run(options: &Options) -> Result<bool, String> {
         .map_err(|e| format!("invalid pattern: {e}"))?;
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
-    let files = if options.files.is_empty() { vec!["-".to_owned()] } else { options.files.clone() };
+    let files = if options.files.is_empty() {
+        vec!["-".to_owned()]
+    } else {
+        options.files.clone()
+    };
     let mut any = false;
     for name in &files {
-        let prefix = if files.len() > 1 { format!("{name}:") } else { String::new() };
+        let prefix = if files.len() > 1 {
+            format!("{name}:")
+        } else {
+            String::new()
+        };
         let matched = if name == "-" {
             grep(&re, io::stdin().lock(), &prefix, options, &mut out)
         } else {
