@@ -1,6 +1,7 @@
 // The C++ and Rust guests over HTTP on a real socket, served from the build's
 // guest directory as `keel serve --modules build/guest` does, and the
-// README's Rust crate uploaded and called the way the README says.
+// README's Rust crate and C++ guest uploaded and called the way the README
+// says.
 #include <boost/json.hpp>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -87,7 +88,7 @@ TEST_F(GuestsHttpTest, GuestErrorsAre422WithTheGuestsMessage) {
             R"({"text":"bb","replaced":2})");
 }
 
-TEST_F(GuestsHttpTest, UploadedReadmeCrateIsCallable) {
+TEST_F(GuestsHttpTest, UploadedReadmeExamplesAreCallable) {
   Client c = Connect();
   Reply put = c.Put("/v1/modules/my-guest", ReadBytes(std::string(KEEL_README_DIR) + "/my_guest.wasm"));
   ASSERT_EQ(put.status, 201) << put.body;
@@ -109,6 +110,14 @@ TEST_F(GuestsHttpTest, UploadedReadmeCrateIsCallable) {
   Reply zero = c.PostBytes("/v1/modules/my-guest/call/total", R"({"items":[{"name":"x","price_cents":1,"quantity":0}]})");
   EXPECT_EQ(zero.status, 422);
   EXPECT_THAT(zero.body, HasSubstr("total: item \\\"x\\\" has quantity 0"));
+
+  // The C++ example, the same way.
+  ASSERT_EQ(c.Put("/v1/modules/upper", ReadBytes(std::string(KEEL_README_DIR) + "/readme_upper.wasm")).status, 201);
+  EXPECT_EQ(c.PostBytes("/v1/modules/upper/call/upper", "shout").body, "SHOUT");
+  EXPECT_EQ(c.PostBytes("/v1/modules/upper/call/reverse", "abc").body, "cba");
+  Reply empty = c.PostBytes("/v1/modules/upper/call/non_empty", "");
+  EXPECT_EQ(empty.status, 422);
+  EXPECT_THAT(empty.body, HasSubstr("non_empty: empty input"));
 }
 
 }  // namespace
