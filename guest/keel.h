@@ -59,6 +59,15 @@
 #include <string.h>
 #include <unistd.h>
 
+/* keel.h is also valid C++ (keel.hpp builds on it). */
+#ifdef __cplusplus
+#define KEEL__ALIGNAS(n) alignas(n)
+#define KEEL__ALIGNOF(t) alignof(t)
+#else
+#define KEEL__ALIGNAS(n) _Alignas(n)
+#define KEEL__ALIGNOF(t) _Alignof(t)
+#endif
+
 /* ------------------------------------------------------------------ */
 /* Attributes                                                           */
 /* ------------------------------------------------------------------ */
@@ -248,7 +257,7 @@ typedef int (*keel_bytes_impl)(const uint8_t* in, size_t in_len,
 /* Per-module call state, defined by KEEL_CABI_REALLOC(). A link error
  * "undefined symbol: keel_guest_state" means that macro is missing. */
 typedef struct keel_call_state {
-  _Alignas(8) uint32_t ret[2]; /* the (ptr, len) pair handed to the host */
+  KEEL__ALIGNAS(8) uint32_t ret[2]; /* the (ptr, len) pair handed to the host */
   void* input;                 /* input buffer, freed in post-return */
   void* owned;                 /* owned output, freed in post-return */
   int active;                  /* a call returned and awaits post-return */
@@ -323,7 +332,7 @@ static inline void* keel__cabi_realloc(void* old, size_t old_size,
     keel_failf("cabi_realloc: bad alignment %zu", align);
   if (new_size == 0) new_size = 1;
   void* p;
-  if (align <= _Alignof(max_align_t)) {
+  if (align <= KEEL__ALIGNOF(max_align_t)) {
     p = realloc(old, new_size);
   } else {
     size_t rounded = (new_size + align - 1) & ~(align - 1);
