@@ -61,6 +61,13 @@ std::shared_ptr<const Linker> BenchLinker(Gate* gate) {
   auto nothing = [](Caller&, std::span<const Value>, std::span<Value>) -> Result<void> { return {}; };
   linker->Define("keel_test", "ran", {{ValType::kI32}, {}}, nothing);
   for (const char* name : {"enter", "leave", "poison_me"}) linker->Define("keel_test", name, {{}, {}}, nothing);
+  for (const char* name : {"hold", "throw_hook"}) {
+    linker->Define("keel_test", name, {{ValType::kI32}, {ValType::kI32}},
+                   [](Caller&, std::span<const Value> a, std::span<Value> r) -> Result<void> {
+                     r[0] = a[0];
+                     return {};
+                   });
+  }
   linker->Define("keel_test", "start_ok", {{}, {ValType::kI32}},
                  [](Caller&, std::span<const Value>, std::span<Value> r) -> Result<void> {
                    r[0] = Value::I32(1);
@@ -111,7 +118,47 @@ struct Bench {
     Emit("direct_call_ns", ns, "ns");
   }
 
-  void RoundTrip() {
+  // The machine's floor for a round trip with two wake-ups: a request and
+  // a reply between two threads over a mutex and condition variables, as a
+  // call's submit and completion are.
+  double PingPong() {
+    std::mutex mu;
+    std::condition_variable to_server, to_client;
+    bool request = false, reply = false, stop = false;
+    std::thread server([&] {
+      std::unique_lock<std::mutex> lock(mu);
+      for (;;) {
+        to_server.wait(lock, [&] { return request || stop; });
+        if (stop) return;
+        request = false;
+        reply = true;
+        to_client.notify_one();
+      }
+    });
+    std::vector<double> us;
+    int n = Scale(50000);
+    for (int i = 0; i < n; ++i) {
+      auto start = Clock::now();
+      std::unique_lock<std::mutex> lock(mu);
+      request = true;
+      to_server.notify_one();
+      to_client.wait(lock, [&] { return reply; });
+      reply = false;
+      lock.unlock();
+      us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - start).count());
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      stop = true;
+    }
+    to_server.notify_one();
+    server.join();
+    double p50 = Percentile(us, 0.5);
+    Emit("pingpong_p50_us", p50, "us");
+    return p50;
+  }
+
+  void RoundTrip(double floor_us) {
     auto pool = NewPool(2);
     std::vector<double> us;
     int n = Scale(50000);
@@ -122,6 +169,7 @@ struct Bench {
       us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - start).count());
     }
     Emit("pool_roundtrip_p50_us", Percentile(us, 0.5), "us");
+    Emit("pool_roundtrip_vs_pingpong", Percentile(us, 0.5) / floor_us, "ratio");
     Emit("pool_roundtrip_p99_us", Percentile(us, 0.99), "us");
     pool->Close();
   }
@@ -224,7 +272,10 @@ int Main(int argc, char** argv) {
   if (!bytes) return 1;
   bench.module = *bench.runtime->Compile(*bytes, {.name = "bench"});
   bench.DirectCall();
-  bench.RoundTrip();
+  // Alternated, so that both see the same machine.
+  double floor_us = bench.PingPong();
+  bench.RoundTrip(floor_us);
+  bench.PingPong();
   bench.Throughput();
   bench.DeadlineStop();
   bench.Replacement();

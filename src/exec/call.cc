@@ -1,4 +1,6 @@
 // The call handle and the resolution rules every path shares.
+#include <algorithm>
+
 #include "exec/core.h"
 
 namespace keel {
@@ -126,6 +128,10 @@ bool RuntimeCore::Withdraw(const std::shared_ptr<CallRecord>& record) {
   CallState expected = CallState::kQueued;
   if (!record->state.compare_exchange_strong(expected, CallState::kWithdrawn)) return false;
   record->pool->OnDequeued(*record);
+  // It may sit in a deque until a sweep: let it hold no input meanwhile.
+  // Nobody reads the request of a withdrawn call.
+  std::vector<uint8_t>().swap(record->input);
+  std::vector<Value>().swap(record->args);
   return true;
 }
 
@@ -154,12 +160,20 @@ CancelOutcome RuntimeCore::Abort(const std::shared_ptr<CallRecord>& record) {
   CallState state = record->state.load();
   if (state != CallState::kRunning && state != CallState::kPostReturn) return CancelOutcome::kTooLate;
   if (record->aborted.exchange(true)) return CancelOutcome::kTooLate;
+  bool resolved = Resolve(record,
+                          tl::unexpected(Error(ErrorCode::kCancelled,
+                                               "aborted while running: the guest was interrupted "
+                                               "and its instance is replaced")),
+                          Cause::kAborted);
+  bool detached;
+  {
+    MutexLock lock(record->mu);
+    detached = record->detached;
+  }
+  // Neither resolved now nor detached: it ended on its own meanwhile.
+  if (!resolved && !detached) return CancelOutcome::kTooLate;
   // A detached call has resolved already; it is still interrupted.
-  Resolve(record,
-          tl::unexpected(Error(ErrorCode::kCancelled,
-                               "aborted while running: the guest was interrupted and its "
-                               "instance is replaced")),
-          Cause::kAborted);
+  metrics.aborts++;
   Interrupt(*record);
   return CancelOutcome::kAborted;
 }
@@ -185,7 +199,7 @@ void RuntimeCore::Interrupt(const CallRecord& record) {
   Worker* worker = record.worker.load();
   if (!worker) return;
   if (auto wake = worker->interrupter()->RequestDeferred(record.engine_tag.load())) {
-    executor->Post(std::move(wake));
+    waker->Post(std::move(wake));
   }
 }
 
@@ -217,11 +231,19 @@ void RuntimeCore::CollectEverywhere(const Worker* except) {
   }
 }
 
-Worker* RuntimeCore::SpareWorker() {
+Worker* RuntimeCore::SpareWorker(const std::vector<Worker*>& exclude) {
   MutexLock lock(spares_mu);
   if (shutting_down.load()) return nullptr;
+  // Spares that lingered without slots have ended: reap them.
+  std::erase_if(spares, [this](const std::unique_ptr<Worker>& w) {
+    if (!w->exited()) return false;
+    w->Stop();
+    metrics.spare_workers--;
+    return true;
+  });
   for (auto& w : spares) {
-    if (w->ClaimIfIdle()) return w.get();
+    if (std::find(exclude.begin(), exclude.end(), w.get()) != exclude.end()) continue;
+    if (w->ClaimIfIdle(nullptr)) return w.get();
   }
   int limit = options.fairness.max_spare_workers;
   if (limit < 0) limit = 2 * static_cast<int>(workers.size());

@@ -86,14 +86,17 @@ using internal::CallRecord;
 enum class TestPoint : uint8_t {
   kDequeued,     // a worker took a call off a queue and checked for shutdown
   kInterrupted,  // Shutdown() has interrupted what was running
+  kClaimed,      // a worker woke up for a submit's claim, before it looks for calls
 };
 
-// Threads that run user callbacks, so that neither workers nor the
-// watchdog ever run user code that might block. A callback that throws is
-// caught and counted.
+// Threads that run user code, so that neither workers nor the watchdog
+// ever run code that might block: completion callbacks and the detached
+// sink on the callback threads; host functions' interrupt wake-ups and
+// starvation checks on a separate one-thread executor (the waker), so a
+// slow callback delays neither. A task that throws is caught and counted.
 class CallbackExecutor {
  public:
-  CallbackExecutor(int threads, Metrics* metrics);
+  explicit CallbackExecutor(int threads);
   ~CallbackExecutor();
   // Runs everything still queued, then joins. Idempotent. Called from one
   // of its own threads (a callback that shuts the runtime down), it joins
@@ -104,14 +107,16 @@ class CallbackExecutor {
   void Post(std::function<void()> fn);
   // True on one of this executor's threads.
   bool OnOwnThread() const;
+  uint64_t exceptions() const { return state_->exceptions.load(); }
 
  private:
+  // Shared with the threads, so that one detached by Stop() outlives us.
   struct State {
     Mutex mu;
     CondVar cv;
     std::deque<std::function<void()>> queue GUARDED_BY(mu);
     bool stop GUARDED_BY(mu) = false;
-    Metrics* metrics = nullptr;
+    std::atomic<uint64_t> exceptions{0};
   };
   static void Loop(const std::shared_ptr<State>& state);
   static void Run(State& state, std::function<void()>& fn);
@@ -170,6 +175,7 @@ struct Slot {
   Clock::time_point last_used;
   bool replacing = false;      // the last instance was poisoned
   Clock::time_point retry_at;  // earliest next instantiation attempt
+  bool dropped = false;        // a temporary slot given up; erased between passes
   bool temporary() const { return slot_no < 0; }
 };
 
@@ -185,14 +191,20 @@ class Worker {
   Result<void> Start(size_t stack_bytes);
   void Stop();  // finishes the current call, drops instances, joins
   void Wake();
-  // Claims an idle worker for one piece of new work: true (and the worker
-  // is woken) if it was idle and nobody claimed it since it went idle.
-  bool ClaimIfIdle();
+  // Claims an idle worker for new work of `pool`: true (and the worker is
+  // woken, and serves `pool` first) if it was idle and nobody claimed it
+  // since it went idle.
+  bool ClaimIfIdle(const PoolImpl* pool) EXCLUDES(mu_);
   void Post(std::function<void(Worker&)> command) EXCLUDES(mu_);
   bool idle() const { return idle_.load(); }
-  // The pool whose call runs here now, if any.
+  // The pool whose call runs here now, if any, and since when.
   const PoolImpl* running_pool() const { return running_pool_.load(); }
+  Clock::time_point running_since() const {
+    return Clock::time_point(Clock::duration(running_since_.load()));
+  }
   bool spare() const { return spare_; }
+  // A spare worker that ended after lingering without slots.
+  bool exited() const { return exited_.load(); }
   int index() const { return index_; }
 
   // Shutdown: resolves the running call kShuttingDown and interrupts it,
@@ -212,10 +224,13 @@ class Worker {
   bool Stopping() EXCLUDES(mu_);
   void WaitForWork(Clock::time_point until) EXCLUDES(mu_);
   bool RunCommands() EXCLUDES(mu_);
-  bool RunReadyCalls();
+  const PoolImpl* TakeClaim() EXCLUDES(mu_);
+  bool RunReadyCalls(const PoolImpl*& claim);
+  void PassOnClaim(const PoolImpl*& claim, const Slot* running);
+  bool WantsInstance(const Slot& slot, Clock::time_point now) const;
   bool InstantiateMissing();
-  bool RunOneCall(Slot& slot);
-  void Execute(Slot& slot, std::shared_ptr<CallRecord> record);
+  bool RunOneCall(Slot& slot, const PoolImpl*& claim);
+  void Execute(Slot& slot, std::shared_ptr<CallRecord> record, const PoolImpl*& claim);
   bool BeginCall(const std::shared_ptr<CallRecord>& record, uint64_t tag);
   CallResult RunInGuest(Slot& slot, CallRecord& record, uint64_t tag);
   void FinishCall(Slot& slot, const std::shared_ptr<CallRecord>& record, CallResult result,
@@ -225,9 +240,11 @@ class Worker {
   bool Instantiate(Slot& slot);
   Result<std::unique_ptr<engine::Instance>> TryInstantiate(PoolImpl& pool);
   void Retire(Slot& slot);
+  void DropTemporarySlot(Slot& slot);
   void RetireTemporarySlots(Clock::time_point now);
   bool HasWork() const;
   Clock::time_point Maintenance();
+  bool Lingered(Clock::time_point now);
   void Teardown();
 
   RuntimeCore* core_;
@@ -244,9 +261,14 @@ class Worker {
   std::vector<std::function<void(Worker&)>> commands_ GUARDED_BY(mu_);
   bool wake_ GUARDED_BY(mu_) = false;
   bool stop_ GUARDED_BY(mu_) = false;
+  // The pool whose submit woke us; compared, never dereferenced.
+  const PoolImpl* claim_ GUARDED_BY(mu_) = nullptr;
   std::atomic<bool> has_commands_{false};
   std::atomic<bool> idle_{false};
   std::atomic<const PoolImpl*> running_pool_{nullptr};
+  std::atomic<Clock::rep> running_since_{0};
+  std::atomic<bool> exited_{false};
+  Clock::time_point slotless_since_;  // worker thread only; spares linger, then end
 
   Mutex current_mu_;
   std::shared_ptr<CallRecord> current_ GUARDED_BY(current_mu_);  // the call in the guest
@@ -277,7 +299,8 @@ class Prober {
 
   RuntimeCore* core_;
   pthread_t thread_{};
-  bool started_ = false;
+  bool started_ = false;  // set by the constructor only
+  bool joined_ = false;   // Stop() is called by one thread (Shutdown)
   Mutex mu_;
   CondVar cv_;
   std::deque<Job*> queue_ GUARDED_BY(mu_);
@@ -295,6 +318,7 @@ struct RuntimeCore {
   std::atomic<uint64_t> next_call_id{1};
   std::atomic<uint64_t> next_tag{1};
   std::unique_ptr<CallbackExecutor> executor;
+  std::unique_ptr<CallbackExecutor> waker;
   std::unique_ptr<Watchdog> watchdog;
   std::unique_ptr<Prober> prober;
   std::vector<std::unique_ptr<Worker>> workers;  // the core workers; fixed
@@ -332,15 +356,16 @@ struct RuntimeCore {
   void Expire(const std::shared_ptr<CallRecord>& record);
   void DeliverDetached(const std::shared_ptr<CallRecord>& record, CallResult actual);
   // Interrupts `record`'s call where it runs; the host function it may be
-  // blocked in is woken on a callback thread.
+  // blocked in is woken on the waker thread.
   void Interrupt(const CallRecord& record);
   // A running call ended (and `running` was decremented); wakes Shutdown's
   // drain when it was the last.
   void OnCallEnded();
   // Asks every worker but `except` to collect garbage (an allocation failed).
   void CollectEverywhere(const Worker* except);
-  // A spare worker that is idle, or a new one; nullptr at the limit.
-  Worker* SpareWorker() EXCLUDES(spares_mu);
+  // A spare worker that is idle and not in `exclude`, or a new one;
+  // nullptr at the limit.
+  Worker* SpareWorker(const std::vector<Worker*>& exclude) EXCLUDES(spares_mu);
   void Test(TestPoint point) EXCLUDES(test_hook_mu);
 };
 
@@ -360,6 +385,7 @@ class PoolImpl : public std::enable_shared_from_this<PoolImpl> {
   // of the queue; nullptr if none.
   std::shared_ptr<internal::CallRecord> Pop(int slot_no) EXCLUDES(mu_);
   bool HasWork(int slot_no) const;
+  bool HasSharedWork() const { return shared_live_.load() > 0; }
   // Queue accounting for a call that left kQueued (started or withdrawn);
   // called once, by whoever moved it.
   void OnDequeued(const internal::CallRecord& record);
@@ -375,9 +401,14 @@ class PoolImpl : public std::enable_shared_from_this<PoolImpl> {
   // When a slot may try on its own next (max() in quarantine).
   Clock::time_point NextAttempt() const EXCLUDES(mu_);
 
-  // Runs on the watchdog when calls may be starving: hands the pool a spare
-  // worker if its calls wait although it has instances free of its own
-  // calls (their workers are held by other pools).
+  // Wakes one idle worker that can serve `slot_no`'s queue (-1: the shared
+  // queue); false when none is idle.
+  bool Notify(int slot_no) EXCLUDES(mu_);
+  // Schedules CheckStarvation `delay` from now, unless one is scheduled.
+  void ArmStarvationCheck(std::chrono::milliseconds delay) EXCLUDES(mu_);
+  // Runs on the waker when calls may be starving: hands the pool a spare
+  // worker if its shared-queue calls have waited `starvation_delay` while
+  // workers hosting its instances have run other pools' calls for as long.
   void CheckStarvation() EXCLUDES(mu_);
   void OnTemporarySlotGone(exec::Worker* worker) EXCLUDES(mu_);
 
@@ -386,8 +417,15 @@ class PoolImpl : public std::enable_shared_from_this<PoolImpl> {
   PoolStats Stats() const EXCLUDES(mu_);
   // Entries in the queues, withdrawn ones included (tests of the bound).
   size_t QueueEntries() const EXCLUDES(mu_);
+  int AffinitySlot(uint64_t key) const;
 
-  void SlotHealthy(bool healthy) { healthy_ += healthy ? 1 : -1; }
+  // Slot `slot_no` has an instance (true) or not; only slots with one are
+  // claimed for the shared queue, so a wake-up never lands on a worker
+  // that cannot serve it.
+  void SlotHealthy(int slot_no, bool healthy) {
+    healthy_ += healthy ? 1 : -1;
+    slot_ready_[slot_no].store(healthy);
+  }
   void SlotBusy(bool busy) { busy_ += busy ? 1 : -1; }
 
   const std::shared_ptr<const Module>& module() const { return module_; }
@@ -395,9 +433,10 @@ class PoolImpl : public std::enable_shared_from_this<PoolImpl> {
   exec::RuntimeCore& core() { return *core_; }
 
  private:
-  bool NotifyWorkers(int slot_no) EXCLUDES(mu_);
-  void ArmStarvationCheck() EXCLUDES(mu_);
-  Result<void> Admit(Clock::time_point now) REQUIRES(mu_);
+  size_t BlockedInstances(Clock::time_point held_since) const;
+  size_t UsableTemporaries() const REQUIRES(mu_);
+  Clock::time_point OldestSharedSubmit() const REQUIRES(mu_);
+  Result<bool> Admit(Clock::time_point now) REQUIRES(mu_);
   void Enqueue(const std::shared_ptr<internal::CallRecord>& record) REQUIRES(mu_);
   void SweepWithdrawn() REQUIRES(mu_);
   std::string QuarantineMessage(Clock::time_point now) const REQUIRES(mu_);
@@ -420,6 +459,7 @@ class PoolImpl : public std::enable_shared_from_this<PoolImpl> {
   // Calls in kQueued per queue; withdrawn ones may still sit in a deque.
   std::atomic<int64_t> shared_live_{0};
   std::unique_ptr<std::atomic<int64_t>[]> affinity_live_;
+  std::unique_ptr<std::atomic<bool>[]> slot_ready_;
   std::atomic<int64_t> total_live_{0};
   std::atomic<bool> closed_{false};
 

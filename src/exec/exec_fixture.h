@@ -79,6 +79,10 @@ class TestHost {
                    [this](Caller& caller, std::span<const Value> a, std::span<Value> r) {
                      return Hold(caller, a[0].i32(), r);
                    });
+    linker->Define("keel_test", "throw_hook", {{ValType::kI32}, {ValType::kI32}},
+                   [this](Caller& caller, std::span<const Value> a, std::span<Value>) {
+                     return ThrowingHook(caller, a[0].i32());
+                   });
     linker_ = linker;
   }
 
@@ -155,6 +159,22 @@ class TestHost {
     return MakeError(ErrorCode::kInterrupted, "hold interrupted");
   }
 
+  // Blocks until interrupted; its interrupt hook wakes it, then throws.
+  Result<void> ThrowingHook(Caller& caller, int id) {
+    caller.SetInterruptHook([this] {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        cv_.notify_all();
+      }
+      throw std::runtime_error("a host's hook that throws");
+    });
+    std::unique_lock<std::mutex> lock(mu_);
+    entered_[id]++;
+    cv_.notify_all();
+    cv_.wait_for(lock, 20s, [&] { return caller.interrupted(); });
+    return MakeError(ErrorCode::kInterrupted, "interrupted");
+  }
+
   std::mutex held_lock_;
   std::condition_variable held_cv_;
   int hook_started_ = 0;
@@ -177,8 +197,7 @@ class ExecTest : public ::testing::Test {
     if (runtime_) runtime_->Shutdown(10s);
   }
 
-  void StartRuntime(int workers) {
-    RuntimeOptions options;
+  void StartRuntime(int workers, RuntimeOptions options = {}) {
     options.workers = workers;
     options.detached_sink = [this](CallId id, const CallResult& result) {
       std::lock_guard<std::mutex> lock(sink_mu_);

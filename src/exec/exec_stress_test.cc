@@ -54,6 +54,35 @@ TEST_F(ExecTest, CallsSubmittedTogetherReachEveryIdleWorkerAtOnce) {
   EXPECT_TRUE(second.Wait());
 }
 
+// A worker claimed for one call that finds another call of its own first
+// hands the first one to an idle worker instead of leaving it behind.
+TEST_F(ExecTest, AClaimedWorkerThatRunsAnotherCallFirstPassesTheWakeUpOn) {
+  auto pool = MakePool({.instances = 2});
+  uint64_t key = 0;
+  while (exec::AffinitySlot(*pool, key) != 0) ++key;
+  std::latch woken(1), go(1);
+  std::atomic<int> claims{0};
+  exec::SetTestHook(*runtime_, [&](exec::TestPoint point) {
+    if (point != exec::TestPoint::kClaimed || claims++ != 0) return;
+    woken.count_down();
+    go.wait();
+  });
+  // The shared call claims slot 0's worker, which is held as it wakes ...
+  Call shared = Submit(*pool, "gated", {Value::I32(62)});
+  woken.wait();
+  // ... until a call bound to slot 0 is queued too; the worker takes that
+  // one first (its affinity queue), so the shared one must go elsewhere.
+  Call bound = Submit(*pool, "gated", {Value::I32(61)}, {.affinity_key = key});
+  go.count_down();
+  EXPECT_TRUE(host_.WaitEntered(61));
+  EXPECT_TRUE(host_.WaitEntered(62));
+  exec::SetTestHook(*runtime_, nullptr);
+  host_.Open(61);
+  host_.Open(62);
+  EXPECT_TRUE(shared.Wait());
+  EXPECT_TRUE(bound.Wait());
+}
+
 TEST_F(ExecTest, QueueMemoryStaysBoundedWhenAffinityCallsAreDropped) {
 #if defined(KEEL_SANITIZE) || defined(KEEL_TSAN)
   constexpr int kCalls = 100000;
@@ -147,7 +176,53 @@ TEST_F(ExecTest, DetachedSpinnersDoNotStarveAnotherPool) {
   for (Call& c : spinners) EXPECT_EQ(c.Abort(), CancelOutcome::kAborted);
   ASSERT_TRUE(Eventually([&] { return runtime_->Metrics().running == 0; }));
   ASSERT_TRUE(Eventually([&] { return hog->Stats().healthy_instances == 2; }));
-  EXPECT_EQ(runtime_->Metrics().runs.run_interrupted, 2u);
+  MetricsSnapshot m = runtime_->Metrics();
+  EXPECT_EQ(m.runs.run_interrupted, 2u);
+  EXPECT_EQ(m.aborts, 2u);
+  EXPECT_EQ(m.resolved.detached, 2u);  // they had resolved as detached already
+}
+
+// A spare that serves one starving pool and then another does not count
+// for the first while the second's long call holds it.
+TEST_F(ExecTest, TwoStarvingPoolsSharingASpareBothMakeProgress) {
+  auto hog = MakePool({.instances = 2});
+  auto b = MakePool({.instances = 2});
+  auto c = MakePool({.instances = 2});
+  Call held1 = Submit(*hog, "gated", {Value::I32(80)});
+  Call held2 = Submit(*hog, "gated", {Value::I32(81)});
+  ASSERT_TRUE(host_.WaitEntered(80));
+  ASSERT_TRUE(host_.WaitEntered(81));
+  ASSERT_TRUE(Submit(*b, "add", {Value::I32(1), Value::I32(1)}, {.timeout = 10s}).Wait());
+  Call c_held = Submit(*c, "gated", {Value::I32(82)}, {.timeout = 20s});
+  ASSERT_TRUE(host_.WaitEntered(82));
+  Call b_again = Submit(*b, "add", {Value::I32(2), Value::I32(2)}, {.timeout = 10s});
+  const CallResult& r = b_again.Wait();
+  ASSERT_TRUE(r) << r.error().ToString();
+  EXPECT_EQ(r->values[0].i32(), 4);
+  for (int id : {80, 81, 82}) host_.Open(id);
+  EXPECT_TRUE(c_held.Wait());
+}
+
+// Short calls of two pools that share the workers are no starvation: no
+// spare is started however often one pool's worker runs the other's call.
+TEST_F(ExecTest, MixedShortCallsStartNoSpares) {
+  runtime_->Shutdown(10s);
+  StartRuntime(2, {.fairness = {.starvation_delay = 200ms}});
+  auto p = MakePool({.instances = 2});
+  auto q = MakePool({.instances = 2});
+  auto until = Clock::now() + 1s;
+  auto load = [&](Pool& pool) {
+    std::vector<Call> window;
+    while (Clock::now() < until) {
+      for (int i = 0; i < 64; ++i) window.push_back(Submit(pool, "work", {Value::I32(i), Value::I32(2000)}));
+      for (Call& call : window) EXPECT_TRUE(call.Wait());
+      window.clear();
+    }
+  };
+  std::thread other([&] { load(*q); });
+  load(*p);
+  other.join();
+  EXPECT_EQ(runtime_->Metrics().spares.grants, 0u);
 }
 
 // --- Abort ----------------------------------------------------------------------------------
@@ -223,9 +298,13 @@ TEST_F(ExecTest, QuarantinedPoolRetriesOnlyWhenACallArrives) {
   ASSERT_TRUE(Eventually([&] { return (*pool)->Stats().quarantined; }));
   ASSERT_TRUE(Eventually([&] { return !(*pool)->Stats().quarantined; }));
   uint64_t failures = runtime_->Metrics().instances.instantiation_failures;
-  // The worker goes round its loop twice; the backoff is over, yet nothing
-  // tries to instantiate the quarantined module until a call arrives.
-  for (int i = 0; i < 2; ++i) EXPECT_TRUE(Submit(*helper, "add", {Value::I32(1), Value::I32(1)}).Wait());
+  // The backoff is over, yet nothing tries to instantiate the quarantined
+  // module until a call arrives: not while the one worker goes round its
+  // loop for ten backoffs' time.
+  auto until = Clock::now() + 300ms;
+  while (Clock::now() < until) {
+    EXPECT_TRUE(Submit(*helper, "add", {Value::I32(1), Value::I32(1)}).Wait());
+  }
   EXPECT_EQ(runtime_->Metrics().instances.instantiation_failures, failures);
 
   host_.SetStartOk(true);
@@ -270,6 +349,15 @@ TEST_F(ExecTest, InterruptHookMayTakeALockTheHostHolds) {
   EXPECT_TRUE(Submit(*pool, "add", {Value::I32(1), Value::I32(1)}).Wait());
 }
 
+TEST_F(ExecTest, AnInterruptHookThatThrowsDoesNotHoldItsWorker) {
+  auto pool = MakePool();
+  Call call = Submit(*pool, "throwing_hook", {Value::I32(45)}, {.timeout = 50ms});
+  EXPECT_EQ(call.Wait().error().code, ErrorCode::kDeadlineExceeded);
+  ASSERT_TRUE(Eventually([&] { return runtime_->Metrics().instances.replaced == 1; }));
+  EXPECT_TRUE(Submit(*pool, "add", {Value::I32(1), Value::I32(1)}, {.timeout = 10s}).Wait());
+  EXPECT_EQ(runtime_->Metrics().callback_exceptions, 1u);
+}
+
 TEST_F(ExecTest, ACallbackThatThrowsIsCaughtAndCounted) {
   auto pool = MakePool();
   Call call = Submit(*pool, "add", {Value::I32(1), Value::I32(2)});
@@ -294,6 +382,25 @@ TEST_F(ExecTest, ARuntimeMayBeDestroyedFromItsOwnCallback) {
   auto after = pool->Submit("add", {Value::I32(1), Value::I32(1)});
   ASSERT_FALSE(after);
   EXPECT_EQ(after.error().code, ErrorCode::kShuttingDown);
+}
+
+TEST_F(ExecTest, TwoCallbacksMayShutTheRuntimeDownAtOnce) {
+  runtime_->Shutdown(10s);
+  StartRuntime(2, {.callback_threads = 2});
+  auto pool = MakePool({.instances = 2});
+  std::latch both_in_callbacks(2);
+  std::atomic<int> done{0};
+  std::vector<Call> calls;
+  for (int i = 0; i < 2; ++i) {
+    calls.push_back(Submit(*pool, "add", {Value::I32(i), Value::I32(1)}));
+    calls.back().OnComplete([&](const CallResult&) {
+      both_in_callbacks.arrive_and_wait();
+      runtime_->Shutdown(1s);
+      done++;
+    });
+  }
+  ASSERT_TRUE(Eventually([&] { return done.load() == 2; }));
+  for (Call& call : calls) EXPECT_TRUE(call.Wait());
 }
 
 TEST_F(ExecTest, AfterShutdownOnCompleteRunsOnTheCallingThread) {

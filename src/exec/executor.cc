@@ -12,9 +12,7 @@ thread_local const void* tls_executor_state = nullptr;
 
 }  // namespace
 
-CallbackExecutor::CallbackExecutor(int threads, Metrics* metrics)
-    : state_(std::make_shared<State>()) {
-  state_->metrics = metrics;
+CallbackExecutor::CallbackExecutor(int threads) : state_(std::make_shared<State>()) {
   for (int i = 0; i < std::max(1, threads); ++i) {
     threads_.emplace_back([state = state_] { Loop(state); });
   }
@@ -60,7 +58,7 @@ void CallbackExecutor::Run(State& state, std::function<void()>& fn) {
     fn();
   } catch (...) {
     // A user's callback must not end the process or the callback thread.
-    state.metrics->callback_exceptions++;
+    state.exceptions++;
   }
 }
 
@@ -156,11 +154,12 @@ void Watchdog::Loop() {
 void Watchdog::Fire(Entry& entry) {
   if (entry.interrupter) {
     // A slow wake-up of a host function must not delay other deadlines.
-    if (auto wake = entry.interrupter->RequestDeferred(entry.tag)) core_->executor->Post(std::move(wake));
+    if (auto wake = entry.interrupter->RequestDeferred(entry.tag)) core_->waker->Post(std::move(wake));
     return;
   }
   if (auto pool = entry.pool.lock()) {
-    pool->CheckStarvation();
+    // It may start a spare worker, which takes a while: not on this thread.
+    core_->waker->Post([pool = std::move(pool)] { pool->CheckStarvation(); });
     return;
   }
   if (auto record = entry.record.lock()) core_->Expire(record);

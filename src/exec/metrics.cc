@@ -111,7 +111,7 @@ MetricsSnapshot Metrics::Snapshot() const {
   s.instances.instantiation_failures = instantiation_failures;
   s.instances.quarantines = quarantines;
   s.detached_results = detached_results;
-  s.callback_exceptions = callback_exceptions;
+  s.aborts = aborts;
   s.modules_refused = modules_refused;
   s.spares.workers = spare_workers;
   s.spares.temporary_instances = temporary_instances;

@@ -53,8 +53,8 @@ struct Metrics {
   std::array<Counter, kTrapKinds> traps{};
   Counter started, run_ok, run_trapped, run_interrupted, run_failed;
   Counter created, poisoned, replaced, recycled, instantiation_failures, quarantines;
-  Counter detached_results, callback_exceptions, modules_refused;
-  Counter aborted;
+  Counter detached_results, modules_refused;
+  Counter aborted, aborts;
   Counter spare_grants, spare_denied;
   Gauge queued, running, instances_live, spare_workers, temporary_instances;
   Histogram queue_wait, run_time, end_to_end;

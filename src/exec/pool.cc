@@ -29,8 +29,12 @@ PoolImpl::PoolImpl(std::shared_ptr<exec::RuntimeCore> core, std::shared_ptr<cons
       module_(std::move(module)),
       options_(std::move(options)),
       slot_workers_(std::move(slot_workers)),
-      affinity_live_(new std::atomic<int64_t>[slot_workers_.size()]) {
-  for (size_t i = 0; i < slot_workers_.size(); ++i) affinity_live_[i] = 0;
+      affinity_live_(new std::atomic<int64_t>[slot_workers_.size()]),
+      slot_ready_(new std::atomic<bool>[slot_workers_.size()]) {
+  for (size_t i = 0; i < slot_workers_.size(); ++i) {
+    affinity_live_[i] = 0;
+    slot_ready_[i] = false;
+  }
   for (exec::Worker* w : slot_workers_) {
     if (std::find(workers_.begin(), workers_.end(), w) == workers_.end()) workers_.push_back(w);
   }
@@ -45,8 +49,9 @@ std::string PoolImpl::QuarantineMessage(Clock::time_point now) const {
          " consecutive instantiation failures; last: " + quarantine_reason_;
 }
 
-// Admission of one call at `now`: the queue bound and the quarantine.
-Result<void> PoolImpl::Admit(Clock::time_point now) {
+// Admission of one call at `now`: the queue bound and the quarantine. True
+// when this call ends a quarantine's backoff (the slots must try again).
+Result<bool> PoolImpl::Admit(Clock::time_point now) {
   exec::Metrics& metrics = core_->metrics;
   if (core_->shutting_down.load()) {
     metrics.rejected_shutting_down++;
@@ -65,8 +70,11 @@ Result<void> PoolImpl::Admit(Clock::time_point now) {
                                                  std::to_string(options_.max_queue) + " calls)");
   }
   // The backoff is over: this call is what lets the slots try again.
-  if (in_quarantine_) retry_permitted_ = true;
-  return {};
+  if (in_quarantine_ && !retry_permitted_) {
+    retry_permitted_ = true;
+    return true;
+  }
+  return false;
 }
 
 void PoolImpl::Enqueue(const std::shared_ptr<internal::CallRecord>& record) {
@@ -114,13 +122,18 @@ Result<Call> PoolImpl::Submit(std::shared_ptr<internal::CallRecord> record,
   record->submitted = now;
   record->deadline = deadline;
   record->pool = shared_from_this();
-  if (options.affinity_key) {
-    record->affinity_slot = static_cast<int>(SlotForKey(*options.affinity_key, slot_workers_.size()));
-  }
+  if (options.affinity_key) record->affinity_slot = AffinitySlot(*options.affinity_key);
+  bool retry = false;
   {
     MutexLock lock(mu_);
-    if (auto admitted = Admit(now); !admitted) return MakeError(admitted.error());
+    auto admitted = Admit(now);
+    if (!admitted) return MakeError(admitted.error());
+    retry = *admitted;
     Enqueue(record);
+  }
+  // No slot has an instance to claim a worker for: wake them all to build.
+  if (retry) {
+    for (exec::Worker* w : workers_) w->Wake();
   }
   metrics.submitted++;
   metrics.queued++;
@@ -131,62 +144,102 @@ Result<Call> PoolImpl::Submit(std::shared_ptr<internal::CallRecord> record,
                                     if (auto r = weak.lock()) r->pool->core().Cancel(r);
                                   }));
   }
-  if (!NotifyWorkers(record->affinity_slot) && record->affinity_slot < 0) ArmStarvationCheck();
+  if (!Notify(record->affinity_slot) && record->affinity_slot < 0) {
+    ArmStarvationCheck(core_->options.fairness.starvation_delay);
+  }
   return internal::CallAccess::Make(std::move(record));
 }
 
-// Wakes one idle worker that hosts this pool; claiming it means the next
-// submit picks another, so N calls reach N idle workers. False when every
-// worker that could run the call is busy.
-bool PoolImpl::NotifyWorkers(int slot_no) {
-  if (slot_no >= 0) return slot_workers_[slot_no]->ClaimIfIdle();
-  for (exec::Worker* w : workers_) {
-    if (w->ClaimIfIdle()) return true;
+// Claiming an idle worker means the next submit picks another, so N calls
+// reach N idle workers; the claimed worker serves this pool first.
+bool PoolImpl::Notify(int slot_no) {
+  if (slot_no >= 0) return slot_workers_[slot_no]->ClaimIfIdle(this);
+  for (size_t i = 0; i < slot_workers_.size(); ++i) {
+    if (slot_ready_[i].load() && slot_workers_[i]->ClaimIfIdle(this)) return true;
   }
   MutexLock lock(mu_);
   for (exec::Worker* w : temporary_workers_) {
-    if (w->ClaimIfIdle()) return true;
+    if (w->ClaimIfIdle(this)) return true;
   }
   return false;
 }
 
-void PoolImpl::ArmStarvationCheck() {
+void PoolImpl::ArmStarvationCheck(std::chrono::milliseconds delay) {
   {
     MutexLock lock(mu_);
-    if (starvation_check_armed_) return;
+    if (starvation_check_armed_ || closed_.load()) return;
     starvation_check_armed_ = true;
   }
-  core_->watchdog->WatchPool(Clock::now() + core_->options.fairness.starvation_delay, weak_from_this());
+  core_->watchdog->WatchPool(Clock::now() + delay, weak_from_this());
+}
+
+// Our instances whose workers have run another pool's call since before
+// `held_since`: those instances cannot serve our queue.
+size_t PoolImpl::BlockedInstances(Clock::time_point held_since) const {
+  size_t blocked = 0;
+  for (exec::Worker* w : slot_workers_) {
+    const PoolImpl* running = w->running_pool();
+    if (running != nullptr && running != this && w->running_since() <= held_since) blocked++;
+  }
+  return blocked;
+}
+
+// Temporary instances that can serve us now: their spare is not busy with
+// another pool's call (a spare may host several pools).
+size_t PoolImpl::UsableTemporaries() const {
+  size_t usable = 0;
+  for (exec::Worker* w : temporary_workers_) {
+    const PoolImpl* running = w->running_pool();
+    if (running == nullptr || running == this) usable++;
+  }
+  return usable;
+}
+
+Clock::time_point PoolImpl::OldestSharedSubmit() const {
+  for (const auto& r : shared_queue_) {
+    if (r->state.load() == CallState::kQueued) return r->submitted;
+  }
+  return Clock::time_point::max();
 }
 
 void PoolImpl::CheckStarvation() {
-  exec::Worker* spare = nullptr;
+  const auto delay = core_->options.fairness.starvation_delay;
+  Clock::time_point now = Clock::now();
+  std::vector<exec::Worker*> ours;
   {
     MutexLock lock(mu_);
     starvation_check_armed_ = false;
-    if (closed_.load() || shared_live_.load() == 0 || Clock::now() < quarantined_until_) return;
-    // Our calls wait while workers hosting our instances run other pools'
-    // calls: temporary instances make up for those, never for more.
-    size_t blocked = 0;
-    for (exec::Worker* w : slot_workers_) {
-      const PoolImpl* running = w->running_pool();
-      if (running != nullptr && running != this) blocked++;
+    if (closed_.load() || shared_live_.load() == 0 || now < quarantined_until_) return;
+    // Calls that have not waited long yet: look again when they have.
+    Clock::time_point oldest = OldestSharedSubmit();
+    if (oldest == Clock::time_point::max()) return;
+    if (now - oldest < delay) {
+      lock.Unlock();
+      ArmStarvationCheck(std::chrono::duration_cast<std::chrono::milliseconds>(oldest + delay - now) +
+                         std::chrono::milliseconds(1));
+      return;
     }
-    if (temporary_workers_.size() >= blocked) return;
+    // Only long calls of other pools count: under ordinary mixed load
+    // every worker runs some other pool's short call now and then.
+    if (UsableTemporaries() >= BlockedInstances(now - delay)) return;
+    ours = temporary_workers_;
   }
-  spare = core_->SpareWorker();
+  exec::Worker* spare = core_->SpareWorker(ours);
   if (!spare) {
     core_->metrics.spare_denied++;
+    // At the limit: try again later, while calls still wait.
+    ArmStarvationCheck(4 * delay);
     return;
   }
-  core_->metrics.spare_grants++;
   {
     MutexLock lock(mu_);
+    if (closed_.load()) return;  // the claimed spare just goes idle again
     temporary_workers_.push_back(spare);
   }
+  core_->metrics.spare_grants++;
   spare->Post([self = shared_from_this()](exec::Worker& w) { w.AddSlot(self, -1); });
   // Still waiting after this one is up? Look again.
-  ArmStarvationCheck();
+  ArmStarvationCheck(delay);
 }
 
 void PoolImpl::OnTemporarySlotGone(exec::Worker* worker) {
@@ -326,6 +379,10 @@ PoolStats PoolImpl::Stats() const {
         std::chrono::duration_cast<std::chrono::milliseconds>(quarantined_until_ - now);
   }
   return s;
+}
+
+int PoolImpl::AffinitySlot(uint64_t key) const {
+  return static_cast<int>(SlotForKey(key, slot_workers_.size()));
 }
 
 size_t PoolImpl::QueueEntries() const {

@@ -63,7 +63,7 @@ Prober::Prober(RuntimeCore* core) : core_(core) {
 Prober::~Prober() { Stop(); }
 
 void Prober::Stop() {
-  if (!started_) return;
+  if (!started_ || joined_) return;
   std::function<void()> wake;
   {
     MutexLock lock(mu_);
@@ -74,7 +74,7 @@ void Prober::Stop() {
   if (wake) wake();
   cv_.SignalAll();
   pthread_join(thread_, nullptr);
-  started_ = false;
+  joined_ = true;
 }
 
 void* Prober::ThreadMain(void* self) {
@@ -119,21 +119,30 @@ Result<void> Prober::Run(engine::Context& context, Job& job) {
   // link error naming the import.
   if (!engine::CheckImports(info, linker.get())) return {};
   uint64_t tag = core_->next_tag.fetch_add(1);
+  std::shared_ptr<engine::Interrupter> interrupter;
   {
     MutexLock lock(mu_);
     if (stop_) return MakeError(ErrorCode::kShuttingDown, "the runtime is shutting down");
     if (!interrupter_) interrupter_ = context.interrupter();
+    interrupter = interrupter_;
     probing_tag_ = tag;
   }
-  core_->watchdog->WatchTag(Clock::now() + job.options->start_timeout, interrupter_, tag);
+  core_->watchdog->WatchTag(Clock::now() + job.options->start_timeout, std::move(interrupter), tag);
   auto instance = context.Instantiate(
       job.module, linker, job.options->host_state_factory ? job.options->host_state_factory() : nullptr, tag);
+  bool stopped;
   {
     MutexLock lock(mu_);
     probing_tag_ = 0;
+    stopped = stop_;
   }
   Result<void> verdict;
-  if (!instance && !stub_reached->load()) verdict = Verdict(instance.error(), *job.options);
+  if (!instance && stopped) {
+    // Interrupted by shutdown, which says nothing about the module.
+    verdict = MakeError(ErrorCode::kShuttingDown, "the runtime is shutting down");
+  } else if (!instance && !stub_reached->load()) {
+    verdict = Verdict(instance.error(), *job.options);
+  }
   instance = MakeError(ErrorCode::kCancelled, "dropped");  // frees the instance before collecting
   context.CollectGarbage();
   return verdict;

@@ -48,7 +48,8 @@ Result<std::unique_ptr<Runtime>> Runtime::Create(RuntimeOptions options) {
   auto impl = std::make_unique<RuntimeImpl>();
   auto core = std::make_shared<exec::RuntimeCore>();
   core->options = options;
-  core->executor = std::make_unique<exec::CallbackExecutor>(options.callback_threads, &core->metrics);
+  core->executor = std::make_unique<exec::CallbackExecutor>(options.callback_threads);
+  core->waker = std::make_unique<exec::CallbackExecutor>(1);
   core->watchdog = std::make_unique<exec::Watchdog>(core.get());
   core->prober = std::make_unique<exec::Prober>(core.get());
   impl->core = core;
@@ -138,10 +139,16 @@ void Drain(exec::RuntimeCore& core, Clock::time_point until) {
 }  // namespace
 
 void Runtime::Shutdown(std::chrono::milliseconds grace) {
-  MutexLock guard(impl_->shutdown_mu);
+  exec::RuntimeCore& core = *impl_->core;
+  // A callback thread must not wait for another Shutdown in progress: that
+  // one joins the callback threads.
+  if (!impl_->shutdown_mu.TryLock()) {
+    if (core.executor->OnOwnThread()) return;
+    impl_->shutdown_mu.Lock();
+  }
+  MutexLock guard(impl_->shutdown_mu, std::adopt_lock);
   if (impl_->shut_down) return;
   impl_->shut_down = true;
-  exec::RuntimeCore& core = *impl_->core;
   core.shutting_down.store(true);
   for (auto& pool : LivePools(core)) {
     pool->FailQueued(Error(ErrorCode::kShuttingDown, "the runtime shut down before the call started"),
@@ -159,13 +166,18 @@ void Runtime::Shutdown(std::chrono::milliseconds grace) {
     worker->InterruptCurrent("the runtime shut down: the drain period ended and the call was interrupted");
   }
   core.Test(exec::TestPoint::kInterrupted);
+  // The waker runs last: a worker may wait for a host function that only
+  // its wake-up unblocks.
   for (exec::Worker* worker : all) worker->Stop();
   core.watchdog->Stop();
+  core.waker->Stop();
   core.executor->Stop();
 }
 
 MetricsSnapshot Runtime::Metrics() const {
-  MetricsSnapshot snapshot = impl_->core->metrics.Snapshot();
+  const exec::RuntimeCore& core = *impl_->core;
+  MetricsSnapshot snapshot = core.metrics.Snapshot();
+  snapshot.callback_exceptions = core.executor->exceptions() + core.waker->exceptions();
   engine::MemoryStats memory = engine::DefaultEngine().memory_stats();
   snapshot.engine_memory = {memory.live_memories, memory.reserved_bytes, memory.committed_bytes};
   return snapshot;
@@ -181,6 +193,10 @@ void SetTestHook(Runtime& runtime, std::function<void(TestPoint)> hook) {
 }
 
 size_t QueueEntries(const Pool& pool) { return internal::RuntimeAccess::Impl(pool)->QueueEntries(); }
+
+int AffinitySlot(const Pool& pool, uint64_t key) {
+  return internal::RuntimeAccess::Impl(pool)->AffinitySlot(key);
+}
 
 }  // namespace exec
 

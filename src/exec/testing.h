@@ -20,6 +20,9 @@ void SetTestHook(Runtime& runtime, std::function<void(TestPoint)> hook);
 // included.
 size_t QueueEntries(const Pool& pool);
 
+// The slot whose queue holds calls with affinity `key` in `pool`.
+int AffinitySlot(const Pool& pool, uint64_t key);
+
 }  // namespace keel::exec
 
 #endif  // KEEL_EXEC_TESTING_H_

@@ -88,10 +88,20 @@ void Worker::Wake() {
   cv_.Signal();
 }
 
-bool Worker::ClaimIfIdle() {
+bool Worker::ClaimIfIdle(const PoolImpl* pool) {
   if (!idle_.exchange(false)) return false;
-  Wake();
+  {
+    MutexLock lock(mu_);
+    claim_ = pool;
+    wake_ = true;
+  }
+  cv_.Signal();
   return true;
+}
+
+const PoolImpl* Worker::TakeClaim() {
+  MutexLock lock(mu_);
+  return std::exchange(claim_, nullptr);
 }
 
 void Worker::Post(std::function<void(Worker&)> command) {
@@ -115,10 +125,14 @@ void Worker::InterruptCurrent(const std::string& why) {
     MutexLock lock(current_mu_);
     record = current_;
   }
-  if (uint64_t tag = instantiating_tag_.load()) interrupter_->Request(tag);
+  // Wake-ups of host functions run on the waker: the caller holds
+  // Shutdown's lock.
+  if (uint64_t tag = instantiating_tag_.load()) {
+    if (auto wake = interrupter_->RequestDeferred(tag)) core_->waker->Post(std::move(wake));
+  }
   if (!record) return;
   core_->Resolve(record, tl::unexpected(Error(ErrorCode::kShuttingDown, why)), Cause::kShuttingDown);
-  interrupter_->Request(record->engine_tag.load());
+  core_->Interrupt(*record);
 }
 
 void Worker::SetCurrent(std::shared_ptr<CallRecord> record) {
@@ -139,6 +153,10 @@ bool Worker::RunCommands() {
 }
 
 void Worker::AddSlot(std::shared_ptr<PoolImpl> pool, int slot_no) {
+  if (slot_no < 0 && pool->closed()) {
+    pool->OnTemporarySlotGone(this);
+    return;
+  }
   Slot slot;
   slot.pool = std::move(pool);
   slot.slot_no = slot_no;
@@ -152,7 +170,10 @@ void Worker::RemovePool(const PoolImpl* pool) {
   for (Slot& slot : slots_) {
     if (slot.pool.get() != pool) continue;
     if (slot.instance) Retire(slot);
-    if (slot.temporary()) core_->metrics.temporary_instances--;
+    if (slot.temporary()) {
+      slot.pool->OnTemporarySlotGone(this);
+      core_->metrics.temporary_instances--;
+    }
     removed = true;
   }
   std::erase_if(slots_, [pool](const Slot& s) { return s.pool.get() == pool; });
@@ -165,8 +186,14 @@ void Worker::CollectGarbage() { context_->CollectGarbage(); }
 Result<std::unique_ptr<engine::Instance>> Worker::TryInstantiate(PoolImpl& pool) {
   const PoolOptions& options = pool.options();
   uint64_t tag = core_->next_tag.fetch_add(1);
-  core_->watchdog->WatchTag(Clock::now() + options.instantiate_timeout, interrupter_, tag);
+  // Published before the shutdown check, so Shutdown either interrupts it
+  // or this check sees Shutdown (as for calls).
   instantiating_tag_.store(tag);
+  if (core_->shutting_down.load()) {
+    instantiating_tag_.store(0);
+    return MakeError(ErrorCode::kShuttingDown, "the runtime is shutting down");
+  }
+  core_->watchdog->WatchTag(Clock::now() + options.instantiate_timeout, interrupter_, tag);
   auto instance = context_->Instantiate(pool.module()->engine_module(),
                                         options.linker ? options.linker : EmptyLinker(),
                                         options.host_state_factory ? options.host_state_factory() : nullptr,
@@ -187,6 +214,13 @@ bool Worker::Instantiate(Slot& slot) {
   }
   if (!instance) {
     Error error = instance.error();
+    if (error.code == ErrorCode::kShuttingDown) return false;
+    if (slot.temporary()) {
+      // A spare's extra instance is not the pool's crash loop: drop it.
+      core_->metrics.instantiation_failures++;
+      DropTemporarySlot(slot);
+      return false;
+    }
     if (error.code == ErrorCode::kInterrupted) {
       error.message = "instantiation exceeded its deadline of " +
                       std::to_string(pool.options().instantiate_timeout.count()) + " ms";
@@ -204,7 +238,8 @@ bool Worker::Instantiate(Slot& slot) {
     core_->metrics.replaced++;
     slot.replacing = false;
   }
-  pool.SlotHealthy(true);
+  // Temporary instances are counted apart (PoolStats::temporary_instances).
+  if (!slot.temporary()) pool.SlotHealthy(slot.slot_no, true);
   pool.OnInstantiated();
   return true;
 }
@@ -212,14 +247,40 @@ bool Worker::Instantiate(Slot& slot) {
 void Worker::Retire(Slot& slot) {
   slot.instance.reset();
   core_->metrics.instances_live--;
-  slot.pool->SlotHealthy(false);
+  if (!slot.temporary()) slot.pool->SlotHealthy(slot.slot_no, false);
 }
 
-bool Worker::RunOneCall(Slot& slot) {
+// Marks a temporary slot for removal; Loop() erases it between passes.
+void Worker::DropTemporarySlot(Slot& slot) {
+  if (slot.dropped) return;
+  if (slot.instance) {
+    core_->metrics.recycled++;
+    Retire(slot);
+  }
+  slot.pool->OnTemporarySlotGone(this);
+  core_->metrics.temporary_instances--;
+  slot.dropped = true;
+}
+
+bool Worker::RunOneCall(Slot& slot, const PoolImpl*& claim) {
   auto record = slot.pool->Pop(slot.slot_no);
   if (!record) return false;
-  Execute(slot, std::move(record));
+  Execute(slot, std::move(record), claim);
   return true;
+}
+
+// This worker was woken for `claim`'s work but is about to run something
+// else first (or could not serve it): hands that work to another idle
+// worker, or lets the starvation check find it a spare. Once per wake-up.
+void Worker::PassOnClaim(const PoolImpl*& claim, const Slot* running) {
+  const PoolImpl* pool = std::exchange(claim, nullptr);
+  if (!pool || (running && running->pool.get() == pool && !pool->HasSharedWork())) return;
+  for (Slot& slot : slots_) {
+    if (slot.pool.get() != pool || slot.dropped) continue;
+    if (!slot.pool->HasSharedWork()) return;
+    if (!slot.pool->Notify(-1)) slot.pool->ArmStarvationCheck(core_->options.fairness.starvation_delay);
+    return;
+  }
 }
 
 // Moves a dequeued call to kRunning, or resolves it without running. The
@@ -227,17 +288,25 @@ bool Worker::RunOneCall(Slot& slot) {
 // either sees it (and interrupts it) or this check sees Shutdown.
 bool Worker::BeginCall(const std::shared_ptr<CallRecord>& record, uint64_t tag) {
   // Tag and worker are published before the call can be seen running, so
-  // the watchdog always interrupts the right call.
+  // the watchdog always interrupts the right call; and it counts as running
+  // before the shutdown check, so Shutdown's drain waits for it.
   record->engine_tag.store(tag);
   record->worker.store(this);
   SetCurrent(record);
-  if (Clock::now() >= record->deadline) {
+  core_->metrics.running++;
+  auto give_up = [&] {
     SetCurrent(nullptr);
+    core_->metrics.running--;
+    core_->OnCallEnded();
+    return false;
+  };
+  if (Clock::now() >= record->deadline) {
+    give_up();
     core_->Expire(record);
     return false;
   }
   if (core_->shutting_down.load()) {
-    SetCurrent(nullptr);
+    give_up();
     if (core_->Withdraw(record)) {
       core_->Resolve(record, tl::unexpected(Error(ErrorCode::kShuttingDown, "the runtime is shutting down")),
                      Cause::kShuttingDown);
@@ -246,10 +315,7 @@ bool Worker::BeginCall(const std::shared_ptr<CallRecord>& record, uint64_t tag) 
   }
   core_->Test(TestPoint::kDequeued);
   CallState expected = CallState::kQueued;
-  if (!record->state.compare_exchange_strong(expected, CallState::kRunning)) {
-    SetCurrent(nullptr);
-    return false;
-  }
+  if (!record->state.compare_exchange_strong(expected, CallState::kRunning)) return give_up();
   record->pool->OnDequeued(*record);
   return true;
 }
@@ -274,23 +340,25 @@ CallResult Worker::RunInGuest(Slot& slot, CallRecord& record, uint64_t tag) {
   return out;
 }
 
-void Worker::Execute(Slot& slot, std::shared_ptr<CallRecord> record) {
+void Worker::Execute(Slot& slot, std::shared_ptr<CallRecord> record, const PoolImpl*& claim) {
   uint64_t tag = core_->next_tag.fetch_add(1);
   if (!BeginCall(record, tag)) return;
+  PassOnClaim(claim, &slot);
   Metrics& metrics = core_->metrics;
   Clock::time_point start = Clock::now();
   metrics.started++;
-  metrics.running++;
   metrics.queue_wait.Record(start - record->submitted);
-  slot.pool->SlotBusy(true);
+  if (!slot.temporary()) slot.pool->SlotBusy(true);
+  running_since_.store(start.time_since_epoch().count());
   running_pool_.store(slot.pool.get());
   CallResult result = RunInGuest(slot, *record, tag);
   running_pool_.store(nullptr);
+  // Before kDone: a shutdown from now on leaves the finished call alone.
+  SetCurrent(nullptr);
   record->state.store(CallState::kDone);
   if (!result) {
     if (const HostState* state = slot.instance->host_state()) state->AnnotateError(result.error());
   }
-  SetCurrent(nullptr);
   FinishCall(slot, record, std::move(result), start);
 }
 
@@ -303,7 +371,7 @@ void Worker::FinishCall(Slot& slot, const std::shared_ptr<CallRecord>& record, C
   metrics.running--;
   metrics.run_time.Record(end - start);
   metrics.CountRunEnd(RunEndOf(result));
-  slot.pool->SlotBusy(false);
+  if (!slot.temporary()) slot.pool->SlotBusy(false);
   slot.calls++;
   slot.last_used = end;
   bool poisoned = slot.instance->poisoned();
@@ -322,6 +390,17 @@ void Worker::FinishCall(Slot& slot, const std::shared_ptr<CallRecord>& record, C
     }
   }
   if (!core_->Resolve(record, std::move(result), cause, trap)) {
+    bool detached;
+    {
+      MutexLock lock(record->mu);
+      detached = record->detached;
+    }
+    // A deadline, an abort or shutdown resolved it while it ran: the
+    // contract replaces the instance even if the guest finished first.
+    if (!detached && !poisoned) {
+      slot.instance->Poison("the call was interrupted (deadline, abort or shutdown)");
+      poisoned = true;
+    }
     core_->DeliverDetached(record, std::move(result));
   }
   core_->OnCallEnded();
@@ -347,14 +426,17 @@ void Worker::AfterCall(Slot& slot, bool poisoned) {
   }
 }
 
+// A slot without an instance that should build one now.
+bool Worker::WantsInstance(const Slot& slot, Clock::time_point now) const {
+  return !slot.instance && !slot.dropped && !core_->shutting_down.load() && !slot.pool->closed() &&
+         now >= slot.retry_at && slot.pool->MayInstantiate(now);
+}
+
 bool Worker::HasWork() const {
   if (has_commands_.load()) return true;
   Clock::time_point now = Clock::now();
   for (const Slot& slot : slots_) {
-    if (slot.instance ? slot.pool->HasWork(slot.slot_no)
-                      : !slot.pool->closed() && now >= slot.retry_at && slot.pool->MayInstantiate(now)) {
-      return true;
-    }
+    if (slot.instance ? slot.pool->HasWork(slot.slot_no) : WantsInstance(slot, now)) return true;
   }
   return false;
 }
@@ -362,16 +444,8 @@ bool Worker::HasWork() const {
 void Worker::RetireTemporarySlots(Clock::time_point now) {
   auto idle_limit = core_->options.fairness.spare_idle;
   for (Slot& slot : slots_) {
-    if (!slot.temporary() || now - slot.last_used < idle_limit) continue;
-    if (slot.instance) {
-      core_->metrics.recycled++;
-      Retire(slot);
-    }
-    slot.pool->OnTemporarySlotGone(this);
-    core_->metrics.temporary_instances--;
-    slot.pool = nullptr;
+    if (slot.temporary() && now - slot.last_used >= idle_limit) DropTemporarySlot(slot);
   }
-  std::erase_if(slots_, [](const Slot& s) { return s.pool == nullptr; });
 }
 
 // Idle-time upkeep; returns when it next has something to do (max() when
@@ -379,15 +453,19 @@ void Worker::RetireTemporarySlots(Clock::time_point now) {
 Clock::time_point Worker::Maintenance() {
   Clock::time_point now = Clock::now();
   RetireTemporarySlots(now);
+  bool shutting_down = core_->shutting_down.load();
   Clock::time_point next = Clock::time_point::max();
   for (Slot& slot : slots_) {
+    if (slot.dropped) continue;
     if (slot.temporary()) next = std::min(next, slot.last_used + core_->options.fairness.spare_idle);
     if (!slot.instance) {
-      next = std::min(next, std::max(slot.retry_at, slot.pool->NextAttempt()));
+      if (!shutting_down && !slot.pool->closed()) {
+        next = std::min(next, std::max(slot.retry_at, slot.pool->NextAttempt()));
+      }
       continue;
     }
     auto max_idle = slot.pool->options().recycle.max_idle;
-    if (max_idle.count() == 0) continue;
+    if (max_idle.count() == 0 || shutting_down) continue;
     if (now - slot.last_used >= max_idle) {
       core_->metrics.recycled++;
       Retire(slot);
@@ -395,6 +473,13 @@ Clock::time_point Worker::Maintenance() {
     } else {
       next = std::min(next, slot.last_used + max_idle);
     }
+  }
+  std::erase_if(slots_, [](const Slot& s) { return s.dropped; });
+  if (spare_ && slots_.empty()) {
+    if (slotless_since_ == Clock::time_point{}) slotless_since_ = now;
+    next = std::min(next, slotless_since_ + 10 * core_->options.fairness.spare_idle);
+  } else {
+    slotless_since_ = {};
   }
   context_->MaybeCollectGarbage();
   return next;
@@ -417,10 +502,20 @@ void Worker::WaitForWork(Clock::time_point until) {
   wake_ = false;
 }
 
-bool Worker::RunReadyCalls() {
+// One call per slot that has one, the claimed pool's slots first.
+bool Worker::RunReadyCalls(const PoolImpl*& claim) {
   bool worked = false;
+  if (claim) {
+    for (Slot& slot : slots_) {
+      if (slot.pool.get() == claim && slot.instance && !slot.dropped && RunOneCall(slot, claim)) {
+        worked = true;
+      }
+    }
+  }
   for (Slot& slot : slots_) {
-    if (slot.instance && RunOneCall(slot)) worked = true;
+    if (slot.instance && !slot.dropped && slot.pool->HasWork(slot.slot_no) && RunOneCall(slot, claim)) {
+      worked = true;
+    }
   }
   return worked;
 }
@@ -429,8 +524,7 @@ bool Worker::InstantiateMissing() {
   bool worked = false;
   Clock::time_point now = Clock::now();
   for (Slot& slot : slots_) {
-    if (!slot.instance && !slot.pool->closed() && now >= slot.retry_at &&
-        slot.pool->MayInstantiate(now)) {
+    if (WantsInstance(slot, now)) {
       Instantiate(slot);
       worked = true;
     }
@@ -438,18 +532,38 @@ bool Worker::InstantiateMissing() {
   return worked;
 }
 
+// A spare without slots for long enough ends, unless it is being claimed:
+// taking itself out of the idle state first means no claim can land after.
+bool Worker::Lingered(Clock::time_point now) {
+  if (!spare_ || !slots_.empty() || has_commands_.load() || slotless_since_ == Clock::time_point{}) {
+    return false;
+  }
+  if (now - slotless_since_ < 10 * core_->options.fairness.spare_idle) return false;
+  if (!idle_.exchange(false)) return false;
+  exited_.store(true);
+  return true;
+}
+
 void Worker::Loop() {
   for (;;) {
     RunCommands();
     if (Stopping()) break;
-    bool worked = RunReadyCalls();
-    if (!core_->shutting_down.load() && InstantiateMissing()) worked = true;
+    const PoolImpl* claim = TakeClaim();
+    if (claim) core_->Test(TestPoint::kClaimed);
+    bool worked = RunReadyCalls(claim);
+    if (InstantiateMissing()) worked = true;
+    std::erase_if(slots_, [](const Slot& s) { return s.dropped; });
+    // Woken for work this worker could not serve: pass it on.
+    PassOnClaim(claim, nullptr);
     if (worked) continue;
     Clock::time_point next = Maintenance();
     // Publish idleness before the last look, so a submitter either sees us
     // idle and claims us, or we see its call.
     idle_.store(true);
-    if (!HasWork()) WaitForWork(next);
+    if (!HasWork()) {
+      WaitForWork(next);
+      if (Lingered(Clock::now())) break;
+    }
     idle_.store(false);
   }
   Teardown();

@@ -49,7 +49,10 @@ Result<jobs::JobSpec> ParseJobSpec(Service& service, std::string_view body) {
   if (!doc.is_object()) return bad("the body must be a JSON object");
   jobs::JobSpec spec;
   std::string module_name;
-  for (const auto& [key, value] : doc.as_object()) {
+  for (const auto& entry : doc.as_object()) {
+    // Named, not a structured binding: clang 14 cannot capture those.
+    json::string_view key = entry.key();
+    const json::value& value = entry.value();
     auto text = [&](std::string* out) -> Result<void> {
       if (!value.is_string()) return bad("\"" + std::string(key) + "\" must be a string");
       *out = std::string(value.as_string());

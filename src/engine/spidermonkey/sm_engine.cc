@@ -284,15 +284,25 @@ struct InterruptState {
   }
 
   // Runs `hook` unless it was cleared or replaced in the meantime.
+  // A hook that throws is the host's bug; it must not leave hooks_running
+  // counted (its host function could then never return).
   static void RunHook(const std::shared_ptr<InterruptState>& self, const std::shared_ptr<Hook>& hook) {
     {
       MutexLock lock(self->mu);
       if (self->hook != hook) return;
       self->hooks_running++;
     }
-    hook->fn();
-    MutexLock lock(self->mu);
-    if (--self->hooks_running == 0) self->hook_done.SignalAll();
+    std::exception_ptr thrown;
+    try {
+      hook->fn();
+    } catch (...) {
+      thrown = std::current_exception();
+    }
+    {
+      MutexLock lock(self->mu);
+      if (--self->hooks_running == 0) self->hook_done.SignalAll();
+    }
+    if (thrown) std::rethrow_exception(thrown);
   }
 
   // Drops the hook and waits until no wake-up of it is running.
