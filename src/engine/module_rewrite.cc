@@ -268,17 +268,19 @@ class Out {
  public:
   void Copy(size_t begin, size_t end) {
     if (end <= begin) return;
-    if (!pieces_.empty() && pieces_.back().in_begin != RewriteResult::kAdded &&
-        pieces_.back().in_begin + pieces_.back().size == begin) {
+    if (!pieces_.empty() && !pieces_.back().added &&
+        pieces_.back().origin + pieces_.back().size == begin) {
       pieces_.back().size += end - begin;
     } else {
-      pieces_.push_back({begin, end - begin, 0});
+      pieces_.push_back({false, begin, end - begin, 0});
     }
     size_ += end - begin;
   }
-  void Add(std::span<const uint8_t> data) {
+  // New bytes; `origin` is the input offset they stand for, if any (an
+  // instruction they replace).
+  void Add(std::span<const uint8_t> data, uint64_t origin = RewriteResult::kAdded) {
     if (data.empty()) return;
-    pieces_.push_back({RewriteResult::kAdded, data.size(), added_.size()});
+    pieces_.push_back({true, origin, data.size(), added_.size()});
     added_.insert(added_.end(), data.begin(), data.end());
     size_ += data.size();
   }
@@ -290,10 +292,10 @@ class Out {
   }
   void Append(const Out& other) {
     for (const Piece& piece : other.pieces_) {
-      if (piece.in_begin == RewriteResult::kAdded) {
-        Add(std::span<const uint8_t>(other.added_).subspan(piece.added_at, piece.size));
+      if (piece.added) {
+        Add(std::span<const uint8_t>(other.added_).subspan(piece.added_at, piece.size), piece.origin);
       } else {
-        Copy(piece.in_begin, piece.in_begin + piece.size);
+        Copy(piece.origin, piece.origin + piece.size);
       }
     }
   }
@@ -302,20 +304,16 @@ class Out {
   void Serialize(std::span<const uint8_t> in, RewriteResult& result) const {
     result.bytes.reserve(size_);
     for (const Piece& piece : pieces_) {
-      result.runs.push_back({result.bytes.size(), piece.in_begin});
-      if (piece.in_begin == RewriteResult::kAdded) {
-        auto from = added_.begin() + piece.added_at;
-        result.bytes.insert(result.bytes.end(), from, from + piece.size);
-      } else {
-        auto from = in.begin() + piece.in_begin;
-        result.bytes.insert(result.bytes.end(), from, from + piece.size);
-      }
+      result.runs.push_back({result.bytes.size(), piece.origin});
+      const uint8_t* from = piece.added ? added_.data() + piece.added_at : in.data() + piece.origin;
+      result.bytes.insert(result.bytes.end(), from, from + piece.size);
     }
   }
 
  private:
   struct Piece {
-    uint64_t in_begin;
+    bool added;       // from added_, else copied from the input at origin
+    uint64_t origin;  // the input offset it stands for (kAdded: none)
     size_t size;
     size_t added_at;
   };
@@ -455,7 +453,7 @@ class Patcher {
   }
   void Replace(size_t at, size_t end, std::span<const uint8_t> bytes) {
     out_.Copy(last_, at);
-    out_.Add(bytes);
+    out_.Add(bytes, at);
     last_ = end;
     changed_ = true;
   }

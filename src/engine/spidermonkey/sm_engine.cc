@@ -35,9 +35,9 @@
 #include <thread>
 #include <unordered_map>
 
+#include "engine/spidermonkey/sm_engine.h"
+
 #include "base/names.h"
-#include "engine/engine.h"
-#include "engine/module_rewrite.h"
 
 namespace keel::engine {
 namespace {
@@ -390,6 +390,9 @@ class SmInstance final : public Instance, public Caller {
 
   Result<void> Initialize(uint64_t call_tag);
   static bool HostTrampoline(JSContext* cx, unsigned argc, JS::Value* vp);
+  // The exported WebAssembly.Global `name` (rewritten module's name).
+  Result<Value> GetGlobal(std::string_view name, ValType type);
+  Result<void> SetGlobal(std::string_view name, const Value& value);
 
   // What a host function's JS trampoline needs: the host function, and
   // whether its floats cross by bits (see ToJs).
@@ -915,6 +918,44 @@ Result<void> SmInstance::Initialize(uint64_t call_tag) {
   return {};
 }
 
+namespace {
+
+// The WebAssembly.Global object exported as `name`, or null.
+JSObject* GlobalObject(JSContext* cx, JS::HandleObject exports, std::string_view name) {
+  JS::RootedValue v(cx);
+  if (!GetNamed(cx, exports, name, &v) || !v.isObject()) {
+    JS_ClearPendingException(cx);
+    return nullptr;
+  }
+  return &v.toObject();
+}
+
+}  // namespace
+
+Result<Value> SmInstance::GetGlobal(std::string_view name, ValType type) {
+  JS::RootedObject global(cx_, GlobalObject(cx_, exports_, name));
+  if (!global) return MakeError(ErrorCode::kNotFound, "no global exported as " + MessageName(name));
+  JS::RootedValue v(cx_);
+  if (!JS_GetProperty(cx_, global, "value", &v)) {
+    PendingException exc = TakeException(cx_);
+    return MakeError(ErrorCode::kInvalidArgument, "global " + MessageName(name) + ": " + exc.message);
+  }
+  return FromJs(cx_, v, type, /*bits=*/false);
+}
+
+Result<void> SmInstance::SetGlobal(std::string_view name, const Value& value) {
+  JS::RootedObject global(cx_, GlobalObject(cx_, exports_, name));
+  if (!global) return MakeError(ErrorCode::kNotFound, "no global exported as " + MessageName(name));
+  bool ok;
+  JS::RootedValue v(cx_, ToJs(cx_, value, /*bits=*/false, &ok));
+  if (!ok) return MakeError(ErrorCode::kResourceExhausted, "out of memory");
+  if (!JS_SetProperty(cx_, global, "value", v)) {
+    PendingException exc = TakeException(cx_);
+    return MakeError(ErrorCode::kInvalidArgument, "global " + MessageName(name) + ": " + exc.message);
+  }
+  return {};
+}
+
 Result<std::unique_ptr<Instance>> SmContext::Instantiate(std::shared_ptr<const Module> module,
                                                          std::shared_ptr<const Linker> linker,
                                                          std::unique_ptr<HostState> host_state,
@@ -1110,11 +1151,9 @@ class SmEngine final : public Engine {
   std::deque<Job*> queue_;
 };
 
-}  // namespace
-
-Engine& DefaultEngine() {
-  // Never destroyed: SpiderMonkey cannot be started again after JS_ShutDown,
-  // and compiled modules may be released by any thread until process exit.
+// Never destroyed: SpiderMonkey cannot be started again after JS_ShutDown,
+// and compiled modules may be released by any thread until process exit.
+SmEngine& TheEngine() {
   static SmEngine* engine = [] {
     auto* e = new SmEngine();
     std::atexit([] { engine->ShutDown(); });
@@ -1122,5 +1161,42 @@ Engine& DefaultEngine() {
   }();
   return *engine;
 }
+
+}  // namespace
+
+Engine& DefaultEngine() { return TheEngine(); }
+
+namespace sm {
+
+Result<std::shared_ptr<const Module>> CompileRewritten(std::span<const uint8_t> bytes,
+                                                       const CompileOptions& options,
+                                                       RewriteOptions extra) {
+  return TheEngine().CompileWith(bytes, options, std::move(extra));
+}
+
+const RewriteResult* RewriteOf(const Module& module) {
+  auto* sm_module = dynamic_cast<const SmModule*>(&module);
+  return sm_module ? &sm_module->rewrite() : nullptr;
+}
+
+Result<void> CompileUnrewritten(std::span<const uint8_t> bytes) {
+  auto compiled = TheEngine().CompileBytes(std::vector<uint8_t>(bytes.begin(), bytes.end()));
+  if (!compiled) return MakeError(compiled.error());
+  return {};
+}
+
+Result<Value> GetGlobal(Instance& instance, std::string_view export_name, ValType type) {
+  auto* sm_instance = dynamic_cast<SmInstance*>(&instance);
+  if (!sm_instance) return MakeError(ErrorCode::kInvalidArgument, "instance of another engine");
+  return sm_instance->GetGlobal(export_name, type);
+}
+
+Result<void> SetGlobal(Instance& instance, std::string_view export_name, const Value& value) {
+  auto* sm_instance = dynamic_cast<SmInstance*>(&instance);
+  if (!sm_instance) return MakeError(ErrorCode::kInvalidArgument, "instance of another engine");
+  return sm_instance->SetGlobal(export_name, value);
+}
+
+}  // namespace sm
 
 }  // namespace keel::engine
