@@ -25,30 +25,34 @@ using enum wasm::SectionId;
 // ---------------------------------------------------------------------------
 // Instruction decoding
 
-Result<void> SkipBlockType(Reader& r) {
+Result<void> ReadIndex(Reader& r, Instruction& in, IndexKind kind) {
+  in.index_at = r.pos();
+  KEEL_TRY(index, r.U32());
+  in.index = index;
+  in.kind = kind;
+  return {};
+}
+
+// 0x40 (empty), a value type, or a type index (a non-negative s33).
+Result<void> ReadBlockType(Reader& r, Instruction& in) {
   const std::optional<uint8_t> first = r.Peek();
   if (first == 0x63 || first == 0x64) return wasm::ReadWasmType(r).map([](wasm::WasmType) {});
-  // 0x40 (empty), a one-byte value type, or a type index: all one s33.
-  return r.S33().map([](int64_t) {});
+  const size_t at = r.pos();
+  KEEL_TRY(type, r.S33());
+  if (type >= 0) {
+    in.kind = IndexKind::kType;
+    in.index = static_cast<uint32_t>(type);
+    in.index_at = at;
+  }
+  return {};
 }
 
 // align, then a memory index when bit 6 says so (multi-memory), then the
 // offset (64 bits wide for memory64; reading it as u64 frames both).
 Result<void> SkipMemArg(Reader& r, Instruction& in) {
   KEEL_TRY(align, r.U32());
-  if (align & 0x40) {
-    in.index_at = r.pos();
-    KEEL_TRY(memory, r.U32());
-    in.index = memory;
-  }
+  if (align & 0x40) KEEL_TRY_VOID(ReadIndex(r, in, IndexKind::kMemory));
   KEEL_TRY_VOID(r.U64());
-  return {};
-}
-
-Result<void> ReadIndex(Reader& r, Instruction& in) {
-  in.index_at = r.pos();
-  KEEL_TRY(index, r.U32());
-  in.index = index;
   return {};
 }
 
@@ -60,22 +64,22 @@ tl::unexpected<Error> UnknownOpcode(const Reader& r, const Instruction& in) {
 
 // 0xfc: saturating truncation, bulk memory, tables.
 Result<void> DecodeMisc(Reader& r, Instruction& in) {
+  auto two = [&](IndexKind first) -> Result<void> {
+    KEEL_TRY_VOID(ReadIndex(r, in, first));
+    return r.U32().map([](uint32_t) {});
+  };
   switch (in.sub) {
     case 0: case 1: case 2: case 3: case 4: case 5: case 6: case 7:
       return {};
-    case 8:   // memory.init data mem
-    case 10:  // memory.copy mem mem
-    case 12:  // table.init elem table
-    case 14:  // table.copy table table
-      KEEL_TRY_VOID(ReadIndex(r, in));
-      return r.U32().map([](uint32_t) {});
-    case 9:   // data.drop
-    case 11:  // memory.fill
-    case 13:  // elem.drop
-    case 15:  // table.grow
-    case 16:  // table.size
-    case 17:  // table.fill
-      return ReadIndex(r, in);
+    case 8: return two(IndexKind::kData);     // memory.init data mem
+    case 10: return two(IndexKind::kMemory);  // memory.copy mem mem
+    case 12: return two(IndexKind::kElem);    // table.init elem table
+    case 14: return two(IndexKind::kTable);   // table.copy table table
+    case 9: return ReadIndex(r, in, IndexKind::kData);     // data.drop
+    case 11: return ReadIndex(r, in, IndexKind::kMemory);  // memory.fill
+    case 13: return ReadIndex(r, in, IndexKind::kElem);    // elem.drop
+    case 15: case 16: case 17:  // table.grow table.size table.fill
+      return ReadIndex(r, in, IndexKind::kTable);
   }
   return UnknownOpcode(r, in);
 }
@@ -138,24 +142,36 @@ Result<void> SkipCatchClauses(Reader& r) {
   return {};
 }
 
+// The kind of the single index immediate of one-byte opcodes with one.
+IndexKind SingleIndexKind(uint8_t op) {
+  switch (op) {
+    case 0x07: case 0x08: return IndexKind::kTag;  // catch throw
+    case 0x09: case 0x18:                          // rethrow delegate
+    case 0x0c: case 0x0d: case 0xd4: case 0xd6:    // br br_if br_on_null br_on_non_null
+      return IndexKind::kLabel;
+    case 0x10: case 0x12: case 0xd2: return IndexKind::kFunction;  // call return_call ref.func
+    case 0x14: case 0x15: return IndexKind::kType;                 // call_ref return_call_ref
+    case 0x20: case 0x21: case 0x22: return IndexKind::kLocal;
+    case 0x23: case 0x24: return IndexKind::kGlobal;
+    case 0x25: case 0x26: return IndexKind::kTable;   // table.get table.set
+    case 0x3f: case 0x40: return IndexKind::kMemory;  // memory.size memory.grow
+  }
+  return IndexKind::kNone;
+}
+
 // Immediates of the one-byte opcodes that have any. False: none.
 Result<bool> DecodeImmediates(Reader& r, Instruction& in) {
+  if (IndexKind kind = SingleIndexKind(in.opcode); kind != IndexKind::kNone) {
+    KEEL_TRY_VOID(ReadIndex(r, in, kind));
+    return true;
+  }
   switch (in.opcode) {
     case 0x02: case 0x03: case 0x04: case 0x06:  // block loop if try
-      KEEL_TRY_VOID(SkipBlockType(r));
+      KEEL_TRY_VOID(ReadBlockType(r, in));
       return true;
     case 0x1f:  // try_table
-      KEEL_TRY_VOID(SkipBlockType(r));
+      KEEL_TRY_VOID(ReadBlockType(r, in));
       KEEL_TRY_VOID(SkipCatchClauses(r));
-      return true;
-    case 0x07: case 0x08: case 0x09: case 0x18:  // catch throw rethrow delegate
-    case 0x0c: case 0x0d: case 0xd4: case 0xd6:  // br br_if br_on_null br_on_non_null
-    case 0x10: case 0x12: case 0xd2:             // call return_call ref.func
-    case 0x14: case 0x15:                        // call_ref return_call_ref
-    case 0x20: case 0x21: case 0x22: case 0x23: case 0x24:  // local.* global.*
-    case 0x25: case 0x26:                        // table.get table.set
-    case 0x3f: case 0x40:                        // memory.size memory.grow
-      KEEL_TRY_VOID(ReadIndex(r, in));
       return true;
     case 0x0e: {  // br_table
       KEEL_TRY(count, r.Count("br_table label"));
@@ -163,7 +179,7 @@ Result<bool> DecodeImmediates(Reader& r, Instruction& in) {
       return true;
     }
     case 0x11: case 0x13:  // call_indirect return_call_indirect: type table
-      KEEL_TRY_VOID(ReadIndex(r, in));
+      KEEL_TRY_VOID(ReadIndex(r, in, IndexKind::kType));
       KEEL_TRY_VOID(r.U32());
       return true;
     case 0x1c:
@@ -499,7 +515,10 @@ class Rewriter {
     PlanExports();
     PlanGlobals();
     PlanGrow();
-    decode_code_ = !remap_.empty() || grow_func_ || options_.scan_code;
+    // Appending makes indices valid that were not: the code must be read
+    // to refuse those (see CheckIndex).
+    appends_ = !new_types_.empty() || !new_funcs_.empty() || !new_globals_.empty();
+    decode_code_ = !remap_.empty() || grow_func_ || options_.scan_code || appends_;
     Out out;
     out.Copy(0, wasm::kHeaderSize);
     KEEL_TRY_VOID(EmitSections(out));
@@ -714,7 +733,7 @@ class Rewriter {
         BuildMemory(payload);
         return Finish(out, id, payload);
       case kGlobalSection:
-        if (remap_.empty() && new_globals_.empty()) break;
+        if (remap_.empty() && !appends_) break;
         KEEL_TRY_VOID(BuildGlobals(s, payload));
         return Finish(out, id, payload);
       case kExportSection:
@@ -722,7 +741,7 @@ class Rewriter {
         BuildExports(payload);
         return Finish(out, id, payload);
       case kElementSection:
-        if (remap_.empty()) break;
+        if (remap_.empty() && !appends_) break;
         KEEL_TRY_VOID(BuildElements(*s, payload));
         return Finish(out, id, payload);
       case kCodeSection:
@@ -800,10 +819,28 @@ class Rewriter {
     payload.AddU32(*memory_cap_);
   }
 
+  // An index into a space keel appends to must be in the original's range:
+  // `call 40` in a module of 30 functions is invalid, and would silently
+  // call a wrapper once keel has appended ten.
+  Result<void> CheckIndex(const Reader& r, IndexKind kind, uint32_t index, size_t at) const {
+    size_t space = 0;
+    const char* what = "";
+    switch (kind) {
+      case IndexKind::kFunction: space = p_.func_types.size(), what = "function"; break;
+      case IndexKind::kType: space = p_.types.size(), what = "type"; break;
+      case IndexKind::kGlobal: space = p_.globals.size(), what = "global"; break;
+      default: return {};
+    }
+    if (index < space) return {};
+    return r.Fail(at, std::string(what) + " index " + std::to_string(index) + " out of range (" +
+                          std::to_string(space) + " " + what + "s)");
+  }
+
   // Copies the constant expression or body code in r up to its end,
   // patching function references (and memory.grow in bodies).
   Result<void> PatchExpression(Reader& r, Patcher& patch, bool body) {
     return DecodeExpression(r, [&](const Instruction& in) -> Result<void> {
+      KEEL_TRY_VOID(CheckIndex(r, in.kind, in.index, in.index_at));
       if (body) NoteFeature(in, result_.features);
       if (in.opcode == 0x10 || in.opcode == 0x12 || in.opcode == 0xd2) {
         const uint32_t target = Remap(in.index);
@@ -857,6 +894,7 @@ class Rewriter {
     for (uint32_t i = 0; i < count; ++i) {
       size_t at = r.pos();
       KEEL_TRY(index, r.U32());
+      KEEL_TRY_VOID(CheckIndex(r, IndexKind::kFunction, index, at));
       if (Remap(index) != index) patch.ReplaceU32(at, r.pos(), Remap(index));
     }
     return {};
@@ -943,6 +981,7 @@ class Rewriter {
   std::optional<uint32_t> grow_func_;
   bool imports_changed_ = false;
   bool exports_changed_ = false;
+  bool appends_ = false;
   bool decode_code_ = false;
 };
 

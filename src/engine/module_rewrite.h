@@ -40,15 +40,30 @@ namespace keel::engine {
 // ---------------------------------------------------------------------------
 // Instruction decoding
 
+// What the first index immediate of an instruction refers to.
+enum class IndexKind : uint8_t {
+  kNone,
+  kFunction,  // call, return_call, ref.func
+  kType,      // call_indirect, return_call_indirect, call_ref, block types
+  kGlobal,
+  kLocal,
+  kLabel,
+  kTable,
+  kMemory,
+  kData,
+  kElem,
+  kTag,
+};
+
 // One instruction of a function body or constant expression.
 struct Instruction {
   size_t begin = 0;    // offset of its first byte in the module
   size_t end = 0;      // just past its immediates
   uint8_t opcode = 0;  // the first byte: an opcode, or a prefix 0xfb..0xfe
   uint32_t sub = 0;    // after a prefix: the LEB128 sub-opcode
-  // The first index immediate where there is one (the function of call,
-  // return_call and ref.func; the table, segment or memory of the others),
-  // and the offset of its LEB128.
+  // The first index immediate where there is one, what it indexes, and
+  // the offset of its LEB128.
+  IndexKind kind = IndexKind::kNone;
   uint32_t index = 0;
   size_t index_at = 0;
 };

@@ -202,6 +202,31 @@ TEST(DecoderTest, RefusesWhatItDoesNotKnowByOffset) {
 
 // --- Rewriting: each capability -------------------------------------------------
 
+// Appending functions, types and globals would make these out-of-range
+// indices valid (the grant adds one of each): they must be refused instead.
+TEST(RewriteTest, RefusesIndicesThatAppendingWouldMakeValid) {
+  struct Case {
+    Bytes code;
+    const char* expect;
+  };
+  std::vector<Case> cases = {
+      {{0x10, 0x01}, "function index 1 out of range (1 functions)"},
+      {{0xd2, 0x01, 0x1a}, "function index 1 out of range"},
+      {{0x23, 0x00, 0x1a}, "global index 0 out of range (0 globals)"},
+      {{0x41, 0x00, 0x11, 0x01, 0x00}, "type index 1 out of range (1 types)"},
+      {{0x02, 0x01, 0x0b}, "type index 1 out of range"},
+  };
+  for (const Case& c : cases) {
+    Bytes bytes = BodyModule(c.code);
+    EXPECT_FALSE(sm::CompileUnrewritten(bytes)) << c.expect;  // invalid as it is
+    auto rewritten = RewriteModule(bytes, {.grow_grant = 1});
+    ASSERT_FALSE(rewritten) << c.expect;
+    EXPECT_EQ(rewritten.error().code, ErrorCode::kInvalidModule);
+    EXPECT_THAT(rewritten.error().message, HasSubstr(c.expect));
+    EXPECT_TRUE(RewriteModule(bytes, {})) << "nothing appended: nothing to check";
+  }
+}
+
 TEST(RewriteTest, NothingAskedLeavesTheBytesAlone) {
   for (const std::string& stem : FixtureStems()) {
     Bytes bytes = LoadFixture(stem);
