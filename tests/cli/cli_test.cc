@@ -111,4 +111,44 @@ TEST(CliTest, PreopensAreOffUnlessAsked) {
 }
 
 }  // namespace
+TEST(CliTest, InspectPrintsEveryNameUnambiguously) {
+  ProcessResult r = Keel({"inspect", Fixture("names_exact")});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  // Plain names as they are; the others as WebAssembly string literals,
+  // the form `keel run --invoke` reads back.
+  EXPECT_THAT(r.out, HasSubstr("\n  a: func () -> (i32)\n"));
+  EXPECT_THAT(r.out, HasSubstr("\n  \"\": func () -> (i32)\n"));
+  EXPECT_THAT(r.out, HasSubstr("\n  \"a\\00b\": func () -> (i32)\n"));
+  EXPECT_THAT(r.out, HasSubstr("\n  \"\\00\": func () -> (i32)\n"));
+  EXPECT_THAT(r.out, HasSubstr("\n  \"caf\\u{e9}\": func () -> (i32)\n"));
+  EXPECT_THAT(r.out, HasSubstr("\n  \"mem\\00ory\": memory 1.. pages\n"));
+  EXPECT_THAT(r.out, HasSubstr("\n  \"\".\"\": func () -> (i32)\n"));
+  EXPECT_THAT(r.out, HasSubstr("\n  \"env\\00x\".\"f\\00g\": func () -> (i32)\n"));
+  EXPECT_THAT(r.out, HasSubstr("\n  env.f: func () -> (i32)\n"));
+  EXPECT_EQ(r.out.find('\0'), std::string::npos);
+  EXPECT_EQ(r.out.find("keel:"), std::string::npos);  // keel's own renamings never show
+
+  ProcessResult types = Keel({"inspect", Fixture("types_v128")});
+  ASSERT_EQ(types.exit_code, 0) << types.err;
+  EXPECT_THAT(types.out, HasSubstr("simd: func (v128) -> (funcref)"));
+  EXPECT_THAT(types.out, HasSubstr("ext: func (externref, i32) -> (externref)"));
+}
+
+TEST(CliTest, RunInvokeKeepsNanSignsAndPayloads) {
+  struct Case {
+    const char* func;
+    const char* arg;
+    const char* out;
+  };
+  for (const Case& c : std::vector<Case>{{"id_f32", "-nan(0x3fffff)", "-nan:0x7fffff\n"},
+                                         {"id_f64", "-nan(0x7ffffffffffff)", "-nan:0xfffffffffffff\n"},
+                                         {"id_f32", "nan:0x1", "nan:0x1\n"},  // signaling
+                                         {"id_f64", "-nan", "-nan\n"},
+                                         {"id_f32", "-0", "-0\n"}}) {
+    ProcessResult r = Keel({"run", Fixture("engine_basic"), "--invoke", c.func, "--", c.arg});
+    ASSERT_EQ(r.exit_code, 0) << c.arg << ": " << r.err;
+    EXPECT_EQ(r.out, c.out) << c.arg;
+  }
+}
+
 }  // namespace keel
