@@ -56,7 +56,8 @@ Result<void> SkipMemArg(Reader& r, Instruction& in) {
   return {};
 }
 
-tl::unexpected<Error> UnknownOpcode(const Reader& r, const Instruction& in) {
+[[gnu::cold, gnu::noinline]] tl::unexpected<Error> UnknownOpcode(const Reader& r,
+                                                                 const Instruction& in) {
   std::string what = "unknown opcode " + ByteHex(in.opcode);
   if (in.opcode >= 0xfb) what += " " + std::to_string(in.sub);
   return r.Fail(in.begin, what);
@@ -831,7 +832,12 @@ class Rewriter {
       case IndexKind::kGlobal: space = p_.globals.size(), what = "global"; break;
       default: return {};
     }
-    if (index < space) return {};
+    if (index < space) [[likely]] return {};
+    return IndexOutOfRange(r, what, index, space, at);
+  }
+
+  [[gnu::cold, gnu::noinline]] static tl::unexpected<Error> IndexOutOfRange(
+      const Reader& r, const char* what, uint32_t index, size_t space, size_t at) {
     return r.Fail(at, std::string(what) + " index " + std::to_string(index) + " out of range (" +
                           std::to_string(space) + " " + what + "s)");
   }

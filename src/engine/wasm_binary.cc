@@ -106,9 +106,8 @@ tl::unexpected<Error> Invalid(std::string_view context, size_t at, std::string_v
 // ---------------------------------------------------------------------------
 // Reader
 
-Result<uint8_t> Reader::U8() {
-  if (pos_ >= end_) return Fail(pos_, "truncated");
-  return bytes_[pos_++];
+tl::unexpected<Error> Reader::Fail(size_t at, std::string_view what) const {
+  return Invalid(context_, at, what);
 }
 
 Result<void> Reader::Skip(uint64_t n) {
@@ -120,7 +119,7 @@ Result<void> Reader::Skip(uint64_t n) {
   return {};
 }
 
-Result<uint32_t> Reader::U32() {
+Result<uint32_t> Reader::U32Slow() {
   return Leb<32, false>().map([](uint64_t v) { return static_cast<uint32_t>(v); });
 }
 Result<uint64_t> Reader::U64() { return Leb<64, false>(); }

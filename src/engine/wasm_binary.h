@@ -83,14 +83,21 @@ class Reader {
   }
   std::span<const uint8_t> bytes() const { return bytes_; }
 
-  tl::unexpected<Error> Fail(size_t at, std::string_view what) const {
-    return Invalid(context_, at, what);
-  }
+  // Out of line and cold, so that the decoding functions that may fail
+  // keep small stack frames.
+  [[gnu::cold, gnu::noinline]] tl::unexpected<Error> Fail(size_t at, std::string_view what) const;
 
-  Result<uint8_t> U8();
+  // The one-byte cases inline: decoding code is mostly those.
+  Result<uint8_t> U8() {
+    if (pos_ < end_) [[likely]] return bytes_[pos_++];
+    return Fail(pos_, "truncated");
+  }
   Result<void> Skip(uint64_t n);
   void SkipRest() { pos_ = end_; }
-  Result<uint32_t> U32();
+  Result<uint32_t> U32() {
+    if (pos_ < end_ && bytes_[pos_] < 0x80) [[likely]] return bytes_[pos_++];
+    return U32Slow();
+  }
   Result<uint64_t> U64();
   Result<int64_t> S33();
   Result<int32_t> S32();
@@ -104,6 +111,7 @@ class Reader {
   Result<std::string> Name();
 
  private:
+  Result<uint32_t> U32Slow();
   template <int N, bool kSigned>
   Result<uint64_t> Leb();
 
