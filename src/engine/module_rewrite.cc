@@ -729,6 +729,10 @@ class Rewriter {
         if (new_funcs_.empty()) break;
         BuildFunctions(s, payload);
         return Finish(out, id, payload);
+      case kTableSection:
+        if (remap_.empty() && !appends_) break;
+        KEEL_TRY_VOID(BuildTables(*s, payload));
+        return Finish(out, id, payload);
       case kMemorySection:
         if (!memory_cap_) break;
         BuildMemory(payload);
@@ -810,6 +814,25 @@ class Rewriter {
     payload.AddU32(count + new_funcs_.size());
     if (s) payload.Copy(entries, s->end);
     for (const NewFunction& f : new_funcs_) payload.AddU32(f.type_index);
+  }
+
+  // Tables with an initializer (function references: 0x40 0x00 tabletype
+  // expr) have their expressions patched like any other.
+  Result<void> BuildTables(const wasm::SectionRange& s, Out& payload) {
+    Reader r(in_, s.payload_begin, s.end, wasm::SectionLabel(s.id));
+    Patcher patch(payload, s.payload_begin);
+    KEEL_TRY(count, r.Count("table"));
+    for (uint32_t i = 0; i < count; ++i) {
+      const bool has_init = r.Peek() == 0x40;
+      if (has_init) KEEL_TRY_VOID(r.Skip(2));
+      KEEL_TRY_VOID(wasm::ReadWasmType(r));
+      KEEL_TRY(flags, r.U8());
+      KEEL_TRY_VOID(r.U64());                 // minimum
+      if (flags & 0x01) KEEL_TRY_VOID(r.U64());  // maximum
+      if (has_init) KEEL_TRY_VOID(PatchExpression(r, patch, /*body=*/false));
+    }
+    patch.Finish(s.end);
+    return {};
   }
 
   void BuildMemory(Out& payload) {

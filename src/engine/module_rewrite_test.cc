@@ -225,6 +225,17 @@ TEST(RewriteTest, RefusesIndicesThatAppendingWouldMakeValid) {
     EXPECT_THAT(rewritten.error().message, HasSubstr(c.expect));
     EXPECT_TRUE(RewriteModule(bytes, {})) << "nothing appended: nothing to check";
   }
+  // The same in a table's initializer (function references encoding).
+  Bytes table_init = {0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
+                      0x01, 0x04, 0x01, 0x60, 0x00, 0x00,                          // type
+                      0x03, 0x02, 0x01, 0x00,                                      // function
+                      0x04, 0x09, 0x01, 0x40, 0x00, 0x70, 0x00, 0x01, 0xd2, 0x01, 0x0b,  // table
+                      0x05, 0x03, 0x01, 0x00, 0x01,                                // memory
+                      0x0a, 0x04, 0x01, 0x02, 0x00, 0x0b};                         // code
+  ASSERT_TRUE(ReadModuleInfo(table_init));
+  auto refused = RewriteModule(table_init, {.grow_grant = 1});
+  ASSERT_FALSE(refused);
+  EXPECT_THAT(refused.error().message, HasSubstr("function index 1 out of range"));
 }
 
 TEST(RewriteTest, NothingAskedLeavesTheBytesAlone) {
