@@ -656,24 +656,24 @@ namespace {
 Result<void> CheckCallShape(const ExportInfo& exp, std::span<const Value> args,
                             std::span<Value> results) {
   const FuncType& type = exp.func;
-  const std::string name = MessageName(exp.name);
+  auto name = [&exp] { return MessageName(exp.name); };  // only on failure: calls are hot
   if (args.size() != type.params.size()) {
     return MakeError(ErrorCode::kInvalidArgument,
-                     "export " + name + " takes " + std::to_string(type.params.size()) +
+                     "export " + name() + " takes " + std::to_string(type.params.size()) +
                          " argument(s) " + type.ToString() + ", got " +
                          std::to_string(args.size()));
   }
   for (size_t i = 0; i < args.size(); ++i) {
     if (args[i].type() != type.params[i]) {
       return MakeError(ErrorCode::kInvalidArgument,
-                       "export " + name + " argument " + std::to_string(i + 1) + " is " +
+                       "export " + name() + " argument " + std::to_string(i + 1) + " is " +
                            std::string(ToString(type.params[i])) + ", got " +
                            std::string(ToString(args[i].type())));
     }
   }
   if (results.size() != type.results.size()) {
     return MakeError(ErrorCode::kInvalidArgument,
-                     "export " + name + " returns " + std::to_string(type.results.size()) +
+                     "export " + name() + " returns " + std::to_string(type.results.size()) +
                          " value(s), space for " + std::to_string(results.size()) + " given");
   }
   return {};
