@@ -44,9 +44,12 @@ constexpr Target kTargets[] = {
   std::abort();
 }
 
+using Args = std::span<const Value>;
+using Results = std::span<Value>;
+
 std::shared_ptr<keel::Linker> HostLinker() {
   auto linker = std::make_shared<keel::Linker>();
-  auto echo = [](keel::Caller&, std::span<const Value> a, std::span<Value> r) -> keel::Result<void> {
+  auto echo = [](keel::Caller&, Args a, Results r) -> keel::Result<void> {
     r[0] = a[0];
     return {};
   };
@@ -54,14 +57,14 @@ std::shared_ptr<keel::Linker> HostLinker() {
   linker->Define("host", "echo_f64", {{ValType::kF64}, {ValType::kF64}}, echo);
   linker->Define("host", "pair", {{ValType::kF32, ValType::kF64, ValType::kI32},
                                   {ValType::kF64, ValType::kF32, ValType::kI32}},
-                 [](keel::Caller&, std::span<const Value> a, std::span<Value> r) -> keel::Result<void> {
+                 [](keel::Caller&, Args a, Results r) -> keel::Result<void> {
                    r[0] = a[1];
                    r[1] = a[0];
                    r[2] = a[2];
                    return {};
                  });
   linker->Define("host", "count", {{}, {ValType::kI32}},
-                 [](keel::Caller&, std::span<const Value>, std::span<Value> r) -> keel::Result<void> {
+                 [](keel::Caller&, Args, Results r) -> keel::Result<void> {
                    r[0] = Value::I32(0);
                    return {};
                  });
@@ -140,7 +143,9 @@ std::optional<std::vector<Value>> ParseArgs(std::string_view text, const keel::F
 void CheckIdentity(const Target& target, const std::vector<Value>& args,
                    const std::vector<Value>& results) {
   if (!target.identity) return;
-  if (args != results) Die(std::string(target.name) + " changed its argument " + args[0].ToString());
+  if (args != results) {
+    Die(std::string(target.name) + " changed its argument " + args[0].ToString());
+  }
 }
 
 Harness* harness = nullptr;

@@ -310,7 +310,8 @@ class Out {
   void Append(const Out& other) {
     for (const Piece& piece : other.pieces_) {
       if (piece.added) {
-        Add(std::span<const uint8_t>(other.added_).subspan(piece.added_at, piece.size), piece.origin);
+        auto data = std::span<const uint8_t>(other.added_).subspan(piece.added_at, piece.size);
+        Add(data, piece.origin);
       } else {
         Copy(piece.origin, piece.origin + piece.size);
       }
@@ -665,7 +666,8 @@ class Rewriter {
     const bool is64 = p_.memory64();
     const ValType type = is64 ? ValType::kI64 : ValType::kI32;
     const uint32_t grant_global = static_cast<uint32_t>(p_.globals.size());
-    std::vector<uint8_t> global = {wasm::ValTypeCode(type), 0x01, static_cast<uint8_t>(is64 ? 0x42 : 0x41)};
+    const uint8_t constant = is64 ? 0x42 : 0x41;  // i64.const / i32.const
+    std::vector<uint8_t> global = {wasm::ValTypeCode(type), 0x01, constant};
     PutS64(global, is64 ? static_cast<int64_t>(*options_.grow_grant)
                         : static_cast<int32_t>(*options_.grow_grant));
     global.push_back(0x0b);

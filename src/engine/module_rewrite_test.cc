@@ -82,7 +82,8 @@ std::vector<size_t> WabtInstructionOffsets(const Bytes& bytes) {
     // " 00006b: 02 40                      | block"
     size_t colon = line.find(": ");
     size_t bar = line.find("| ");
-    if (line.size() < 2 || line[0] != ' ' || colon == std::string::npos || bar == std::string::npos) {
+    if (line.size() < 2 || line[0] != ' ' || colon == std::string::npos ||
+        bar == std::string::npos) {
       continue;
     }
     std::string text = line.substr(bar + 2);
@@ -305,7 +306,8 @@ TEST(RewriteTest, FloatExportsGetBitsWrappers) {
       EXPECT_GE(called->index, rewritten->original_functions);
     }
   }
-  EXPECT_EQ(info->FindFuncExport(rewritten->exports[0].call_name)->func.ToString(), "(i32) -> (i32)");
+  EXPECT_EQ(info->FindFuncExport(rewritten->exports[0].call_name)->func.ToString(),
+            "(i32) -> (i32)");
 }
 
 TEST(RewriteTest, FloatImportsTakeBitsAndEveryReferenceMovesToTheWrapper) {
@@ -398,7 +400,9 @@ TEST(RewriteTest, GrowGoesThroughTheAppendedFunction) {
     }
     bool calls = false;
     for (size_t i = 0; i + 1 < bodies->size(); ++i) {
-      for (const Instruction& in : (*bodies)[i]) calls |= in.opcode == 0x10 && in.index == grow_func;
+      for (const Instruction& in : (*bodies)[i]) {
+        calls |= in.opcode == 0x10 && in.index == grow_func;
+      }
     }
     EXPECT_TRUE(calls) << stem;
     if (auto ok = WabtValidates(rewritten->bytes)) {

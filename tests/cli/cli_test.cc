@@ -140,11 +140,14 @@ TEST(CliTest, RunInvokeKeepsNanSignsAndPayloads) {
     const char* arg;
     const char* out;
   };
-  for (const Case& c : std::vector<Case>{{"id_f32", "-nan(0x3fffff)", "-nan:0x7fffff\n"},
-                                         {"id_f64", "-nan(0x7ffffffffffff)", "-nan:0xfffffffffffff\n"},
-                                         {"id_f32", "nan:0x1", "nan:0x1\n"},  // signaling
-                                         {"id_f64", "-nan", "-nan\n"},
-                                         {"id_f32", "-0", "-0\n"}}) {
+  const std::vector<Case> cases = {
+      {"id_f32", "-nan(0x3fffff)", "-nan:0x7fffff\n"},
+      {"id_f64", "-nan(0x7ffffffffffff)", "-nan:0xfffffffffffff\n"},
+      {"id_f32", "nan:0x1", "nan:0x1\n"},  // signaling
+      {"id_f64", "-nan", "-nan\n"},
+      {"id_f32", "-0", "-0\n"},
+  };
+  for (const Case& c : cases) {
     ProcessResult r = Keel({"run", Fixture("engine_basic"), "--invoke", c.func, "--", c.arg});
     ASSERT_EQ(r.exit_code, 0) << c.arg << ": " << r.err;
     EXPECT_EQ(r.out, c.out) << c.arg;

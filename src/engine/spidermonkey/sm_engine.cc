@@ -690,7 +690,9 @@ Result<void> ReadResults(JSContext* cx, JS::HandleValue rval, const FuncType& ty
     return {};
   }
   if (type.results.empty()) return {};
-  if (!rval.isObject()) return MakeError(ErrorCode::kInternal, "multi-value result is not an array");
+  if (!rval.isObject()) {
+    return MakeError(ErrorCode::kInternal, "multi-value result is not an array");
+  }
   JS::RootedObject array(cx, &rval.toObject());
   JS::RootedValue element(cx);
   for (uint32_t i = 0; i < type.results.size(); ++i) {
@@ -717,7 +719,8 @@ Result<void> SmInstance::Call(const Func& func, std::span<const Value> args,
   if (auto ok = CheckCallShape(exp, args, results); !ok) return ok;
   JSObject* fn_obj = ExportObject(func.export_index);
   if (!fn_obj) {
-    return MakeError(ErrorCode::kInternal, "export " + MessageName(exp.name) + " not found in instance");
+    return MakeError(ErrorCode::kInternal,
+                     "export " + MessageName(exp.name) + " not found in instance");
   }
   const bool bits = module_->rewrite().exports[func.export_index].bits;
 
@@ -780,7 +783,9 @@ Error HostFailure(Error error) {
   if (error.code != ErrorCode::kInterrupted && error.code != ErrorCode::kTrap) {
     return Error::Trap(TrapKind::kHostError, error.ToString());
   }
-  if (error.code == ErrorCode::kTrap && error.trap == TrapKind::kNone) error.trap = TrapKind::kHostError;
+  if (error.code == ErrorCode::kTrap && error.trap == TrapKind::kNone) {
+    error.trap = TrapKind::kHostError;
+  }
   return error;
 }
 
@@ -789,7 +794,8 @@ Error HostFailure(Error error) {
 bool SmInstance::HostTrampoline(JSContext* cx, unsigned argc, JS::Value* vp) {
   JS::CallArgs call = JS::CallArgsFromVp(argc, vp);
   JSObject* callee = &call.callee();
-  auto* binding = static_cast<const HostBinding*>(js::GetFunctionNativeReserved(callee, 0).toPrivate());
+  auto* binding =
+      static_cast<const HostBinding*>(js::GetFunctionNativeReserved(callee, 0).toPrivate());
   auto* self = static_cast<SmInstance*>(js::GetFunctionNativeReserved(callee, 1).toPrivate());
   const Linker::Entry* entry = binding->entry;
   const FuncType& type = entry->type;
@@ -938,7 +944,8 @@ Result<Value> SmInstance::GetGlobal(std::string_view name, ValType type) {
   JS::RootedValue v(cx_);
   if (!JS_GetProperty(cx_, global, "value", &v)) {
     PendingException exc = TakeException(cx_);
-    return MakeError(ErrorCode::kInvalidArgument, "global " + MessageName(name) + ": " + exc.message);
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "global " + MessageName(name) + ": " + exc.message);
   }
   return FromJs(cx_, v, type, /*bits=*/false);
 }
@@ -951,7 +958,8 @@ Result<void> SmInstance::SetGlobal(std::string_view name, const Value& value) {
   if (!ok) return MakeError(ErrorCode::kResourceExhausted, "out of memory");
   if (!JS_SetProperty(cx_, global, "value", v)) {
     PendingException exc = TakeException(cx_);
-    return MakeError(ErrorCode::kInvalidArgument, "global " + MessageName(name) + ": " + exc.message);
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "global " + MessageName(name) + ": " + exc.message);
   }
   return {};
 }
