@@ -12,7 +12,8 @@
 //    so that no float crosses a JS boundary (which canonicalises NaNs);
 //  - pass host imports with f32/f64 by bits too: the import gets the bits
 //    type and a defined wrapper with the original type takes its place in
-//    every call, ref.func, element segment and export;
+//    every call, ref.func (in code, globals, tables), element segment and
+//    export (no renumbering: the import keeps its index);
 //  - export every mutable global (reserved names for the unexported);
 //  - route every memory.grow through an appended function that charges a
 //    grant held in an exported mutable global;
@@ -21,7 +22,10 @@
 // Reserved names start with "\x01keel:" (wasm::kReservedPrefix); modules that
 // use that prefix themselves are refused by ReadModuleInfo. Function indices
 // of the original module are kept (appended functions come after them), so
-// the name section and backtraces stay right.
+// the name section and backtraces stay right. Whenever something is
+// appended, every function, type and global index in the code is checked
+// against the original's counts: an out-of-range index must not become a
+// reference to keel's additions.
 #ifndef KEEL_ENGINE_MODULE_REWRITE_H_
 #define KEEL_ENGINE_MODULE_REWRITE_H_
 
@@ -159,7 +163,9 @@ struct RewriteResult {
   std::optional<uint64_t> OriginalOffset(uint64_t offset) const;
 
   // Runs of bytes [out_begin, next run's out_begin) copied from the input
-  // starting at in_begin (kAdded: bytes keel wrote).
+  // at in_begin, or written in place of the input at in_begin (an
+  // instruction or index keel replaced); kAdded: bytes that stand for
+  // nothing in the input (keel's own sections and functions).
   static constexpr uint64_t kAdded = ~uint64_t{0};
   struct Run {
     uint64_t out_begin;
