@@ -847,24 +847,33 @@ class Rewriter {
 
   // An index into a space keel appends to must be in the original's range:
   // `call 40` in a module of 30 functions is invalid, and would silently
-  // call a wrapper once keel has appended ten.
+  // call a wrapper once keel has appended ten. Memory indices too, as an
+  // invalid one would vanish with the memory.grow keel replaces.
   Result<void> CheckIndex(const Reader& r, IndexKind kind, uint32_t index, size_t at) const {
     size_t space = 0;
     const char* what = "";
+    const char* plural = "";
     switch (kind) {
-      case IndexKind::kFunction: space = p_.func_types.size(), what = "function"; break;
-      case IndexKind::kType: space = p_.types.size(), what = "type"; break;
-      case IndexKind::kGlobal: space = p_.globals.size(), what = "global"; break;
+      case IndexKind::kFunction:
+        space = p_.func_types.size(), what = "function", plural = "functions";
+        break;
+      case IndexKind::kType: space = p_.types.size(), what = "type", plural = "types"; break;
+      case IndexKind::kGlobal: space = p_.globals.size(), what = "global", plural = "globals"; break;
+      // memory.grow is replaced, immediates and all: its index must be right.
+      case IndexKind::kMemory:
+        space = p_.memories.size(), what = "memory", plural = "memories";
+        break;
       default: return {};
     }
     if (index < space) [[likely]] return {};
-    return IndexOutOfRange(r, what, index, space, at);
+    return IndexOutOfRange(r, what, plural, index, space, at);
   }
 
   [[gnu::cold, gnu::noinline]] static tl::unexpected<Error> IndexOutOfRange(
-      const Reader& r, const char* what, uint32_t index, size_t space, size_t at) {
+      const Reader& r, const char* what, const char* plural, uint32_t index, size_t space,
+      size_t at) {
     return r.Fail(at, std::string(what) + " index " + std::to_string(index) + " out of range (" +
-                          std::to_string(space) + " " + what + "s)");
+                          std::to_string(space) + " " + plural + ")");
   }
 
   // Copies the constant expression or body code in r up to its end,

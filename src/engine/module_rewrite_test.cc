@@ -216,6 +216,7 @@ TEST(RewriteTest, RefusesIndicesThatAppendingWouldMakeValid) {
       {{0x23, 0x00, 0x1a}, "global index 0 out of range (0 globals)"},
       {{0x41, 0x00, 0x11, 0x01, 0x00}, "type index 1 out of range (1 types)"},
       {{0x02, 0x01, 0x0b}, "type index 1 out of range"},
+      {{0x41, 0x00, 0x40, 0x2c, 0x1a}, "memory index 44 out of range (1 memories)"},
   };
   for (const Case& c : cases) {
     Bytes bytes = BodyModule(c.code);
