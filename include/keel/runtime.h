@@ -96,8 +96,12 @@ class Module {
   struct Export {
     std::string name;
     std::string kind;   // "func", "memory", "table", "global", "tag"
-    FuncType type;      // for functions
+    FuncType type;      // for functions keel can call (empty for the others)
     bool byte_callable = false;  // usable with Pool::SubmitBytes
+    // As the module declares it, e.g. "func (i32) -> (i32)", also for
+    // functions keel cannot call: "func (v128) -> (funcref)".
+    std::string description;
+    bool callable = false;       // a function of i32, i64, f32 and f64 only
   };
   struct Import {
     std::string module;

@@ -40,9 +40,10 @@ class Value {
     return a.type_ == b.type_ && a.bits_ == b.bits_;
   }
 
-  // Decimal for integers; shortest round-trip form for floats ("nan",
-  // "inf", "-inf", "-0"), so that ParseValue(ToString(v)) == v except for
-  // NaN payloads.
+  // Decimal for integers; shortest round-trip form for floats ("inf",
+  // "-inf", "-0"); NaNs as in the WebAssembly text format: "nan" and "-nan"
+  // for the canonical quiet NaN, else "nan:0x<mantissa>" ("-nan:0x7fffff").
+  // ParseValue(type, v.ToString()) == v for every value, bit for bit.
   std::string ToString() const;
 
  private:
@@ -52,8 +53,11 @@ class Value {
 };
 
 // Parses text as a value of `type`: integers in decimal or 0x hex (i32
-// accepts -2^31..2^32-1), floats as strtod does plus nan/inf. nullopt when
-// the text is not a value of that type.
+// accepts -2^31..2^32-1); floats in decimal or hex float notation (rounded
+// once, to the type), "inf" / "infinity", and NaNs, each with an optional
+// sign: "nan" (canonical), "nan:0xM" (mantissa M exactly, so signaling NaNs
+// too), "nan(N)" (as C's strtod: quiet, payload N below the quiet bit).
+// nullopt when the text is not a value of that type.
 std::optional<Value> ParseValue(ValType type, std::string_view text);
 
 struct FuncType {

@@ -1,9 +1,13 @@
 #include "keel/value.h"
 
+#include <cctype>
 #include <charconv>
+#include <cinttypes>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <limits>
+#include <type_traits>
 
 namespace keel {
 
@@ -27,9 +31,30 @@ std::optional<ValType> ParseValType(std::string_view text) {
 
 namespace {
 
+// IEEE 754 layout of F: its bits as an unsigned integer, the mantissa mask
+// and the quiet bit (the mantissa's top bit).
+template <typename F>
+struct FloatBits {
+  using U = std::conditional_t<sizeof(F) == 4, uint32_t, uint64_t>;
+  static constexpr int kMantissaBits = sizeof(F) == 4 ? 23 : 52;
+  static constexpr U kMantissa = (U{1} << kMantissaBits) - 1;
+  static constexpr U kQuiet = U{1} << (kMantissaBits - 1);
+  static constexpr U kSign = U{1} << (sizeof(F) * 8 - 1);
+  static constexpr U kExponent = ~(kMantissa | kSign);
+};
+
 template <typename F>
 std::string FloatToString(F v) {
-  if (std::isnan(v)) return std::signbit(v) ? "-nan" : "nan";
+  using B = FloatBits<F>;
+  const auto bits = std::bit_cast<typename B::U>(v);
+  if (std::isnan(v)) {
+    std::string text = (bits & B::kSign) ? "-nan" : "nan";
+    const uint64_t mantissa = bits & B::kMantissa;
+    if (mantissa == B::kQuiet) return text;  // the canonical NaN
+    char buf[24];
+    std::snprintf(buf, sizeof buf, ":0x%" PRIx64, mantissa);
+    return text + buf;
+  }
   if (std::isinf(v)) return v < 0 ? "-inf" : "inf";
   char buf[64];
   // Shortest representation that reads back to the same value.
@@ -37,14 +62,63 @@ std::string FloatToString(F v) {
   return std::string(buf, end);
 }
 
+std::optional<uint64_t> ParseHexOrDecimal(std::string_view text) {
+  int base = 10;
+  if (text.size() > 2 && text[0] == '0' && (text[1] == 'x' || text[1] == 'X')) {
+    base = 16;
+    text.remove_prefix(2);
+  }
+  if (text.empty()) return std::nullopt;
+  uint64_t value = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value, base);
+  if (ec != std::errc() || end != text.data() + text.size()) return std::nullopt;
+  return value;
+}
+
+// "nan", "nan:0xM" (WebAssembly text: M is the whole mantissa, so signaling
+// NaNs can be written) and "nan(N)" (C's strtod: a quiet NaN with payload N
+// below the quiet bit), without their sign.
+template <typename F>
+std::optional<typename FloatBits<F>::U> ParseNanBits(std::string_view text) {
+  using B = FloatBits<F>;
+  if (!text.starts_with("nan")) return std::nullopt;
+  text.remove_prefix(3);
+  if (text.empty()) return B::kExponent | B::kQuiet;
+  if (text.starts_with(":0x") || text.starts_with(":0X")) {
+    auto mantissa = ParseHexOrDecimal(text.substr(1));
+    if (!mantissa || *mantissa == 0 || *mantissa > B::kMantissa) return std::nullopt;
+    return B::kExponent | static_cast<typename B::U>(*mantissa);
+  }
+  if (text.front() == '(' && text.back() == ')') {
+    std::string_view inner = text.substr(1, text.size() - 2);
+    auto payload = inner.empty() ? std::optional<uint64_t>(0) : ParseHexOrDecimal(inner);
+    if (!payload || *payload >= B::kQuiet) return std::nullopt;
+    return B::kExponent | B::kQuiet | static_cast<typename B::U>(*payload);
+  }
+  return std::nullopt;
+}
+
 template <typename F>
 std::optional<F> ParseFloat(std::string_view text) {
+  using B = FloatBits<F>;
+  bool negative = false;
+  std::string_view body = text;
+  if (!body.empty() && (body[0] == '-' || body[0] == '+')) {
+    negative = body[0] == '-';
+    body.remove_prefix(1);
+  }
+  if (auto nan = ParseNanBits<F>(body)) {
+    return std::bit_cast<F>(static_cast<typename B::U>(*nan | (negative ? B::kSign : 0)));
+  }
+  if (body == "inf" || body == "infinity") {
+    return negative ? -std::numeric_limits<F>::infinity() : std::numeric_limits<F>::infinity();
+  }
+  // Decimal or hex float text only: strtod would also skip leading space and
+  // read its own nan and inf spellings.
+  if (body.empty() || !(std::isdigit(static_cast<unsigned char>(body[0])) || body[0] == '.')) {
+    return std::nullopt;
+  }
   std::string s(text);
-  if (s == "nan" || s == "+nan") return std::numeric_limits<F>::quiet_NaN();
-  if (s == "-nan") return -std::numeric_limits<F>::quiet_NaN();
-  if (s == "inf" || s == "+inf") return std::numeric_limits<F>::infinity();
-  if (s == "-inf") return -std::numeric_limits<F>::infinity();
-  if (s.empty()) return std::nullopt;
   char* end = nullptr;
   F v;
   if constexpr (sizeof(F) == 4) {

@@ -1,6 +1,7 @@
 #include <cstdio>
 
 #include "base/file.h"
+#include "base/names.h"
 #include "cli/commands.h"
 #include "engine/module_info.h"
 
@@ -17,15 +18,16 @@ int Inspect(const InspectArgs& args) {
     std::fprintf(stderr, "keel: %s: %s\n", args.module_path.c_str(), info.error().message.c_str());
     return kExitBadModule;
   }
+  // Names print as themselves or as string literals ("" , "a\00b"): the
+  // form `keel run --invoke` reads back (base/names.h).
   std::printf("imports:\n");
   for (const auto& imp : info->imports) {
-    std::printf("  %s.%s: %s\n", imp.module.c_str(), imp.name.c_str(),
-                engine::Describe(imp.kind, imp.func, imp.limits).c_str());
+    std::printf("  %s.%s: %s\n", QuoteName(imp.module).c_str(), QuoteName(imp.name).c_str(),
+                engine::Describe(imp).c_str());
   }
   std::printf("exports:\n");
   for (const auto& exp : info->exports) {
-    std::printf("  %s: %s\n", exp.name.c_str(),
-                engine::Describe(exp.kind, exp.func, exp.limits).c_str());
+    std::printf("  %s: %s\n", QuoteName(exp.name).c_str(), engine::Describe(exp).c_str());
   }
   return kExitOk;
 }

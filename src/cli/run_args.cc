@@ -6,6 +6,7 @@
 #include <string_view>
 
 #include "base/duration.h"
+#include "base/names.h"
 
 namespace keel::cli {
 namespace {
@@ -21,11 +22,12 @@ struct RunOption {
 
 constexpr RunOption kRunOptions[] = {
     {"--invoke", "NAME",
-     "Call export NAME instead of _start (any name; --invoke '' is the empty one)",
+     "Call export NAME instead of _start (any name; --invoke '' is the empty one; "
+     "a NAME starting with \" is a string literal as keel inspect prints it, e.g. '\"a\\00b\"')",
      [](RunArgs& args, const std::string& value) {
-       // Taken literally, byte for byte. This is the one place where an
-       // escape syntax for names a shell cannot pass (NUL) would be decoded.
-       args.invoke = value;
+       auto name = ParseName(value);
+       if (!name) return "--invoke " + value + " is not a well-formed string literal";
+       args.invoke = std::move(*name);
        return std::string();
      }},
     {"--input", "FILE", "With --invoke: a byte call with FILE's bytes (- for stdin)",

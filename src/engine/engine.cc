@@ -3,6 +3,8 @@
 #include <cstring>
 #include <string>
 
+#include "base/names.h"
+
 namespace keel {
 namespace {
 
@@ -77,29 +79,30 @@ Result<Func> LookupFunc(const ModuleInfo& info, std::string_view name) {
     const ExportInfo& e = info.exports[i];
     if (e.name != name) continue;
     if (e.kind != ExternKind::kFunc) {
-      return MakeError(ErrorCode::kNotFound, "export '" + std::string(name) + "' is not a function");
+      return MakeError(ErrorCode::kNotFound, "export " + MessageName(name) + " is not a function");
     }
     if (!e.func_supported) {
       return MakeError(ErrorCode::kInvalidArgument,
-                       "export '" + std::string(name) +
-                           "' uses value types keel cannot pass (v128 or references)");
+                       "export " + MessageName(name) + " has type " + e.signature +
+                           ": keel passes only i32, i64, f32 and f64 (not v128 or references)");
     }
     return Func{i, &e.func};
   }
-  return MakeError(ErrorCode::kNotFound, "no export named '" + std::string(name) + "'");
+  return MakeError(ErrorCode::kNotFound, "no export named " + MessageName(name));
 }
 
 Result<void> CheckImports(const ModuleInfo& info, const Linker* linker) {
   for (const ImportInfo& imp : info.imports) {
-    std::string name = "'" + imp.module + "'.'" + imp.name + "'";
+    std::string name = MessageName(imp.module) + "." + MessageName(imp.name);
     if (imp.kind != ExternKind::kFunc) {
-      return MakeError(ErrorCode::kLinkError, "import " + name + " is a " +
-                                                  Describe(imp.kind, imp.func, imp.limits) +
+      return MakeError(ErrorCode::kLinkError, "import " + name + " is a " + Describe(imp) +
                                                   "; the host provides only functions");
     }
     if (!imp.func_supported) {
       return MakeError(ErrorCode::kLinkError,
-                       "import " + name + " uses value types the host cannot provide (v128 or references)");
+                       "import " + name + " has type " + imp.signature +
+                           ": the host provides only functions of i32, i64, f32 and f64 "
+                           "(not v128 or references)");
     }
     const Linker::Entry* entry = linker ? linker->Find(imp.module, imp.name) : nullptr;
     if (!entry) {

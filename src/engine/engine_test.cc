@@ -5,17 +5,21 @@
 #include <condition_variable>
 #include <limits>
 #include <mutex>
+#include <random>
 #include <thread>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include "base/file.h"
+#include "base/names.h"
+#include "engine/module_rewrite.h"
 
 namespace keel::engine {
 namespace {
 
 using ::testing::HasSubstr;
+using namespace std::string_literals;
 
 std::vector<uint8_t> Fixture(const std::string& name) {
   auto bytes = ReadFile(std::string(KEEL_FIXTURE_DIR) + "/" + name + ".wasm");
@@ -252,10 +256,211 @@ TEST_F(EngineTest, ValuesSurviveExactly) {
     ASSERT_TRUE(f);
     EXPECT_EQ((*f)[0], Value::F32(v)) << v;
   }
-  auto nan64 = Invoke(*instance, "id_f64", {Value::F64(std::nan(""))});
-  EXPECT_TRUE(std::isnan((*nan64)[0].f64()));
-  auto nan32 = Invoke(*instance, "id_f32", {Value::F32(std::nanf(""))});
-  EXPECT_TRUE(std::isnan((*nan32)[0].f32()));
+  // NaNs keep their sign and payload, signaling ones too.
+  for (uint64_t bits : {0x7ff8000000000000ull, 0xfff8000000000000ull, 0xffffffffffffffffull,
+                        0x7ff0000000000001ull, 0xfff7ffffffffffffull}) {
+    auto f = Invoke(*instance, "id_f64", {Value::FromBits(ValType::kF64, bits)});
+    ASSERT_TRUE(f) << f.error().ToString();
+    EXPECT_EQ((*f)[0].bits(), bits) << std::hex << bits;
+  }
+  for (uint32_t bits : {0x7fc00000u, 0xffc00000u, 0xffffffffu, 0x7f800001u, 0xffbfffffu}) {
+    auto f = Invoke(*instance, "id_f32", {Value::FromBits(ValType::kF32, bits)});
+    ASSERT_TRUE(f) << f.error().ToString();
+    EXPECT_EQ((*f)[0].bits(), bits) << std::hex << bits;
+  }
+}
+
+// The host side of values_exact.wat: echoes floats (recording the bits it
+// was given) and answers with NaNs of its own.
+struct FloatHost {
+  std::vector<uint64_t> seen;
+
+  std::shared_ptr<Linker> MakeLinker() {
+    auto linker = std::make_shared<Linker>();
+    auto echo = [this](Caller&, std::span<const Value> a, std::span<Value> r) -> Result<void> {
+      seen.push_back(a[0].bits());
+      r[0] = a[0];
+      return {};
+    };
+    linker->Define("host", "echo_f32", {{ValType::kF32}, {ValType::kF32}}, echo);
+    linker->Define("host", "echo_f64", {{ValType::kF64}, {ValType::kF64}}, echo);
+    linker->Define("host", "pair", {{ValType::kF32, ValType::kF64, ValType::kI32},
+                                    {ValType::kF64, ValType::kF32, ValType::kI32}},
+                   [this](Caller&, std::span<const Value> a, std::span<Value> r) -> Result<void> {
+                     seen.push_back(a[0].bits());
+                     seen.push_back(a[1].bits());
+                     r[0] = Value::FromBits(ValType::kF64, 0xfff4000000000001);
+                     r[1] = Value::FromBits(ValType::kF32, 0x7f800001);
+                     r[2] = Value::I32(a[2].i32() + 1);
+                     return {};
+                   });
+    linker->Define("host", "count", {{}, {ValType::kI32}},
+                   [](Caller&, std::span<const Value>, std::span<Value> r) -> Result<void> {
+                     r[0] = Value::I32(42);
+                     return {};
+                   });
+    return linker;
+  }
+};
+
+Value F32Bits(uint32_t bits) { return Value::FromBits(ValType::kF32, bits); }
+Value F64Bits(uint64_t bits) { return Value::FromBits(ValType::kF64, bits); }
+
+TEST_F(EngineTest, NanSignsAndPayloadsCrossEveryBoundary) {
+  FloatHost host;
+  auto instance = Instantiate(Compile("values_exact"), host.MakeLinker());
+  ASSERT_TRUE(instance);
+  auto one = [&](std::string_view name, std::vector<Value> args) {
+    auto r = Invoke(*instance, name, std::move(args));
+    EXPECT_TRUE(r) << name << ": " << r.error().ToString();
+    return r && !r->empty() ? (*r)[0] : Value();
+  };
+  // Into wasm, out of wasm, and both.
+  EXPECT_EQ(one("bits_f32", {F32Bits(0xffffffff)}), Value::I32(-1));
+  EXPECT_EQ(one("bits_f64", {F64Bits(0x7ff0000000000001)}), Value::I64(0x7ff0000000000001));
+  EXPECT_EQ(one("from_bits_f32", {Value::I32(0x7f800001)}), F32Bits(0x7f800001));
+  EXPECT_EQ(one("from_bits_f64", {Value::I64(-1)}), F64Bits(0xffffffffffffffff));
+  // Made by wasm: copysign(nan, -0) is the negative canonical NaN.
+  EXPECT_EQ(one("neg_nan_f64", {}), F64Bits(0xfff8000000000000));
+  EXPECT_EQ(one("neg_nan_f32", {}), F32Bits(0xffc00000));
+  EXPECT_EQ(one("neg_nan_f64", {}).ToString(), "-nan");
+  auto swapped = Invoke(*instance, "swap", {F32Bits(0xff800001), F64Bits(0x7ff4000000000000),
+                                            Value::I32(9)});
+  ASSERT_TRUE(swapped);
+  EXPECT_EQ(*swapped, (std::vector<Value>{Value::I32(9), F64Bits(0x7ff4000000000000),
+                                          F32Bits(0xff800001)}));
+
+  // Through host imports: by call, call_indirect, ref.func in code and in
+  // a global, and an import exported as it is.
+  EXPECT_EQ(one("call_echo_f32", {F32Bits(0xffbfffff)}), F32Bits(0xffbfffff));
+  EXPECT_EQ(one("call_echo_f64", {F64Bits(0xfff0000000000001)}), F64Bits(0xfff0000000000001));
+  EXPECT_EQ(one("indirect_f32", {F32Bits(0x7fa00000), Value::I32(0)}), F32Bits(0x7fa00000));
+  EXPECT_EQ(one("indirect_f32", {F32Bits(0x7fa00001), Value::I32(1)}), F32Bits(0x7fa00001));
+  EXPECT_EQ(one("ref_f64", {F64Bits(0x7ff0000000000002)}), F64Bits(0x7ff0000000000002));
+  EXPECT_EQ(one("global_ref_f64", {F64Bits(0x7ff0000000000003)}), F64Bits(0x7ff0000000000003));
+  EXPECT_EQ(one("reexport_f32", {F32Bits(0xff800002)}), F32Bits(0xff800002));
+  EXPECT_EQ(host.seen, (std::vector<uint64_t>{0xffbfffff, 0xfff0000000000001, 0x7fa00000,
+                                              0x7ff0000000000002, 0x7ff0000000000003,
+                                              0xff800002}));
+  host.seen.clear();
+  auto pair = Invoke(*instance, "call_pair", {F32Bits(0xff800003), F64Bits(0xffffffffffffffff),
+                                              Value::I32(1)});
+  ASSERT_TRUE(pair) << pair.error().ToString();
+  EXPECT_EQ(*pair, (std::vector<Value>{F64Bits(0xfff4000000000001), F32Bits(0x7f800001),
+                                       Value::I32(2)}));
+  EXPECT_EQ(host.seen, (std::vector<uint64_t>{0xff800003, 0xffffffffffffffff}));
+  EXPECT_EQ(one("count", {}), Value::I32(42));
+  EXPECT_FALSE(instance->poisoned());
+}
+
+TEST_F(EngineTest, EveryFloatPayloadRoundTrips) {
+  FloatHost host;
+  auto instance = Instantiate(Compile("values_exact"), host.MakeLinker());
+  ASSERT_TRUE(instance);
+  std::mt19937_64 rng(10);
+  for (int i = 0; i < 2000; ++i) {
+    // NaN payloads, both signs, quiet and signaling; then arbitrary bits.
+    const uint32_t mantissa = 1 + static_cast<uint32_t>(rng() % 0x7fffff);
+    const uint32_t f32 = i < 1000 ? (0x7f800000u | mantissa | (i % 2 ? 0x80000000u : 0))
+                                  : static_cast<uint32_t>(rng());
+    const uint64_t f64 = i < 1000 ? (0x7ff0000000000000ull | (1 + rng() % 0xfffffffffffffull) |
+                                     (i % 2 ? 0x8000000000000000ull : 0))
+                                  : rng();
+    for (const char* name : {"id_f32", "call_echo_f32"}) {
+      auto r = Invoke(*instance, name, {F32Bits(f32)});
+      ASSERT_TRUE(r) << r.error().ToString();
+      ASSERT_EQ((*r)[0], F32Bits(f32)) << name << " " << std::hex << f32;
+    }
+    for (const char* name : {"id_f64", "call_echo_f64"}) {
+      auto r = Invoke(*instance, name, {F64Bits(f64)});
+      ASSERT_TRUE(r) << r.error().ToString();
+      ASSERT_EQ((*r)[0], F64Bits(f64)) << name << " " << std::hex << f64;
+    }
+  }
+}
+
+TEST_F(EngineTest, TrapsInsideWrappedCodeReportTheModulesOwnFrames) {
+  FloatHost host;
+  auto module = Compile("values_exact");
+  auto instance = Instantiate(module, host.MakeLinker());
+  ASSERT_TRUE(instance);
+  auto r = Invoke(*instance, "trunc", {F64Bits(0xfff8000000000000)});
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().trap, TrapKind::kInvalidConversion);
+  // The offset is that of i32.trunc_f64_s in the module as given, not as
+  // compiled; keel's wrapper frame is not shown.
+  const ExportInfo* trunc = module->info().FindFuncExport("trunc");
+  ASSERT_NE(trunc, nullptr);
+  auto bodies = DecodeBodies(Fixture("values_exact"));
+  ASSERT_TRUE(bodies);
+  const uint32_t imported = 4;
+  size_t offset = 0;
+  for (const Instruction& in : (*bodies)[trunc->index - imported]) {
+    if (in.opcode == 0xaa) offset = in.begin;
+  }
+  char hex[32];
+  std::snprintf(hex, sizeof hex, "%zx", offset);
+  const std::string frame =
+      "wasm-function[" + std::to_string(trunc->index) + "] <trunc> @0x" + hex + "\n";
+  EXPECT_EQ(r.error().backtrace, frame);
+}
+
+TEST_F(EngineTest, NamesSpiderMonkeyCannotTakeStillWork) {
+  auto linker = std::make_shared<Linker>();
+  int32_t value = 1;
+  for (const auto& [module, name] : std::vector<std::pair<std::string, std::string>>{
+           {"", ""}, {"env\0x"s, "f\0g"s}, {"env", "f"}, {"caf\xc3\xa9", "\xc3\xa9"}}) {
+    linker->Define(module, name, {{}, {ValType::kI32}},
+                   [value](Caller&, std::span<const Value>, std::span<Value> r) -> Result<void> {
+                     r[0] = Value::I32(value);
+                     return {};
+                   });
+    value += 1;
+  }
+  auto module = Compile("names_exact");
+  ASSERT_TRUE(module);
+  auto instance = Instantiate(module, linker);
+  ASSERT_TRUE(instance);
+  const std::vector<std::pair<std::string, int32_t>> calls = {
+      {"", 1}, {"a", 2}, {"a\0b"s, 3}, {"\0"s, 4}, {"caf\xc3\xa9", 5}, {"call_imports", 4321}};
+  for (const auto& [name, expected] : calls) {
+    auto r = Invoke(*instance, name, {});
+    ASSERT_TRUE(r) << QuoteName(name) << ": " << r.error().ToString();
+    EXPECT_EQ((*r)[0], Value::I32(expected)) << QuoteName(name);
+    // Whatever keel prints for the name reads back to it.
+    auto back = ParseName(QuoteName(name));
+    ASSERT_TRUE(back);
+    EXPECT_TRUE(instance->Lookup(*back)) << QuoteName(name);
+  }
+  auto f = Invoke(*instance, "a\0f"s, {F64Bits(0xfff0000000000009)});
+  ASSERT_TRUE(f) << f.error().ToString();
+  EXPECT_EQ((*f)[0], F64Bits(0xfff0000000000009));
+  EXPECT_EQ(instance->Memory().size(), kWasmPageSize);  // exported as "mem\0ory"
+  // keel shows the module's own names, never the ones it compiled.
+  for (const ExportInfo& e : module->info().exports) EXPECT_FALSE(e.name.starts_with("\x01keel"));
+  EXPECT_NE(module->info().FindFuncExport("a\0b"s), nullptr);
+  EXPECT_NE(module->info().FindExport("mem\0ory"s), nullptr);
+  auto missing = Invoke(*instance, "a\0c"s, {});
+  ASSERT_FALSE(missing);
+  EXPECT_THAT(missing.error().message, HasSubstr("\"a\\00c\""));
+}
+
+TEST_F(EngineTest, V128AndReferenceExportsAreDescribedAndRefused) {
+  auto module = Compile("types_v128");
+  ASSERT_TRUE(module);
+  const ModuleInfo& info = module->info();
+  EXPECT_EQ(Describe(*info.FindExport("simd")), "func (v128) -> (funcref)");
+  EXPECT_EQ(Describe(*info.FindExport("ext")), "func (externref, i32) -> (externref)");
+  EXPECT_EQ(Describe(*info.FindExport("ok")), "func () -> (i32)");
+  auto instance = Instantiate(module);
+  ASSERT_TRUE(instance);
+  auto r = Invoke(*instance, "simd", {});
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, ErrorCode::kInvalidArgument);
+  EXPECT_THAT(r.error().message, HasSubstr("export 'simd' has type (v128) -> (funcref)"));
+  EXPECT_THAT(r.error().message, HasSubstr("keel passes only i32, i64, f32 and f64"));
+  EXPECT_TRUE(Invoke(*instance, "ok", {}));
+  EXPECT_FALSE(instance->poisoned());
 }
 
 TEST_F(EngineTest, MultiValueResults) {

@@ -259,6 +259,38 @@ TEST(ModuleInfoTest, StepsOverPostMvpEncodings) {
   EXPECT_EQ(sum->kind, ExternKind::kGlobal);
 }
 
+TEST(ModuleInfoTest, DescribesSignaturesKeelCannotCallAsTheyAre) {
+  auto info = ReadModuleInfo(LoadFixture("info_features"));
+  ASSERT_TRUE(info) << info.error().message;
+  EXPECT_EQ(Describe(info->imports[0]), "func (externref) -> (i32)");
+  EXPECT_EQ(Describe(*info->FindFuncExport("splat")), "func (i32) -> (v128)");
+  EXPECT_EQ(Describe(*info->FindFuncExport("is_null")), "func (externref) -> (i32)");
+  EXPECT_EQ(Describe(*info->FindFuncExport("dup")), "func (i32) -> (i32, i32)");
+  EXPECT_EQ(Describe(*info->FindExport("refs")), "table 1..");
+  EXPECT_EQ(info->FindFuncExport("splat")->signature, "(i32) -> (v128)");
+  // Typed references, from hand-written types.
+  Bytes refs = Module({{1, {0x01, 0x60, 0x02, 0x63, 0x00, 0x64, 0x70, 0x01, 0x69}},
+                       {3, {0x01, 0x00}},
+                       {7, Exports({Cat({Name("f"), {0x00, 0x00}})})},
+                       {10, {0x01, 0x02, 0x00, 0x0b}}});
+  auto typed = ReadModuleInfo(refs);
+  ASSERT_TRUE(typed) << typed.error().message;
+  EXPECT_EQ(Describe(typed->exports[0]), "func ((ref null 0), (ref func)) -> (exnref)");
+}
+
+TEST(ModuleInfoTest, RefusesNamesWithKeelsReservedPrefix) {
+  for (const Bytes& bytes :
+       {Module({{1, kAddType}, {3, kOneFunc}, {7, Exports({Cat({Name("\x01keel:e:0"), {0x00, 0x00}})})},
+                {10, kAddCode}}),
+        Module({{1, kAddType}, {2, Cat({{0x01}, Name("\x01keel:"), Name("f"), {0x00, 0x00}})}})}) {
+    EXPECT_THAT(ErrorOf(bytes), HasSubstr("reserved for keel's own use"));
+  }
+  // A name that merely contains it, or starts with part of it, is fine.
+  EXPECT_TRUE(ReadModuleInfo(
+      Module({{1, kAddType}, {3, kOneFunc}, {7, Exports({Cat({Name("x\x01keel:"), {0x00, 0x00}})})},
+              {10, kAddCode}})));
+}
+
 TEST(ModuleInfoTest, ReadsSharedAndMemory64Limits) {
   auto shared = ReadModuleInfo(LoadFixture("info_shared"));
   ASSERT_TRUE(shared) << shared.error().message;

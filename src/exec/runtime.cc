@@ -82,10 +82,12 @@ Result<std::shared_ptr<const Module>> Runtime::Compile(std::span<const uint8_t> 
   for (const auto& e : info.exports) {
     Module::Export exp{e.name, KindName(e.kind), e.func, false};
     exp.byte_callable = e.kind == engine::ExternKind::kFunc && abi::CheckByteExport(info, e.name).has_value();
+    exp.description = engine::Describe(e);
+    exp.callable = e.kind == engine::ExternKind::kFunc && e.func_supported;
     module->exports_.push_back(std::move(exp));
   }
   for (const auto& i : info.imports) {
-    module->imports_.push_back({i.module, i.name, engine::Describe(i.kind, i.func, i.limits)});
+    module->imports_.push_back({i.module, i.name, engine::Describe(i)});
   }
   return std::shared_ptr<const Module>(std::move(module));
 }

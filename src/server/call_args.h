@@ -4,12 +4,14 @@
 // omitted for exports without parameters). Per parameter type:
 //   i32, i64  a JSON integer, or a string in decimal or 0x hex; i32 takes
 //             -2^31..2^32-1 (the unsigned spelling of the same bits)
-//   f32, f64  a JSON number, or a string: "nan", "inf", "-inf", or any
-//             number text; rounded once, from the text, to the type
+//   f32, f64  a JSON number, or a string: any number text (rounded once,
+//             from the text, to the type), "inf", "-inf", or a NaN with its
+//             sign and payload: "nan", "-nan", "nan:0x7fffff" (the mantissa,
+//             as in the WebAssembly text format), "-nan(0x3fffff)" (C's)
 // Response: {"results": [...]}: i32 as a JSON integer, i64 as a decimal
 // string (JSON numbers lose precision beyond 2^53 in most clients), f32 and
 // f64 as the shortest number text that reads back to the same value, or
-// "nan", "-nan", "inf", "-inf".
+// "inf", "-inf", "nan", "-nan", "nan:0x1", ... (Value::ToString: exact).
 #ifndef KEEL_SERVER_CALL_ARGS_H_
 #define KEEL_SERVER_CALL_ARGS_H_
 

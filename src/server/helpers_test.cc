@@ -64,6 +64,20 @@ TEST(CallArgsTest, FormatsResults) {
             "[-5,\"-9223372036854775808\",0.1,-0,\"nan\",\"-inf\",1e+300]");
 }
 
+TEST(CallArgsTest, KeepsNanSignsAndPayloadsBothWays) {
+  const FuncType floats{{ValType::kF32, ValType::kF64, ValType::kF32}, {}};
+  auto v = ParseCallArgs(R"j({"args": ["-nan(0x3fffff)", "-nan(0x7ffffffffffff)", "nan:0x1"]})j",
+                         floats);
+  ASSERT_TRUE(v) << v.error().message;
+  EXPECT_EQ((*v)[0].bits(), 0xffffffffu);
+  EXPECT_EQ((*v)[1].bits(), 0xffffffffffffffffu);
+  EXPECT_EQ((*v)[2].bits(), 0x7f800001u);  // signaling
+  EXPECT_EQ(FormatResults(*v), "[\"-nan:0x7fffff\",\"-nan:0xfffffffffffff\",\"nan:0x1\"]");
+  auto back = ParseCallArgs("{\"args\": " + FormatResults(*v) + "}", floats);
+  ASSERT_TRUE(back);
+  EXPECT_EQ(*back, *v);
+}
+
 TEST(HttpTest, StatusCodes) {
   EXPECT_EQ(StatusForError(Error(ErrorCode::kNotFound, "")), 404);
   EXPECT_EQ(StatusForError(Error(ErrorCode::kOverloaded, "")), 429);

@@ -212,7 +212,7 @@ TEST(CliTest, InvokeTakesAnyExportNameVerbatim) {
        {Words{"run", "--invoke", "", Guest("hello")}, Words{"run", "--invoke=", Guest("hello")}}) {
     r = Keel(argv);
     EXPECT_EQ(r.exit_code, 64);
-    EXPECT_THAT(r.err, HasSubstr("no export named ''"));
+    EXPECT_THAT(r.err, HasSubstr("no export named \"\""));
     EXPECT_THAT(r.out, Not(HasSubstr("hello from keel")));
   }
 }
@@ -230,6 +230,58 @@ TEST(CliTest, PreopensAreOffUnlessAsked) {
   EXPECT_THAT(r.out, HasSubstr("keel_escape_abs -> /etc/passwd: EPERM"));
   EXPECT_TRUE(std::filesystem::is_empty(dir)) << r.out;
   std::filesystem::remove_all(dir);
+}
+
+TEST(CliTest, InspectPrintsEveryNameUnambiguously) {
+  ProcessResult r = Keel({"inspect", Fixture("names_exact")});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  // Plain names as they are; the others as WebAssembly string literals,
+  // the form `keel run --invoke` reads back.
+  EXPECT_THAT(r.out, HasSubstr("\n  a: func () -> (i32)\n"));
+  EXPECT_THAT(r.out, HasSubstr("\n  \"\": func () -> (i32)\n"));
+  EXPECT_THAT(r.out, HasSubstr("\n  \"a\\00b\": func () -> (i32)\n"));
+  EXPECT_THAT(r.out, HasSubstr("\n  \"\\00\": func () -> (i32)\n"));
+  EXPECT_THAT(r.out, HasSubstr("\n  \"caf\\u{e9}\": func () -> (i32)\n"));
+  EXPECT_THAT(r.out, HasSubstr("\n  \"mem\\00ory\": memory 1.. pages\n"));
+  EXPECT_THAT(r.out, HasSubstr("\n  \"\".\"\": func () -> (i32)\n"));
+  EXPECT_THAT(r.out, HasSubstr("\n  \"env\\00x\".\"f\\00g\": func () -> (i32)\n"));
+  EXPECT_THAT(r.out, HasSubstr("\n  env.f: func () -> (i32)\n"));
+  EXPECT_EQ(r.out.find('\0'), std::string::npos);
+  EXPECT_EQ(r.out.find("keel:"), std::string::npos);  // keel's own renamings never show
+
+  // Whatever inspect prints, --invoke takes back.
+  const std::string names = KEEL_CLI_NAMES;
+  ProcessResult nul = Keel({"run", names, "--invoke", "\"a\\00b\""});
+  EXPECT_EQ(nul.exit_code, 0) << nul.err;
+  EXPECT_EQ(nul.out, "4\n");
+  ProcessResult bad = Keel({"run", names, "--invoke", "\"unterminated"});
+  EXPECT_EQ(bad.exit_code, 64);
+  EXPECT_THAT(bad.err, HasSubstr("not a well-formed string literal"));
+
+  ProcessResult types = Keel({"inspect", Fixture("types_v128")});
+  ASSERT_EQ(types.exit_code, 0) << types.err;
+  EXPECT_THAT(types.out, HasSubstr("simd: func (v128) -> (funcref)"));
+  EXPECT_THAT(types.out, HasSubstr("ext: func (externref, i32) -> (externref)"));
+}
+
+TEST(CliTest, RunInvokeKeepsNanSignsAndPayloads) {
+  struct Case {
+    const char* func;
+    const char* arg;
+    const char* out;
+  };
+  const std::vector<Case> cases = {
+      {"id_f32", "-nan(0x3fffff)", "-nan:0x7fffff\n"},
+      {"id_f64", "-nan(0x7ffffffffffff)", "-nan:0xfffffffffffff\n"},
+      {"id_f32", "nan:0x1", "nan:0x1\n"},  // signaling
+      {"id_f64", "-nan", "-nan\n"},
+      {"id_f32", "-0", "-0\n"},
+  };
+  for (const Case& c : cases) {
+    ProcessResult r = Keel({"run", Fixture("engine_basic"), "--invoke", c.func, "--", c.arg});
+    ASSERT_EQ(r.exit_code, 0) << c.arg << ": " << r.err;
+    EXPECT_EQ(r.out, c.out) << c.arg;
+  }
 }
 
 }  // namespace

@@ -26,6 +26,8 @@
 
 #include <atomic>
 #include <charconv>
+#include <cinttypes>
+#include <cstdio>
 #include <condition_variable>
 #include <deque>
 #include <map>
@@ -33,8 +35,10 @@
 #include <thread>
 #include <unordered_map>
 
+#include "engine/spidermonkey/sm_engine.h"
+
 #include "base/mutex.h"
-#include "engine/engine.h"
+#include "base/names.h"
 
 namespace keel::engine {
 namespace {
@@ -128,9 +132,23 @@ bool IsTableOpcodeAt(std::span<const uint8_t> code, uint64_t offset) {
   return false;
 }
 
+// The code offset in a frame's ":0x1a3", translated from the compiled
+// (rewritten) module to the module as given.
+std::string FrameOffset(std::string_view hex, const RewriteResult& rewrite) {
+  uint64_t offset = 0;
+  auto [end, ec] = std::from_chars(hex.data(), hex.data() + hex.size(), offset, 16);
+  if (ec != std::errc()) return "0x" + std::string(hex);
+  char buf[24];
+  std::snprintf(buf, sizeof buf, "0x%" PRIx64, rewrite.OriginalOffset(offset).value_or(offset));
+  return buf;
+}
+
 // Rewrites SpiderMonkey's frames as "wasm-function[7] <name> @0x1a3", one
-// per line, innermost first.
-std::string FormatBacktrace(std::string_view raw, const std::function<const std::string*(uint32_t)>& name_of) {
+// per line, innermost first, with offsets into the module as given; frames
+// of keel's own wrapper functions are left out.
+std::string FormatBacktrace(std::string_view raw,
+                            const std::function<const std::string*(uint32_t)>& name_of,
+                            const RewriteResult& rewrite) {
   std::string out;
   size_t pos = 0;
   while (pos < raw.size()) {
@@ -146,10 +164,11 @@ std::string FormatBacktrace(std::string_view raw, const std::function<const std:
     size_t close = line.find(']', at);
     uint32_t index = 0;
     std::from_chars(line.data() + at + 14, line.data() + close, index);
+    if (index >= rewrite.original_functions) continue;
     out += "wasm-function[" + std::to_string(index) + "]";
     if (const std::string* name = name_of(index)) out += " <" + *name + ">";
     size_t off = line.find(":0x", close);
-    if (off != std::string_view::npos) out += " @" + std::string(line.substr(off + 1));
+    if (off != std::string_view::npos) out += " @" + FrameOffset(line.substr(off + 3), rewrite);
     out += "\n";
   }
   return out;
@@ -158,14 +177,22 @@ std::string FormatBacktrace(std::string_view raw, const std::function<const std:
 // ---------------------------------------------------------------------------
 // Values
 
-JS::Value ToJs(JSContext* cx, const Value& v, bool* ok) {
+// With `bits`, f32 and f64 cross the JS boundary as the i32 and i64 of
+// their bit patterns (the rewritten module reinterprets them), because JS
+// numbers canonicalise NaNs. Without it, floats go as JS numbers, NaNs
+// canonicalised: a double whose bits are a non-canonical NaN is not a valid
+// JS::Value (SpiderMonkey would read it as a tagged pointer).
+JS::Value ToJs(JSContext* cx, const Value& v, bool bits, bool* ok) {
   *ok = true;
-  switch (v.type()) {
+  ValType type = v.type();
+  if (bits && type == ValType::kF32) return JS::Int32Value(static_cast<int32_t>(v.bits()));
+  if (bits && type == ValType::kF64) type = ValType::kI64;
+  switch (type) {
     case ValType::kI32: return JS::Int32Value(v.i32());
-    case ValType::kF32: return JS::DoubleValue(static_cast<double>(v.f32()));
-    case ValType::kF64: return JS::DoubleValue(v.f64());
+    case ValType::kF32: return JS::CanonicalizedDoubleValue(static_cast<double>(v.f32()));
+    case ValType::kF64: return JS::CanonicalizedDoubleValue(v.f64());
     case ValType::kI64: {
-      JS::BigInt* big = JS::NumberToBigInt(cx, v.i64());
+      JS::BigInt* big = JS::NumberToBigInt(cx, static_cast<int64_t>(v.bits()));
       if (!big) {
         *ok = false;
         return JS::UndefinedValue();
@@ -178,10 +205,18 @@ JS::Value ToJs(JSContext* cx, const Value& v, bool* ok) {
 
 double NumberOf(const JS::Value& v) { return v.isInt32() ? v.toInt32() : v.toDouble(); }
 
-// Converts a value the engine produced for a declared wasm type. Values that
-// came out of wasm always have the right JS representation; values a JS
-// function could forge never reach here.
-Result<Value> FromJs(JSContext* cx, JS::HandleValue v, ValType type) {
+// Converts a value the engine produced for a declared wasm type (passed by
+// bits when `bits`, see ToJs). Values that came out of wasm always have the
+// right JS representation; values a JS function could forge never reach
+// here.
+Result<Value> FromJs(JSContext* cx, JS::HandleValue v, ValType type, bool bits) {
+  if (bits && (type == ValType::kF32 || type == ValType::kF64)) {
+    const ValType carrier = type == ValType::kF32 ? ValType::kI32 : ValType::kI64;
+    auto raw = FromJs(cx, v, carrier, /*bits=*/false);
+    if (!raw) return raw;
+    const uint64_t mask = type == ValType::kF32 ? 0xffffffffu : ~uint64_t{0};
+    return Value::FromBits(type, raw->bits() & mask);
+  }
   switch (type) {
     case ValType::kI32: {
       int32_t i;
@@ -204,6 +239,27 @@ Result<Value> FromJs(JSContext* cx, JS::HandleValue v, ValType type) {
                    std::string("engine returned a value that is not ") + std::string(ToString(type)));
 }
 
+// Property access by a UTF-8 name of any content: JS_GetProperty's
+// `const char*` is read as Latin-1 and ends at the first NUL.
+bool NameToId(JSContext* cx, std::string_view name, JS::MutableHandleId id) {
+  JSString* chars = JS_NewStringCopyUTF8N(cx, JS::UTF8Chars(name.data(), name.size()));
+  if (!chars) return false;
+  JS::RootedString str(cx, chars);
+  return JS_StringToId(cx, str, id);
+}
+
+bool GetNamed(JSContext* cx, JS::HandleObject obj, std::string_view name,
+              JS::MutableHandleValue value) {
+  JS::RootedId id(cx);
+  return NameToId(cx, name, &id) && JS_GetPropertyById(cx, obj, id, value);
+}
+
+bool DefineNamed(JSContext* cx, JS::HandleObject obj, std::string_view name,
+                 JS::HandleObject value) {
+  JS::RootedId id(cx);
+  return NameToId(cx, name, &id) && JS_DefinePropertyById(cx, obj, id, value, JSPROP_ENUMERATE);
+}
+
 // Values of one host call: inline when few (the common case), else on
 // the heap.
 class ValueBuffer {
@@ -224,22 +280,26 @@ class ValueBuffer {
 // ---------------------------------------------------------------------------
 // Modules
 
+// A module as keel shows it (info_: the original's names, signatures and
+// indices) and as SpiderMonkey compiled it (rewrite_: renamed exports and
+// imports, float wrappers; see module_rewrite.h).
 class SmModule final : public Module {
  public:
-  SmModule(ModuleInfo info, CompileOptions options, std::vector<uint8_t> bytes,
+  SmModule(ModuleInfo info, CompileOptions options, RewriteResult rewrite,
            RefPtr<JS::WasmModule> module)
       : info_(std::move(info)),
         options_(options),
-        bytes_(std::move(bytes)),
+        rewrite_(std::move(rewrite)),
         module_(std::move(module)) {
     for (const ExportInfo& e : info_.exports) {
-      if (e.kind == ExternKind::kFunc) func_names_.emplace(e.index, e.name);
+      if (e.kind == ExternKind::kFunc) func_names_.emplace(e.index, QuoteName(e.name));
     }
   }
   const ModuleInfo& info() const override { return info_; }
   const CompileOptions& options() const override { return options_; }
   JS::WasmModule* wasm_module() const { return module_.get(); }
-  std::span<const uint8_t> bytes() const { return bytes_; }
+  std::span<const uint8_t> bytes() const { return rewrite_.bytes; }
+  const RewriteResult& rewrite() const { return rewrite_; }
   const std::string* FuncName(uint32_t index) const {
     auto it = func_names_.find(index);
     return it == func_names_.end() ? nullptr : &it->second;
@@ -248,7 +308,7 @@ class SmModule final : public Module {
  private:
   ModuleInfo info_;
   CompileOptions options_;
-  std::vector<uint8_t> bytes_;  // as compiled (memory capped)
+  RewriteResult rewrite_;  // the bytes as compiled, and how to reach exports and imports
   std::map<uint32_t, std::string> func_names_;
   RefPtr<JS::WasmModule> module_;
 };
@@ -415,6 +475,16 @@ class SmInstance final : public Instance, public Caller {
 
   Result<void> Initialize(uint64_t call_tag);
   static bool HostTrampoline(JSContext* cx, unsigned argc, JS::Value* vp);
+  // The exported WebAssembly.Global `name` (rewritten module's name).
+  Result<Value> GetGlobal(std::string_view name, ValType type);
+  Result<void> SetGlobal(std::string_view name, const Value& value);
+
+  // What a host function's JS trampoline needs: the host function, and
+  // whether its floats cross by bits (see ToJs).
+  struct HostBinding {
+    const Linker::Entry* entry;
+    bool bits;
+  };
 
  private:
   // Runs fn() (which enters the guest) as the call `call_tag`, and turns a
@@ -422,8 +492,10 @@ class SmInstance final : public Instance, public Caller {
   template <typename Fn>
   Result<void> Guarded(uint64_t call_tag, std::string_view what, Fn&& fn);
   JSObject* ExportObject(uint32_t export_index) const;
+  Result<void> BuildImportObject(JS::HandleObject imports);
   std::string Backtrace(std::string_view raw) const {
-    return FormatBacktrace(raw, [this](uint32_t index) { return module_->FuncName(index); });
+    return FormatBacktrace(
+        raw, [this](uint32_t index) { return module_->FuncName(index); }, module_->rewrite());
   }
 
   SmContext* ctx_;
@@ -440,6 +512,7 @@ class SmInstance final : public Instance, public Caller {
   std::string poison_reason_;
   bool in_call_ = false;
   std::optional<Error> host_error_;  // the error a host function ended the call with
+  std::vector<HostBinding> host_bindings_;  // by import index; never reallocated
   friend class SmContext;
 };
 
@@ -688,8 +761,8 @@ JSObject* SmInstance::ExportObject(uint32_t export_index) const {
   auto& slot = funcs_[export_index];
   if (!slot) {
     JS::RootedValue v(cx_);
-    const std::string& name = module_->info().exports[export_index].name;
-    if (!JS_GetProperty(cx_, exports_, name.c_str(), &v) || !v.isObject()) {
+    const std::string& name = module_->rewrite().exports[export_index].call_name;
+    if (!GetNamed(cx_, exports_, name, &v) || !v.isObject()) {
       JS_ClearPendingException(cx_);
       return nullptr;
     }
@@ -698,6 +771,65 @@ JSObject* SmInstance::ExportObject(uint32_t export_index) const {
   return slot->get();
 }
 
+namespace {
+
+// kInvalidArgument unless `args` and `results` fit the export's type.
+Result<void> CheckCallShape(const ExportInfo& exp, std::span<const Value> args,
+                            std::span<Value> results) {
+  const FuncType& type = exp.func;
+  auto name = [&exp] { return MessageName(exp.name); };  // only on failure: calls are hot
+  if (args.size() != type.params.size()) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "export " + name() + " takes " + std::to_string(type.params.size()) +
+                         " argument(s) " + type.ToString() + ", got " +
+                         std::to_string(args.size()));
+  }
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i].type() != type.params[i]) {
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "export " + name() + " argument " + std::to_string(i + 1) + " is " +
+                           std::string(ToString(type.params[i])) + ", got " +
+                           std::string(ToString(args[i].type())));
+    }
+  }
+  if (results.size() != type.results.size()) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "export " + name() + " returns " + std::to_string(type.results.size()) +
+                         " value(s), space for " + std::to_string(results.size()) + " given");
+  }
+  return {};
+}
+
+// Fills `results` from a call's return value: the value itself, or an
+// array of them for multi-value.
+Result<void> ReadResults(JSContext* cx, JS::HandleValue rval, const FuncType& type, bool bits,
+                         std::span<Value> results) {
+  if (type.results.size() == 1) {
+    auto v = FromJs(cx, rval, type.results[0], bits);
+    if (!v) return MakeError(v.error());
+    results[0] = *v;
+    return {};
+  }
+  if (type.results.empty()) return {};
+  if (!rval.isObject()) {
+    return MakeError(ErrorCode::kInternal, "multi-value result is not an array");
+  }
+  JS::RootedObject array(cx, &rval.toObject());
+  JS::RootedValue element(cx);
+  for (uint32_t i = 0; i < type.results.size(); ++i) {
+    if (!JS_GetElement(cx, array, i, &element)) {
+      JS_ClearPendingException(cx);
+      return MakeError(ErrorCode::kInternal, "multi-value result unreadable");
+    }
+    auto v = FromJs(cx, element, type.results[i], bits);
+    if (!v) return MakeError(v.error());
+    results[i] = *v;
+  }
+  return {};
+}
+
+}  // namespace
+
 Result<void> SmInstance::Call(const Func& func, std::span<const Value> args,
                               std::span<Value> results, uint64_t call_tag) {
   const auto& exports = module_->info().exports;
@@ -705,35 +837,20 @@ Result<void> SmInstance::Call(const Func& func, std::span<const Value> args,
     return MakeError(ErrorCode::kInvalidArgument, "not a function of this instance");
   }
   const ExportInfo& exp = exports[func.export_index];
-  const FuncType& type = exp.func;
-  if (args.size() != type.params.size()) {
-    return MakeError(ErrorCode::kInvalidArgument,
-                     "export '" + exp.name + "' takes " + std::to_string(type.params.size()) +
-                         " argument(s) " + type.ToString() + ", got " +
-                         std::to_string(args.size()));
-  }
-  for (size_t i = 0; i < args.size(); ++i) {
-    if (args[i].type() != type.params[i]) {
-      return MakeError(ErrorCode::kInvalidArgument,
-                       "export '" + exp.name + "' argument " + std::to_string(i + 1) + " is " +
-                           std::string(ToString(type.params[i])) + ", got " +
-                           std::string(ToString(args[i].type())));
-    }
-  }
-  if (results.size() != type.results.size()) {
-    return MakeError(ErrorCode::kInvalidArgument,
-                     "export '" + exp.name + "' returns " + std::to_string(type.results.size()) +
-                         " value(s), space for " + std::to_string(results.size()) + " given");
-  }
+  if (auto ok = CheckCallShape(exp, args, results); !ok) return ok;
   JSObject* fn_obj = ExportObject(func.export_index);
-  if (!fn_obj) return MakeError(ErrorCode::kInternal, "export '" + exp.name + "' not found in instance");
+  if (!fn_obj) {
+    return MakeError(ErrorCode::kInternal,
+                     "export " + MessageName(exp.name) + " not found in instance");
+  }
+  const bool bits = module_->rewrite().exports[func.export_index].bits;
 
   JS::RootedValue fn(cx_, JS::ObjectValue(*fn_obj));
   JS::RootedValueVector js_args(cx_);
   if (!js_args.reserve(args.size())) return MakeError(ErrorCode::kResourceExhausted, "out of memory");
   for (const Value& v : args) {
     bool ok;
-    JS::Value js = ToJs(cx_, v, &ok);
+    JS::Value js = ToJs(cx_, v, bits, &ok);
     if (!ok) return MakeError(ErrorCode::kResourceExhausted, "out of memory");
     js_args.infallibleAppend(js);
   }
@@ -742,27 +859,7 @@ Result<void> SmInstance::Call(const Func& func, std::span<const Value> args,
     return JS::Call(cx_, JS::UndefinedHandleValue, fn, JS::HandleValueArray(js_args), &rval);
   });
   if (!called) return called;
-
-  if (type.results.size() == 1) {
-    auto v = FromJs(cx_, rval, type.results[0]);
-    if (!v) return MakeError(v.error());
-    results[0] = *v;
-  } else if (type.results.size() > 1) {
-    // Multi-value results come back as an array.
-    if (!rval.isObject()) return MakeError(ErrorCode::kInternal, "multi-value result is not an array");
-    JS::RootedObject array(cx_, &rval.toObject());
-    JS::RootedValue element(cx_);
-    for (uint32_t i = 0; i < type.results.size(); ++i) {
-      if (!JS_GetElement(cx_, array, i, &element)) {
-        JS_ClearPendingException(cx_);
-        return MakeError(ErrorCode::kInternal, "multi-value result unreadable");
-      }
-      auto v = FromJs(cx_, element, type.results[i]);
-      if (!v) return MakeError(v.error());
-      results[i] = *v;
-    }
-  }
-  return {};
+  return ReadResults(cx_, rval, exp.func, bits, results);
 }
 
 std::span<uint8_t> SmInstance::Memory() {
@@ -780,17 +877,55 @@ std::span<uint8_t> SmInstance::Memory() {
   return {data, length};
 }
 
+namespace {
+
+// Hands a host function's results back to the guest: undefined, the value,
+// or an array of them for multi-value.
+bool SetHostResults(JSContext* cx, std::span<const Value> results, bool bits,
+                    JS::MutableHandleValue rval) {
+  bool ok = true;
+  if (results.empty()) {
+    rval.setUndefined();
+  } else if (results.size() == 1) {
+    rval.set(ToJs(cx, results[0], bits, &ok));
+  } else {
+    JS::RootedValueVector values(cx);
+    for (const Value& r : results) {
+      JS::Value v = ToJs(cx, r, bits, &ok);
+      if (!ok || !values.append(v)) return false;
+    }
+    JSObject* array = JS::NewArrayObject(cx, values);
+    if (!array) return false;
+    rval.setObject(*array);
+  }
+  return ok;
+}
+
+Error HostFailure(Error error) {
+  if (error.code != ErrorCode::kInterrupted && error.code != ErrorCode::kTrap) {
+    return Error::Trap(TrapKind::kHostError, error.ToString());
+  }
+  if (error.code == ErrorCode::kTrap && error.trap == TrapKind::kNone) {
+    error.trap = TrapKind::kHostError;
+  }
+  return error;
+}
+
+}  // namespace
+
 bool SmInstance::HostTrampoline(JSContext* cx, unsigned argc, JS::Value* vp) {
   JS::CallArgs call = JS::CallArgsFromVp(argc, vp);
   JSObject* callee = &call.callee();
-  auto* entry = static_cast<const Linker::Entry*>(js::GetFunctionNativeReserved(callee, 0).toPrivate());
+  auto* binding =
+      static_cast<const HostBinding*>(js::GetFunctionNativeReserved(callee, 0).toPrivate());
   auto* self = static_cast<SmInstance*>(js::GetFunctionNativeReserved(callee, 1).toPrivate());
+  const Linker::Entry* entry = binding->entry;
   const FuncType& type = entry->type;
 
   ValueBuffer args_buf(type.params.size());
   std::span<Value> args = args_buf.span();
   for (size_t i = 0; i < type.params.size(); ++i) {
-    auto v = FromJs(cx, call.get(i), type.params[i]);
+    auto v = FromJs(cx, call.get(i), type.params[i], binding->bits);
     if (!v) {
       self->host_error_ = Error::Trap(TrapKind::kHostError, v.error().message);
       return false;
@@ -808,13 +943,7 @@ bool SmInstance::HostTrampoline(JSContext* cx, unsigned argc, JS::Value* vp) {
   // run (or still be running) once the function has returned.
   self->ctx_->interrupt_state().ClearHook();
   if (!outcome) {
-    Error error = std::move(outcome.error());
-    if (error.code != ErrorCode::kInterrupted && error.code != ErrorCode::kTrap) {
-      error = Error::Trap(TrapKind::kHostError, error.ToString());
-    } else if (error.code == ErrorCode::kTrap && error.trap == TrapKind::kNone) {
-      error.trap = TrapKind::kHostError;
-    }
-    self->host_error_ = std::move(error);
+    self->host_error_ = HostFailure(std::move(outcome.error()));
     // Uncatchable: the guest cannot intercept a host trap or an exit.
     return false;
   }
@@ -827,24 +956,41 @@ bool SmInstance::HostTrampoline(JSContext* cx, unsigned argc, JS::Value* vp) {
       return false;
     }
   }
-  if (results.empty()) {
-    call.rval().setUndefined();
-  } else if (results.size() == 1) {
-    bool ok;
-    call.rval().set(ToJs(cx, results[0], &ok));
-    if (!ok) return false;
-  } else {
-    JS::RootedValueVector values(cx);
-    for (const Value& r : results) {
-      bool ok;
-      JS::Value v = ToJs(cx, r, &ok);
-      if (!ok || !values.append(v)) return false;
+  return SetHostResults(cx, results, binding->bits, call.rval());
+}
+
+// The import object: {module: {name: host function}}, under the names the
+// rewritten module imports.
+Result<void> SmInstance::BuildImportObject(JS::HandleObject imports) {
+  const ModuleInfo& info = module_->info();
+  const RewriteResult& rewrite = module_->rewrite();
+  host_bindings_.reserve(info.imports.size());  // the functions point into it
+  for (size_t i = 0; i < info.imports.size(); ++i) {
+    const ImportInfo& imp = info.imports[i];
+    const RewrittenImport& js = rewrite.imports[i];
+    JS::RootedValue ns(cx_);
+    JS::RootedObject ns_obj(cx_);
+    if (!GetNamed(cx_, imports, js.module, &ns)) break;
+    if (ns.isObject()) {
+      ns_obj = &ns.toObject();
+    } else {
+      ns_obj = JS_NewPlainObject(cx_);
+      if (!ns_obj || !DefineNamed(cx_, imports, js.module, ns_obj)) break;
     }
-    JSObject* array = JS::NewArrayObject(cx, values);
-    if (!array) return false;
-    call.rval().setObject(*array);
+    host_bindings_.push_back({linker_->Find(imp.module, imp.name), js.bits});
+    JSFunction* fn = js::NewFunctionWithReserved(cx_, HostTrampoline, imp.func.params.size(), 0,
+                                                 js.name.c_str());
+    if (!fn) break;
+    JS::RootedObject fn_obj(cx_, JS_GetFunctionObject(fn));
+    js::SetFunctionNativeReserved(fn_obj, 0, JS::PrivateValue(&host_bindings_.back()));
+    js::SetFunctionNativeReserved(fn_obj, 1, JS::PrivateValue(this));
+    if (!DefineNamed(cx_, ns_obj, js.name, fn_obj)) break;
   }
-  return true;
+  if (JS_IsExceptionPending(cx_)) {
+    PendingException exc = TakeException(cx_);
+    return MakeError(ErrorCode::kInternal, "building imports failed: " + exc.message);
+  }
+  return {};
 }
 
 Result<void> SmInstance::Initialize(uint64_t call_tag) {
@@ -858,31 +1004,7 @@ Result<void> SmInstance::Initialize(uint64_t call_tag) {
   }
   JS::RootedObject imports(cx_, JS_NewPlainObject(cx_));
   if (!imports) return MakeError(ErrorCode::kResourceExhausted, "out of memory");
-  for (const ImportInfo& imp : info.imports) {
-    JS::RootedValue ns(cx_);
-    JS::RootedObject ns_obj(cx_);
-    if (!JS_GetProperty(cx_, imports, imp.module.c_str(), &ns)) break;
-    if (ns.isObject()) {
-      ns_obj = &ns.toObject();
-    } else {
-      ns_obj = JS_NewPlainObject(cx_);
-      if (!ns_obj || !JS_DefineProperty(cx_, imports, imp.module.c_str(), ns_obj, JSPROP_ENUMERATE)) {
-        break;
-      }
-    }
-    const Linker::Entry* entry = linker_->Find(imp.module, imp.name);
-    JSFunction* fn = js::NewFunctionWithReserved(cx_, HostTrampoline, imp.func.params.size(), 0,
-                                                 imp.name.c_str());
-    if (!fn) break;
-    JS::RootedObject fn_obj(cx_, JS_GetFunctionObject(fn));
-    js::SetFunctionNativeReserved(fn_obj, 0, JS::PrivateValue(const_cast<Linker::Entry*>(entry)));
-    js::SetFunctionNativeReserved(fn_obj, 1, JS::PrivateValue(this));
-    if (!JS_DefineProperty(cx_, ns_obj, imp.name.c_str(), fn_obj, JSPROP_ENUMERATE)) break;
-  }
-  if (JS_IsExceptionPending(cx_)) {
-    PendingException exc = TakeException(cx_);
-    return MakeError(ErrorCode::kInternal, "building imports failed: " + exc.message);
-  }
+  if (auto built = BuildImportObject(imports); !built) return built;
 
   JS::RootedValueArray<2> ctor_args(cx_);
   ctor_args[0].setObject(*module_obj);
@@ -913,7 +1035,8 @@ Result<void> SmInstance::Initialize(uint64_t call_tag) {
   }
   if (mem) {
     JS::RootedValue m(cx_);
-    if (JS_GetProperty(cx_, exports_, mem->name.c_str(), &m) && m.isObject()) memory_ = &m.toObject();
+    const std::string& name = module_->rewrite().exports[mem - info.exports.data()].name;
+    if (GetNamed(cx_, exports_, name, &m) && m.isObject()) memory_ = &m.toObject();
     JS_ClearPendingException(cx_);
   }
   if (memory_) {
@@ -926,6 +1049,46 @@ Result<void> SmInstance::Initialize(uint64_t call_tag) {
     auto func = Lookup("_initialize");
     if (!func) return MakeError(func.error());
     if (auto ok = Call(*func, {}, {}, call_tag); !ok) return ok;
+  }
+  return {};
+}
+
+namespace {
+
+// The WebAssembly.Global object exported as `name`, or null.
+JSObject* GlobalObject(JSContext* cx, JS::HandleObject exports, std::string_view name) {
+  JS::RootedValue v(cx);
+  if (!GetNamed(cx, exports, name, &v) || !v.isObject()) {
+    JS_ClearPendingException(cx);
+    return nullptr;
+  }
+  return &v.toObject();
+}
+
+}  // namespace
+
+Result<Value> SmInstance::GetGlobal(std::string_view name, ValType type) {
+  JS::RootedObject global(cx_, GlobalObject(cx_, exports_, name));
+  if (!global) return MakeError(ErrorCode::kNotFound, "no global exported as " + MessageName(name));
+  JS::RootedValue v(cx_);
+  if (!JS_GetProperty(cx_, global, "value", &v)) {
+    PendingException exc = TakeException(cx_);
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "global " + MessageName(name) + ": " + exc.message);
+  }
+  return FromJs(cx_, v, type, /*bits=*/false);
+}
+
+Result<void> SmInstance::SetGlobal(std::string_view name, const Value& value) {
+  JS::RootedObject global(cx_, GlobalObject(cx_, exports_, name));
+  if (!global) return MakeError(ErrorCode::kNotFound, "no global exported as " + MessageName(name));
+  bool ok;
+  JS::RootedValue v(cx_, ToJs(cx_, value, /*bits=*/false, &ok));
+  if (!ok) return MakeError(ErrorCode::kResourceExhausted, "out of memory");
+  if (!JS_SetProperty(cx_, global, "value", v)) {
+    PendingException exc = TakeException(cx_);
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "global " + MessageName(name) + ": " + exc.message);
   }
   return {};
 }
@@ -977,18 +1140,53 @@ class SmEngine final : public Engine {
 
   Result<std::shared_ptr<const Module>> Compile(std::span<const uint8_t> bytes,
                                                 const CompileOptions& options) override {
+    return CompileWith(bytes, options, {});
+  }
+
+  // Compile, with the rewrites this backend always applies (the memory
+  // cap, names SpiderMonkey cannot take, floats by bits) plus `extra`.
+  Result<std::shared_ptr<const Module>> CompileWith(std::span<const uint8_t> bytes,
+                                                    const CompileOptions& options,
+                                                    RewriteOptions extra) {
     if (!init_error_.empty()) return MakeError(ErrorCode::kInternal, init_error_);
     auto info = ReadModuleInfo(bytes);
     if (!info) return MakeError(info.error());
-    auto capped = CapMemory(bytes, options.max_memory_pages);
-    if (!capped) return MakeError(capped.error());
+    extra.max_memory_pages = options.max_memory_pages;
+    extra.rename_names = true;
+    extra.float_bits_exports = true;
+    extra.float_bits_imports = true;
+    auto rewritten = Rewrite(bytes, extra);
+    if (!rewritten) return MakeError(rewritten.error());
     if (info->memory) {
       uint64_t cap = options.max_memory_pages;
       info->memory->max = std::min(info->memory->max.value_or(cap), cap);
     }
+    auto compiled = CompileBytes(rewritten->bytes);
+    if (!compiled) return MakeError(compiled.error());
+    return std::shared_ptr<const Module>(std::make_shared<SmModule>(
+        std::move(*info), options, std::move(*rewritten), std::move(*compiled)));
+  }
 
+  // RewriteModule, telling a module that is bad (SpiderMonkey rejects it
+  // too, and says why better) from one that keel's decoder cannot read (a
+  // keel gap: refused rather than compiled with floats canonicalised). Only
+  // modules with float imports have their code decoded.
+  Result<RewriteResult> Rewrite(std::span<const uint8_t> bytes, const RewriteOptions& options) {
+    auto rewritten = RewriteModule(bytes, options);
+    if (rewritten || rewritten.error().code != ErrorCode::kInvalidModule) return rewritten;
+    auto plain = RewriteModule(bytes, {.max_memory_pages = options.max_memory_pages});
+    if (!plain) return plain;
+    auto verdict = CompileBytes(plain->bytes);
+    if (!verdict) return MakeError(verdict.error());
+    return MakeError(ErrorCode::kInvalidModule,
+                     "keel cannot rewrite this module: " + rewritten.error().message);
+  }
+
+  // SpiderMonkey's verdict on bytes exactly as given.
+  Result<RefPtr<JS::WasmModule>> CompileBytes(const std::vector<uint8_t>& bytes) {
+    if (!init_error_.empty()) return MakeError(ErrorCode::kInternal, init_error_);
     Job job;
-    job.bytes = &*capped;
+    job.bytes = &bytes;
     {
       std::unique_lock<std::mutex> lock(mu_);
       queue_.push_back(&job);
@@ -996,11 +1194,8 @@ class SmEngine final : public Engine {
       cv_.wait(lock, [&] { return job.done; });
     }
     if (!job.module) return MakeError(std::move(job.error));
-    return std::shared_ptr<const Module>(
-        std::make_shared<SmModule>(std::move(*info), options, std::move(*capped),
-                                   std::move(job.module)));
+    return std::move(job.module);
   }
-
   Result<std::unique_ptr<Context>> NewContext(const ContextOptions& options) override {
     if (!init_error_.empty()) return MakeError(ErrorCode::kInternal, init_error_);
     auto ctx = SmContext::Create(options);
@@ -1095,11 +1290,9 @@ class SmEngine final : public Engine {
   std::deque<Job*> queue_;
 };
 
-}  // namespace
-
-Engine& DefaultEngine() {
-  // Never destroyed: SpiderMonkey cannot be started again after JS_ShutDown,
-  // and compiled modules may be released by any thread until process exit.
+// Never destroyed: SpiderMonkey cannot be started again after JS_ShutDown,
+// and compiled modules may be released by any thread until process exit.
+SmEngine& TheEngine() {
   static SmEngine* engine = [] {
     auto* e = new SmEngine();
     std::atexit([] { engine->ShutDown(); });
@@ -1107,5 +1300,42 @@ Engine& DefaultEngine() {
   }();
   return *engine;
 }
+
+}  // namespace
+
+Engine& DefaultEngine() { return TheEngine(); }
+
+namespace sm {
+
+Result<std::shared_ptr<const Module>> CompileRewritten(std::span<const uint8_t> bytes,
+                                                       const CompileOptions& options,
+                                                       RewriteOptions extra) {
+  return TheEngine().CompileWith(bytes, options, std::move(extra));
+}
+
+const RewriteResult* RewriteOf(const Module& module) {
+  auto* sm_module = dynamic_cast<const SmModule*>(&module);
+  return sm_module ? &sm_module->rewrite() : nullptr;
+}
+
+Result<void> CompileUnrewritten(std::span<const uint8_t> bytes) {
+  auto compiled = TheEngine().CompileBytes(std::vector<uint8_t>(bytes.begin(), bytes.end()));
+  if (!compiled) return MakeError(compiled.error());
+  return {};
+}
+
+Result<Value> GetGlobal(Instance& instance, std::string_view export_name, ValType type) {
+  auto* sm_instance = dynamic_cast<SmInstance*>(&instance);
+  if (!sm_instance) return MakeError(ErrorCode::kInvalidArgument, "instance of another engine");
+  return sm_instance->GetGlobal(export_name, type);
+}
+
+Result<void> SetGlobal(Instance& instance, std::string_view export_name, const Value& value) {
+  auto* sm_instance = dynamic_cast<SmInstance*>(&instance);
+  if (!sm_instance) return MakeError(ErrorCode::kInvalidArgument, "instance of another engine");
+  return sm_instance->SetGlobal(export_name, value);
+}
+
+}  // namespace sm
 
 }  // namespace keel::engine
