@@ -57,9 +57,11 @@ struct SnapshotOptions {
 
 // How Instance::Reset brought an instance back to its snapshot.
 struct ResetStats {
-  // Linear memory: the written pages were known from dirty-page tracking;
-  // false: found by comparing the whole memory with the snapshot.
-  bool tracked = false;
+  // How linear memory went back: the pages dirty-page tracking found
+  // written (kTracked), or the whole memory compared with the snapshot
+  // (kCompared: tracking unavailable or turned off); kNone: no memory.
+  enum class Memory : uint8_t { kNone, kTracked, kCompared };
+  Memory memory = Memory::kNone;
   uint64_t pages_copied = 0;      // 4 KiB pages written back
   uint32_t globals_restored = 0;  // mutable globals that had changed
 };

@@ -30,6 +30,7 @@ class CountingHostState : public HostState {
  public:
   Result<void> Snapshot() override {
     ++snapshots;
+    if (refuse_snapshot) return MakeError(ErrorCode::kFailedPrecondition, "host cannot");
     return {};
   }
   Result<void> Reset() override {
@@ -39,6 +40,7 @@ class CountingHostState : public HostState {
   }
   int snapshots = 0;
   int resets = 0;
+  bool refuse_snapshot = false;
   bool refuse_reset = false;
 };
 
@@ -87,7 +89,8 @@ class ResetTest : public ::testing::TestWithParam<bool> {
     auto stats = instance.Reset();
     EXPECT_TRUE(stats) << stats.error().ToString();
     if (stats) {
-      EXPECT_EQ(stats->tracked, tracked());
+      EXPECT_EQ(stats->memory,
+                tracked() ? ResetStats::Memory::kTracked : ResetStats::Memory::kCompared);
     }
     return stats ? *stats : ResetStats{};
   }
@@ -212,6 +215,17 @@ TEST_P(ResetTest, HostStateRefusingItsResetFailsTheReset) {
   EXPECT_TRUE(instance->poisoned());
 }
 
+TEST_P(ResetTest, AFailedSnapshotLeavesNoneToResetTo) {
+  auto instance = Snapshotted();
+  ASSERT_TRUE(instance);
+  static_cast<CountingHostState*>(instance->host_state())->refuse_snapshot = true;
+  auto ok = instance->Snapshot({.track_dirty_pages = GetParam()});
+  ASSERT_FALSE(ok);
+  EXPECT_THAT(ok.error().message, HasSubstr("host cannot"));
+  EXPECT_FALSE(instance->has_snapshot());
+  EXPECT_FALSE(instance->Reset());
+}
+
 // Random writes by the guest (memory.fill) and by the host, of random sizes
 // at random places: after each reset the memory equals the snapshot byte
 // for byte.
@@ -295,6 +309,14 @@ TEST_F(SnapshotRefusalTest, ResetWithoutASnapshotIsRefused) {
   ASSERT_FALSE(stats);
   EXPECT_THAT(stats.error().message, HasSubstr("no snapshot"));
   EXPECT_TRUE((*instance)->poisoned());
+}
+
+TEST_F(SnapshotRefusalTest, AModuleWithoutMemoryResetsItsGlobalsOnly) {
+  ASSERT_TRUE(SnapshotOf("engine_nomem", nullptr));
+  auto stats = instance_->Reset();
+  ASSERT_TRUE(stats) << stats.error().ToString();
+  EXPECT_EQ(stats->memory, ResetStats::Memory::kNone);
+  EXPECT_EQ(stats->pages_copied, 0u);
 }
 
 TEST(ResetSupport, SpiderMonkeyResetsAndSaysWhetherItTracksPages) {

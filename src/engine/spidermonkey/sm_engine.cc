@@ -1011,6 +1011,9 @@ Result<void> SmInstance::SaveGlobals(InstanceSnapshot& snapshot) {
 }
 
 Result<void> SmInstance::Snapshot(const SnapshotOptions& options) {
+  // A failed snapshot must not leave an earlier one to reset to: parts of
+  // the state (the host's) may already be recorded anew.
+  snapshot_.reset();
   if (auto ok = CheckResettable(); !ok) return ok;
   if (const auto& why = module_->snapshot_blocker()) {
     return MakeError(ErrorCode::kFailedPrecondition, "instances of this module cannot be reset: " + *why);
@@ -1061,7 +1064,7 @@ Result<ResetStats> SmInstance::ResetToSnapshot() {
     if (!range) return MakeError(range.error());
     auto restored = snapshot_->memory->Restore(*range);
     if (!restored) return MakeError(restored.error());
-    stats.tracked = restored->tracked;
+    stats.memory = restored->tracked ? ResetStats::Memory::kTracked : ResetStats::Memory::kCompared;
     stats.pages_copied = restored->pages_copied;
   }
   auto globals = RestoreGlobals();
