@@ -2,6 +2,7 @@
 // sees the snapshot, and whatever a reset cannot undo is refused.
 #include <cstring>
 #include <random>
+#include <thread>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -257,6 +258,54 @@ TEST_P(ResetTest, RandomWritePatternsComeBackByteForByte) {
     ASSERT_EQ(std::memcmp(memory.data(), snapshot.data(), kMemoryBytes), 0) << "round " << round;
   }
   EXPECT_EQ(I32(*instance, "memory_count"), 100);
+}
+
+TEST_P(ResetTest, ManyInstancesResetIndependently) {
+  std::vector<std::unique_ptr<Instance>> instances;
+  for (int i = 0; i < 8; ++i) {
+    instances.push_back(Snapshotted());
+    ASSERT_TRUE(instances.back());
+  }
+  for (int round = 0; round < 5; ++round) {
+    for (size_t i = 0; i < instances.size(); ++i) {
+      EXPECT_EQ(I32(*instances[i], "visit", {Value::I32(static_cast<int32_t>(i + 1))}), 0);
+    }
+    // Reset every other one: the others keep their state.
+    for (size_t i = 0; i < instances.size(); i += 2) Reset(*instances[i]);
+    for (size_t i = 0; i < instances.size(); ++i) {
+      const int32_t expected = i % 2 == 0 ? 0 : static_cast<int32_t>(i + 1);
+      EXPECT_EQ(I32(*instances[i], "visit", {Value::I32(0)}), expected) << "instance " << i;
+      Reset(*instances[i]);
+    }
+  }
+}
+
+// Contexts on two threads reset their instances at the same time (one
+// userfaultfd and one pagemap descriptor serve the whole process).
+TEST_P(ResetTest, ResetsOnSeveralThreadsAtOnce) {
+  const bool track = GetParam();
+  auto work = [&](int seed, bool* ok) {
+    auto ctx = DefaultEngine().NewContext();
+    if (!ctx) return;
+    uint64_t tag = 0;
+    auto instance = (*ctx)->Instantiate(module_, std::make_shared<Linker>(),
+                                        std::make_unique<CountingHostState>(), ++tag);
+    if (!instance || !(*instance)->Snapshot({.track_dirty_pages = track})) return;
+    for (int i = 0; i < 300; ++i) {
+      Value arg = Value::I32(seed + i);
+      auto previous = (*instance)->Invoke("visit", {&arg, 1}, ++tag);
+      if (!previous || (*previous)[0].i32() != 0 || !(*instance)->Reset()) return;
+    }
+    *ok = true;
+  };
+  bool ok1 = false;
+  bool ok2 = false;
+  std::thread t1(work, 1, &ok1);
+  std::thread t2(work, 1000, &ok2);
+  t1.join();
+  t2.join();
+  EXPECT_TRUE(ok1);
+  EXPECT_TRUE(ok2);
 }
 
 INSTANTIATE_TEST_SUITE_P(Memory, ResetTest, ::testing::Bool(),
