@@ -89,8 +89,9 @@ Result<FdEntry> Rebuild(const SavedFd& saved) {
   if (ok && saved.offset) ok = lseek(entry.host.get(), *saved.offset, SEEK_SET) >= 0;
   if (ok && saved.status_flags >= 0) ok = fcntl(entry.host.get(), F_SETFL, saved.status_flags) == 0;
   if (!ok) {
+    const std::string why = std::strerror(errno);
     return MakeError(ErrorCode::kFailedPrecondition,
-                     std::string("WASI reset: cannot restore a descriptor: ") + std::strerror(errno));
+                     "WASI reset: cannot restore a descriptor: " + why);
   }
   return entry;
 }
@@ -114,7 +115,9 @@ Result<void> WasiContext::Snapshot() {
 }
 
 Result<void> WasiContext::Reset() {
-  if (!snapshot_) return MakeError(ErrorCode::kFailedPrecondition, "the WASI state has no snapshot");
+  if (!snapshot_) {
+    return MakeError(ErrorCode::kFailedPrecondition, "the WASI state has no snapshot");
+  }
   auto& fds = state_->fds;
   std::erase_if(fds, [&](const auto& kv) { return !snapshot_->fds.contains(kv.first); });
   for (auto& [fd, saved] : snapshot_->fds) {

@@ -236,7 +236,8 @@ Result<RestoreStats> MemorySnapshot::Restore(std::span<uint8_t> memory) {
     std::string what = memory.size() != size_ ? "grew from " + std::to_string(size_) + " to " +
                                                     std::to_string(memory.size()) + " bytes"
                                               : "moved";
-    return MakeError(ErrorCode::kFailedPrecondition, "linear memory " + what + " since the snapshot");
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "linear memory " + what + " since the snapshot");
   }
   RestoreStats stats;
   stats.tracked = tracking_;

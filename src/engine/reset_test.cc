@@ -196,7 +196,8 @@ TEST_P(ResetTest, APoisonedInstanceIsNeverReset) {
 TEST_P(ResetTest, OutOfBoundsAccessesStillTrapAfterAReset) {
   auto instance = Snapshotted();
   ASSERT_TRUE(instance);
-  ASSERT_TRUE(Invoke(*instance, "fill", {Value::I32(0), Value::I32(kMemoryBytes), Value::I32(0xab)}));
+  ASSERT_TRUE(
+      Invoke(*instance, "fill", {Value::I32(0), Value::I32(kMemoryBytes), Value::I32(0xab)}));
   Reset(*instance);
   ASSERT_TRUE(Invoke(*instance, "store", {Value::I32(kMemoryBytes - 4), Value::I32(1)}));
   EXPECT_EQ(I32(*instance, "load", {Value::I32(kMemoryBytes - 4)}), 1);

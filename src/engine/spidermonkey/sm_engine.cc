@@ -978,7 +978,9 @@ Result<std::span<uint8_t>> SmInstance::MemoryRange() {
 }
 
 Result<void> SmInstance::CheckResettable() const {
-  auto refuse = [](std::string why) { return MakeError(ErrorCode::kFailedPrecondition, std::move(why)); };
+  auto refuse = [](std::string why) {
+    return MakeError(ErrorCode::kFailedPrecondition, std::move(why));
+  };
   if (poisoned()) return refuse("poisoned instances are replaced, never reset: " + poison_reason_);
   if (in_call_) return refuse("the instance is in a call");
   return {};
@@ -1016,10 +1018,12 @@ Result<void> SmInstance::Snapshot(const SnapshotOptions& options) {
   snapshot_.reset();
   if (auto ok = CheckResettable(); !ok) return ok;
   if (const auto& why = module_->snapshot_blocker()) {
-    return MakeError(ErrorCode::kFailedPrecondition, "instances of this module cannot be reset: " + *why);
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "instances of this module cannot be reset: " + *why);
   }
   if (module_->info().memory && !memory_) {
-    return MakeError(ErrorCode::kFailedPrecondition, "a memory that is not exported cannot be reset");
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "a memory that is not exported cannot be reset");
   }
   if (host_state_) {
     if (auto ok = host_state_->Snapshot(); !ok) return ok;
