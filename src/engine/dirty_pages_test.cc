@@ -196,6 +196,25 @@ TEST_P(DirtyPagesTest, EmptyMemory) {
 INSTANTIATE_TEST_SUITE_P(Modes, DirtyPagesTest, ::testing::Bool(),
                          [](const auto& info) { return info.param ? "Tracked" : "Compared"; });
 
+TEST(DirtyPages, ARangeNoLongerTrackedIsAnErrorNotACopy) {
+  if (!WriteTrackingAvailable()) GTEST_SKIP() << "write tracking unavailable";
+  Mapping memory(kSize);
+  auto snapshot = MemorySnapshot::Take(memory.span(), {});
+  ASSERT_TRUE(snapshot);
+  ASSERT_TRUE((*snapshot)->tracking());
+  // Someone else's mapping now sits at the same address with the same
+  // length: the registration went with the old one.
+  void* replaced = mmap(memory.data(), kSize, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+  ASSERT_EQ(replaced, memory.data());
+  memory.data()[0] = 5;
+  auto stats = (*snapshot)->Restore(memory.span());
+  ASSERT_FALSE(stats);
+  EXPECT_EQ(stats.error().code, ErrorCode::kFailedPrecondition);
+  EXPECT_THAT(stats.error().message, HasSubstr("PAGEMAP_SCAN"));
+  EXPECT_EQ(memory.data()[0], 5);
+}
+
 TEST(DirtyPages, MisalignedRangeIsRefused) {
   Mapping memory(kSize);
   auto snapshot = MemorySnapshot::Take(memory.span().subspan(8, kHostPageSize), {});
