@@ -28,10 +28,11 @@ class HostState {
   // can add what it saw (e.g. the guest's stderr) to the error.
   virtual void AnnotateError(Error& /*error*/) const {}
 
-  // Fresh state for every call: the engine calls Snapshot once, right after
-  // the instance's init, and Reset before each later call on it, to bring
-  // the state back to what Snapshot saw. The defaults refuse: a host state
-  // keel knows nothing of may carry one call's data into the next, so an
+  // Fresh state for every call: Snapshot runs once, when the instance's
+  // state is recorded right after its init, and Reset whenever the
+  // instance is brought back to that state before another call; Reset
+  // returns to what Snapshot saw. The defaults refuse: a host state keel
+  // knows nothing of may carry one call's data into the next, so an
   // instance holding it gets a fresh instance per call instead. Override
   // both (a state with nothing to undo returns success from each).
   [[nodiscard]] virtual Result<void> Snapshot() {
