@@ -27,6 +27,20 @@ class HostState {
   // The executor calls this when a call on the instance failed, so the host
   // can add what it saw (e.g. the guest's stderr) to the error.
   virtual void AnnotateError(Error& /*error*/) const {}
+
+  // Fresh state for every call: Snapshot runs once, when the instance's
+  // state is recorded right after its init, and Reset whenever the
+  // instance is brought back to that state before another call; Reset
+  // returns to what Snapshot saw. The defaults refuse: a host state keel
+  // knows nothing of may carry one call's data into the next, so an
+  // instance holding it gets a fresh instance per call instead. Override
+  // both (a state with nothing to undo returns success from each).
+  [[nodiscard]] virtual Result<void> Snapshot() {
+    return MakeError(ErrorCode::kFailedPrecondition, "the instance's host state cannot be reset");
+  }
+  [[nodiscard]] virtual Result<void> Reset() {
+    return MakeError(ErrorCode::kFailedPrecondition, "the instance's host state cannot be reset");
+  }
 };
 
 // What a host function sees of the instance that called it. Valid only

@@ -37,6 +37,7 @@ namespace keel::abi {
 
 namespace wasi {
 struct WasiState;
+struct WasiSnapshot;
 }  // namespace wasi
 
 // Where one of the guest's stdio streams goes.
@@ -128,6 +129,13 @@ class WasiContext : public engine::HostState {
   // Adds the tail of what the guest wrote to a captured stderr (guests
   // built with keel.h report their errors there before trapping).
   void AnnotateError(Error& error) const override;
+  // Records the descriptor table (what each descriptor is, its rights,
+  // flags and file position), stdin's position, captured output and exit
+  // status; Reset returns to them: descriptors opened since are closed,
+  // closed or renumbered ones come back. A descriptor is duplicated for
+  // each inherited stdio stream and file open at the snapshot.
+  Result<void> Snapshot() override;
+  Result<void> Reset() override;
 
   // For keel's host functions.
   wasi::WasiState& state() { return *state_; }
@@ -135,6 +143,7 @@ class WasiContext : public engine::HostState {
  private:
   explicit WasiContext(std::unique_ptr<wasi::WasiState> state);
   std::unique_ptr<wasi::WasiState> state_;
+  std::unique_ptr<wasi::WasiSnapshot> snapshot_;
 };
 
 // Defines every wasi_snapshot_preview1 function in `linker`. They act on

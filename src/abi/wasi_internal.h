@@ -211,6 +211,8 @@ struct DirCookies {
   std::unordered_map<int64_t, uint64_t> cookies;  // and back
 };
 
+// WasiContext::Reset (wasi_snapshot.cc) rebuilds entries field by field:
+// a field added here must be copied there too.
 struct FdEntry {
   FdKind kind = FdKind::kFile;
   // Which stream, for kStdio (0, 1 or 2), and where it goes.
@@ -281,6 +283,29 @@ struct WasiState {
   }
   // The lowest free descriptor number, or EMFILE at the limit.
   Errno Insert(FdEntry entry, uint32_t* fd);
+};
+
+// A descriptor as WasiContext::Snapshot saw it.
+struct SavedFd {
+  FdEntry fields;  // without `host`; `dir_cookies` copied
+  // What a rebuilt entry's host fd is duplicated from: preopens share their
+  // root, other descriptors hold a duplicate taken at the snapshot (null
+  // when the entry has no host fd).
+  std::shared_ptr<const UniqueFd> source;
+  int host_number = -1;  // the entry's own host fd number at the snapshot
+  // Files: their position and status flags (shared with `source`).
+  std::optional<int64_t> offset;
+  int status_flags = -1;
+};
+
+// The state WasiContext::Reset returns to. Arguments, environment and
+// stdin's bytes cannot change and are not kept.
+struct WasiSnapshot {
+  std::map<uint32_t, SavedFd> fds;
+  size_t stdin_pos = 0;
+  Capture out;
+  Capture err;
+  std::optional<int> exit_code;
 };
 
 // One host call: the caller, its WASI state and memory.

@@ -57,6 +57,15 @@ const Linker::Entry* Linker::Find(std::string_view module, std::string_view name
 
 namespace keel::engine {
 
+Result<void> Instance::Snapshot(const SnapshotOptions&) {
+  return MakeError(ErrorCode::kFailedPrecondition, "this engine cannot snapshot instances");
+}
+
+Result<ResetStats> Instance::Reset() {
+  Poison("reset failed: this engine cannot reset instances");
+  return MakeError(ErrorCode::kFailedPrecondition, "this engine cannot reset instances");
+}
+
 Result<void> Instance::ReadMemory(uint64_t offset, std::span<uint8_t> out) {
   return CopyOut(Memory(), offset, out);
 }

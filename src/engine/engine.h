@@ -44,6 +44,35 @@ class Module {
   virtual const CompileOptions& options() const = 0;
 };
 
+// Isolation between calls (DESIGN.md "Isolation: every call from a
+// snapshot"): an instance's state is recorded once, right after
+// instantiation and init, and a healthy instance is brought back to it
+// before each call.
+struct SnapshotOptions {
+  // Find the pages a call wrote by dirty-page tracking where the system
+  // allows it; false compares the whole memory at every reset (the
+  // fallback, forced for tests and benchmarks).
+  bool track_dirty_pages = true;
+};
+
+// How Instance::Reset brought an instance back to its snapshot.
+struct ResetStats {
+  // How linear memory went back: the pages dirty-page tracking found
+  // written (kTracked), or the whole memory compared with the snapshot
+  // (kCompared: tracking unavailable or turned off); kNone: no memory.
+  enum class Memory : uint8_t { kNone, kTracked, kCompared };
+  Memory memory = Memory::kNone;
+  uint64_t pages_copied = 0;      // 4 KiB pages written back
+  uint32_t globals_restored = 0;  // mutable globals that had changed
+};
+
+// What an engine can do for isolation, process-wide.
+struct ResetSupport {
+  bool snapshots = false;            // Instance::Snapshot and Reset work
+  bool dirty_page_tracking = false;  // resets copy only the pages written
+  std::string detail;                // why tracking is unavailable
+};
+
 // An exported function resolved once, then called many times.
 struct Func {
   uint32_t export_index = 0;
@@ -89,6 +118,22 @@ class Instance {
   virtual const std::string& poison_reason() const = 0;
   virtual const Module& module() const = 0;
   virtual HostState* host_state() = 0;
+
+  // Records the instance's state as it is now, to reset to before calls:
+  // linear memory, mutable globals, the host state (HostState::Snapshot).
+  // Take it right after instantiation and init. kFailedPrecondition saying
+  // why when the instance cannot be reset (poisoned; its code may change
+  // tables or segments; a global keel cannot reach or restore; a host state
+  // that cannot be reset): give it fresh instances instead. Replaces an
+  // earlier snapshot. The default: this engine cannot.
+  [[nodiscard]] virtual Result<void> Snapshot(const SnapshotOptions& options);
+  // Brings a healthy instance back to its snapshot, before another call.
+  // kFailedPrecondition when it cannot: poisoned (poisoned instances are
+  // replaced, never reset), no snapshot, memory grown or moved since, dirty-
+  // page tracking failed, the host state refused. The instance is then
+  // poisoned: replace it with a fresh one.
+  [[nodiscard]] virtual Result<ResetStats> Reset();
+  virtual bool has_snapshot() const { return false; }
 };
 
 // Thread-safe handle that asks a context to interrupt the call with a given
@@ -174,6 +219,9 @@ class Engine {
 
   // Process-wide; thread-safe.
   virtual MemoryStats memory_stats() const = 0;
+
+  // Thread-safe. The default: no snapshots.
+  virtual ResetSupport reset_support() const { return {}; }
 };
 
 // The default engine (SpiderMonkey), started on first use.

@@ -16,6 +16,7 @@
 #include <js/BigInt.h>
 #include <js/ContextOptions.h>
 #include <js/Conversions.h>
+#include <js/Equality.h>
 #include <js/ErrorReport.h>
 #include <js/Exception.h>
 #include <js/Initialization.h>
@@ -39,6 +40,7 @@
 
 #include "base/mutex.h"
 #include "base/names.h"
+#include "engine/dirty_pages.h"
 
 namespace keel::engine {
 namespace {
@@ -294,6 +296,8 @@ class SmModule final : public Module {
     for (const ExportInfo& e : info_.exports) {
       if (e.kind == ExternKind::kFunc) func_names_.emplace(e.index, QuoteName(e.name));
     }
+    snapshot_blocker_ = SnapshotBlocker(rewrite_);
+    for (const GlobalExport& g : rewrite_.globals) global_exports_.push_back(g.name);
   }
   const ModuleInfo& info() const override { return info_; }
   const CompileOptions& options() const override { return options_; }
@@ -304,12 +308,42 @@ class SmModule final : public Module {
     auto it = func_names_.find(index);
     return it == func_names_.end() ? nullptr : &it->second;
   }
+  // The exports (in the compiled module) of every mutable global, which a
+  // snapshot saves: the module's own and those keel's rewrite added.
+  const std::vector<std::string>& global_exports() const { return global_exports_; }
+  // Why instances cannot be reset; nullopt if they can.
+  const std::optional<std::string>& snapshot_blocker() const { return snapshot_blocker_; }
 
  private:
+  // A reset restores memory, mutable globals and host state; not tables the
+  // code changes, segments it drops, or globals of types keel cannot pass.
+  static std::optional<std::string> SnapshotBlocker(const RewriteResult& rewrite) {
+    const CodeFeatures& code = rewrite.features;
+    if (!code.scanned) return "its code was not scanned";
+    if (code.MutatesTablesOrSegments()) {
+      const std::pair<bool, const char*> found[] = {
+          {code.table_set, "table.set"},   {code.table_grow, "table.grow"},
+          {code.table_fill, "table.fill"}, {code.table_copy, "table.copy"},
+          {code.table_init, "table.init"}, {code.elem_drop, "elem.drop"},
+          {code.data_drop, "data.drop"},   {code.memory_init, "memory.init"}};
+      std::string names;
+      for (const auto& [present, name] : found) {
+        if (present) names += (names.empty() ? "" : ", ") + std::string(name);
+      }
+      return "its code changes tables or segments (" + names + ")";
+    }
+    for (const GlobalExport& g : rewrite.globals) {
+      if (!g.type) return "it has a mutable global of a type keel cannot save (v128 or a reference)";
+    }
+    return std::nullopt;
+  }
+
   ModuleInfo info_;
   CompileOptions options_;
   RewriteResult rewrite_;  // the bytes as compiled, and how to reach exports and imports
   std::map<uint32_t, std::string> func_names_;
+  std::vector<std::string> global_exports_;
+  std::optional<std::string> snapshot_blocker_;
   RefPtr<JS::WasmModule> module_;
 };
 
@@ -448,6 +482,22 @@ MemoryCounters memory_counters;
 bool OnInterrupt(JSContext* cx);
 
 // ---------------------------------------------------------------------------
+// Snapshots
+
+// A mutable global (a WebAssembly.Global) and its value at the snapshot.
+struct SavedGlobal {
+  SavedGlobal(JSContext* cx, JSObject* global, const JS::Value& saved)
+      : object(cx, global), value(cx, saved) {}
+  JS::PersistentRootedObject object;
+  JS::PersistentRootedValue value;
+};
+
+struct InstanceSnapshot {
+  std::unique_ptr<MemorySnapshot> memory;  // null without a linear memory
+  std::vector<std::unique_ptr<SavedGlobal>> globals;
+};
+
+// ---------------------------------------------------------------------------
 // Instances
 
 class SmInstance final : public Instance, public Caller {
@@ -468,6 +518,9 @@ class SmInstance final : public Instance, public Caller {
   const std::string& poison_reason() const override { return poison_reason_; }
   const Module& module() const override { return *module_; }
   HostState* host_state() override { return host_state_.get(); }
+  Result<void> Snapshot(const SnapshotOptions& options) override;
+  Result<ResetStats> Reset() override;
+  bool has_snapshot() const override { return snapshot_ != nullptr; }
 
   // Caller
   bool interrupted() const override;
@@ -493,6 +546,12 @@ class SmInstance final : public Instance, public Caller {
   Result<void> Guarded(uint64_t call_tag, std::string_view what, Fn&& fn);
   JSObject* ExportObject(uint32_t export_index) const;
   Result<void> BuildImportObject(JS::HandleObject imports);
+  // Snapshots: the memory's range as the engine has it now, read afresh.
+  Result<std::span<uint8_t>> MemoryRange();
+  Result<void> CheckResettable() const;
+  Result<void> SaveGlobals(InstanceSnapshot& snapshot);
+  Result<ResetStats> ResetToSnapshot();
+  Result<uint32_t> RestoreGlobals();
   std::string Backtrace(std::string_view raw) const {
     return FormatBacktrace(
         raw, [this](uint32_t index) { return module_->FuncName(index); }, module_->rewrite());
@@ -513,6 +572,7 @@ class SmInstance final : public Instance, public Caller {
   bool in_call_ = false;
   std::optional<Error> host_error_;  // the error a host function ended the call with
   std::vector<HostBinding> host_bindings_;  // by import index; never reallocated
+  std::unique_ptr<InstanceSnapshot> snapshot_;
   friend class SmContext;
 };
 
@@ -1093,6 +1153,134 @@ Result<void> SmInstance::SetGlobal(std::string_view name, const Value& value) {
   return {};
 }
 
+// ---------------------------------------------------------------------------
+// SmInstance snapshots
+
+Result<std::span<uint8_t>> SmInstance::MemoryRange() {
+  JS::RootedValue buffer(cx_);
+  if (!JS_GetProperty(cx_, memory_, "buffer", &buffer) || !buffer.isObject()) {
+    TakeException(cx_);
+    return MakeError(ErrorCode::kFailedPrecondition, "the linear memory has no buffer");
+  }
+  JSObject* object = &buffer.toObject();
+  if (!JS::IsArrayBufferObject(object)) {
+    return MakeError(ErrorCode::kFailedPrecondition, "shared memories cannot be reset");
+  }
+  JS::AutoCheckCannotGC nogc;
+  bool shared = false;
+  uint8_t* data = JS::GetArrayBufferData(object, &shared, nogc);
+  return std::span<uint8_t>(data, JS::GetArrayBufferByteLength(object));
+}
+
+Result<void> SmInstance::CheckResettable() const {
+  auto refuse = [](std::string why) {
+    return MakeError(ErrorCode::kFailedPrecondition, std::move(why));
+  };
+  if (poisoned()) return refuse("poisoned instances are replaced, never reset: " + poison_reason_);
+  if (in_call_) return refuse("the instance is in a call");
+  return {};
+}
+
+// Saves every exported global that can change. Immutable ones refuse a
+// write even of their own value and are left out; doubles are not probed
+// that way (a NaN would lose its payload) and are simply kept.
+Result<void> SmInstance::SaveGlobals(InstanceSnapshot& snapshot) {
+  for (const std::string& name : module_->global_exports()) {
+    JS::RootedValue global(cx_);
+    if (!GetNamed(cx_, exports_, name, &global) || !global.isObject()) {
+      TakeException(cx_);
+      return MakeError(ErrorCode::kFailedPrecondition, "global export " + MessageName(name) + " not found");
+    }
+    JS::RootedObject object(cx_, &global.toObject());
+    JS::RootedValue value(cx_);
+    if (!JS_GetProperty(cx_, object, "value", &value)) {
+      TakeException(cx_);
+      return MakeError(ErrorCode::kFailedPrecondition,
+                       "global '" + name + "' has a type keel cannot save (v128)");
+    }
+    if (!value.isDouble() && !JS_SetProperty(cx_, object, "value", value)) {
+      TakeException(cx_);
+      continue;
+    }
+    snapshot.globals.push_back(std::make_unique<SavedGlobal>(cx_, object, value));
+  }
+  return {};
+}
+
+Result<void> SmInstance::Snapshot(const SnapshotOptions& options) {
+  // A failed snapshot must not leave an earlier one to reset to: parts of
+  // the state (the host's) may already be recorded anew.
+  snapshot_.reset();
+  if (auto ok = CheckResettable(); !ok) return ok;
+  if (const auto& why = module_->snapshot_blocker()) {
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "instances of this module cannot be reset: " + *why);
+  }
+  if (module_->info().memory && !memory_) {
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "a memory that is not exported cannot be reset");
+  }
+  if (host_state_) {
+    if (auto ok = host_state_->Snapshot(); !ok) return ok;
+  }
+  auto snapshot = std::make_unique<InstanceSnapshot>();
+  if (auto ok = SaveGlobals(*snapshot); !ok) return ok;
+  if (memory_) {
+    auto range = MemoryRange();
+    if (!range) return MakeError(range.error());
+    auto memory = MemorySnapshot::Take(*range, {.track_writes = options.track_dirty_pages});
+    if (!memory) return MakeError(memory.error());
+    snapshot->memory = std::move(*memory);
+  }
+  snapshot_ = std::move(snapshot);
+  return {};
+}
+
+Result<uint32_t> SmInstance::RestoreGlobals() {
+  uint32_t restored = 0;
+  JS::RootedValue now(cx_);
+  for (const auto& global : snapshot_->globals) {
+    bool same = false;
+    if (!JS_GetProperty(cx_, global->object, "value", &now) ||
+        !JS::SameValue(cx_, now, global->value, &same) ||
+        (!same && !JS_SetProperty(cx_, global->object, "value", global->value))) {
+      PendingException exc = TakeException(cx_);
+      return MakeError(ErrorCode::kFailedPrecondition, "restoring a global failed: " + exc.message);
+    }
+    restored += same ? 0 : 1;
+  }
+  return restored;
+}
+
+Result<ResetStats> SmInstance::ResetToSnapshot() {
+  if (auto ok = CheckResettable(); !ok) return MakeError(ok.error());
+  if (!snapshot_) return MakeError(ErrorCode::kFailedPrecondition, "the instance has no snapshot");
+  ResetStats stats;
+  if (snapshot_->memory) {
+    // Read afresh: memory.grow may have moved the memory, and the old range
+    // may be someone else's now.
+    auto range = MemoryRange();
+    if (!range) return MakeError(range.error());
+    auto restored = snapshot_->memory->Restore(*range);
+    if (!restored) return MakeError(restored.error());
+    stats.memory = restored->tracked ? ResetStats::Memory::kTracked : ResetStats::Memory::kCompared;
+    stats.pages_copied = restored->pages_copied;
+  }
+  auto globals = RestoreGlobals();
+  if (!globals) return MakeError(globals.error());
+  stats.globals_restored = *globals;
+  if (host_state_) {
+    if (auto ok = host_state_->Reset(); !ok) return MakeError(ok.error());
+  }
+  return stats;
+}
+
+Result<ResetStats> SmInstance::Reset() {
+  auto stats = ResetToSnapshot();
+  if (!stats) Poison("reset failed: " + stats.error().message);
+  return stats;
+}
+
 Result<std::unique_ptr<Instance>> SmContext::Instantiate(std::shared_ptr<const Module> module,
                                                          std::shared_ptr<const Linker> linker,
                                                          std::unique_ptr<HostState> host_state,
@@ -1155,6 +1343,10 @@ class SmEngine final : public Engine {
     extra.rename_names = true;
     extra.float_bits_exports = true;
     extra.float_bits_imports = true;
+    // Snapshots (Instance::Snapshot) need every mutable global reachable,
+    // and to know whether the code changes tables or segments.
+    extra.export_mutable_globals = true;
+    extra.scan_code = true;
     auto rewritten = Rewrite(bytes, extra);
     if (!rewritten) return MakeError(rewritten.error());
     if (info->memory) {
@@ -1206,6 +1398,13 @@ class SmEngine final : public Engine {
   std::string_view name() const override { return "spidermonkey-102"; }
 
   MemoryStats memory_stats() const override { return memory_counters.Snapshot(); }
+
+  ResetSupport reset_support() const override {
+    ResetSupport support;
+    support.snapshots = true;
+    support.dirty_page_tracking = WriteTrackingAvailable(&support.detail);
+    return support;
+  }
 
  private:
   struct Job {

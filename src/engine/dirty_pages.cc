@@ -1,0 +1,291 @@
+#include "engine/dirty_pages.h"
+
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <functional>
+
+namespace keel::engine {
+namespace {
+
+// The Linux 6.7 ABI, absent from older kernel headers (Debian bookworm's
+// are 6.1): userfaultfd's async write protection and PAGEMAP_SCAN.
+constexpr uint64_t kUffdFeatureWpUnpopulated = uint64_t{1} << 13;
+constexpr uint64_t kUffdFeatureWpAsync = uint64_t{1} << 15;
+
+struct PageRegion {
+  uint64_t start;
+  uint64_t end;
+  uint64_t categories;
+};
+
+struct PmScanArg {
+  uint64_t size;
+  uint64_t flags;
+  uint64_t start;
+  uint64_t end;
+  uint64_t walk_end;
+  uint64_t vec;
+  uint64_t vec_len;
+  uint64_t max_pages;
+  uint64_t category_inverted;
+  uint64_t category_mask;
+  uint64_t category_anyof_mask;
+  uint64_t return_mask;
+};
+
+constexpr unsigned long kPagemapScan = _IOWR('f', 16, PmScanArg);
+constexpr uint64_t kScanWpMatching = 1 << 0;   // write-protect the pages reported
+constexpr uint64_t kScanCheckWpAsync = 1 << 1;  // fail on pages not under async WP
+constexpr uint64_t kPageIsWritten = 1 << 1;
+
+std::string Errno(std::string_view what) {
+  return std::string(what) + ": " + std::strerror(errno);
+}
+
+// The process's userfaultfd and pagemap descriptors, opened once and never
+// closed (every tracked range is registered with the one userfaultfd).
+struct Tracker {
+  int uffd = -1;
+  int pagemap = -1;
+  std::string error;  // why tracking is unavailable; empty when it works
+};
+
+// A userfaultfd that handles user-mode faults only: enough for async write
+// protection (the kernel resolves those itself, also for its own writes)
+// and allowed without privileges. /dev/userfaultfd where the system call is
+// refused (seccomp, vm.unprivileged_userfaultfd).
+int OpenUserfaultfd() {
+  const int flags = O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY;
+  int fd = static_cast<int>(syscall(SYS_userfaultfd, flags));
+  if (fd >= 0) return fd;
+  int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+  if (dev < 0) return -1;
+  fd = ioctl(dev, USERFAULTFD_IOC_NEW, flags);
+  int saved = errno;
+  close(dev);
+  errno = saved;
+  return fd;
+}
+
+Result<void> Register(int uffd, uintptr_t begin, uintptr_t end) {
+  uffdio_register reg{};
+  reg.range = {begin, end - begin};
+  reg.mode = UFFDIO_REGISTER_MODE_WP;
+  if (ioctl(uffd, UFFDIO_REGISTER, &reg) != 0) {
+    return MakeError(ErrorCode::kFailedPrecondition, Errno("userfaultfd register"));
+  }
+  uffdio_writeprotect wp{};
+  wp.range = {begin, end - begin};
+  wp.mode = UFFDIO_WRITEPROTECT_MODE_WP;
+  if (ioctl(uffd, UFFDIO_WRITEPROTECT, &wp) != 0) {
+    return MakeError(ErrorCode::kFailedPrecondition, Errno("userfaultfd write-protect"));
+  }
+  return {};
+}
+
+// Reports each run of pages in [begin, end) written since it was last
+// protected to `on_run` (when given); with `protect`, protects them again.
+// Fails (EPERM) where a page is not under async write protection any more.
+Result<void> Scan(int pagemap, uintptr_t begin, uintptr_t end, bool protect,
+                  const std::function<void(uintptr_t, uintptr_t)>& on_run) {
+  PageRegion regions[64];
+  while (begin < end) {
+    PmScanArg arg{};
+    arg.size = sizeof arg;
+    arg.flags = kScanCheckWpAsync | (protect ? kScanWpMatching : 0);
+    arg.start = begin;
+    arg.end = end;
+    if (on_run) {
+      arg.vec = reinterpret_cast<uintptr_t>(regions);
+      arg.vec_len = std::size(regions);
+    }
+    arg.category_mask = kPageIsWritten;
+    arg.return_mask = kPageIsWritten;
+    long n = ioctl(pagemap, kPagemapScan, &arg);
+    if (n < 0) return MakeError(ErrorCode::kFailedPrecondition, Errno("PAGEMAP_SCAN"));
+    for (long i = 0; i < n; ++i) on_run(regions[i].start, regions[i].end);
+    if (arg.walk_end <= begin) {
+      return MakeError(ErrorCode::kFailedPrecondition, "PAGEMAP_SCAN made no progress");
+    }
+    begin = arg.walk_end;
+  }
+  return {};
+}
+
+// Tracks a scratch page end to end: the kernel must report exactly the
+// page written.
+Result<void> SelfTest(int uffd, int pagemap) {
+  const size_t size = 2 * kHostPageSize;
+  void* map = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (map == MAP_FAILED) return MakeError(ErrorCode::kResourceExhausted, Errno("mmap"));
+  auto* bytes = static_cast<uint8_t*>(map);
+  const auto begin = reinterpret_cast<uintptr_t>(bytes);
+  bytes[0] = 1;
+  Result<void> result = Register(uffd, begin, begin + size);
+  if (result) {
+    bytes[kHostPageSize] = 1;
+    std::vector<std::pair<uintptr_t, uintptr_t>> runs;
+    result = Scan(pagemap, begin, begin + size, /*protect=*/false,
+                  [&](uintptr_t b, uintptr_t e) { runs.emplace_back(b, e); });
+    if (result && (runs.size() != 1 || runs[0].first != begin + kHostPageSize ||
+                   runs[0].second != begin + size)) {
+      result = MakeError(ErrorCode::kFailedPrecondition,
+                         "PAGEMAP_SCAN did not report the page written");
+    }
+  }
+  munmap(map, size);
+  return result;
+}
+
+Tracker Probe() {
+  Tracker t;
+  t.uffd = OpenUserfaultfd();
+  if (t.uffd < 0) {
+    t.error = Errno("userfaultfd");
+    return t;
+  }
+  uffdio_api api{};
+  api.api = UFFD_API;
+  api.features = kUffdFeatureWpAsync | kUffdFeatureWpUnpopulated;
+  if (ioctl(t.uffd, UFFDIO_API, &api) != 0) {
+    t.error = Errno("userfaultfd without asynchronous write protection (Linux 6.7+)");
+    return t;
+  }
+  t.pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+  if (t.pagemap < 0) {
+    t.error = Errno("/proc/self/pagemap");
+    return t;
+  }
+  if (auto ok = SelfTest(t.uffd, t.pagemap); !ok) t.error = ok.error().message;
+  return t;
+}
+
+const Tracker& ProcessTracker() {
+  static const Tracker* tracker = new Tracker(Probe());
+  return *tracker;
+}
+
+bool IsZeroPage(const uint8_t* page) {
+  return page[0] == 0 && std::memcmp(page, page + 1, kHostPageSize - 1) == 0;
+}
+
+}  // namespace
+
+bool WriteTrackingAvailable(std::string* why_not) {
+  const Tracker& t = ProcessTracker();
+  if (why_not) *why_not = t.error;
+  return t.error.empty();
+}
+
+Result<std::unique_ptr<MemorySnapshot>> MemorySnapshot::Take(std::span<uint8_t> memory,
+                                                             const Options& options) {
+  const auto begin = reinterpret_cast<uintptr_t>(memory.data());
+  if (begin % kHostPageSize != 0 || memory.size() % kHostPageSize != 0) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "memory range is not aligned to host pages (" +
+                         std::to_string(memory.size()) + " bytes)");
+  }
+  uint8_t* copy = nullptr;
+  if (!memory.empty()) {
+    void* map = mmap(nullptr, memory.size(), PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (map == MAP_FAILED) {
+      return MakeError(ErrorCode::kResourceExhausted, Errno("memory snapshot of " +
+                                                            std::to_string(memory.size()) +
+                                                            " bytes"));
+    }
+    copy = static_cast<uint8_t*>(map);
+  }
+  // Zero pages stay unwritten in the copy: they cost no memory.
+  for (size_t at = 0; at < memory.size(); at += kHostPageSize) {
+    if (!IsZeroPage(memory.data() + at)) std::memcpy(copy + at, memory.data() + at, kHostPageSize);
+  }
+  std::unique_ptr<MemorySnapshot> snapshot(new MemorySnapshot(memory.data(), memory.size(), copy));
+  std::string why_not;
+  if (!options.track_writes) {
+    snapshot->tracking_error_ = "write tracking turned off";
+  } else if (!WriteTrackingAvailable(&why_not)) {
+    snapshot->tracking_error_ = why_not;
+  } else if (!memory.empty()) {
+    auto armed = Register(ProcessTracker().uffd, begin, begin + memory.size());
+    if (armed) {
+      snapshot->tracking_ = true;
+    } else {
+      snapshot->tracking_error_ = armed.error().message;
+    }
+  }
+  return snapshot;
+}
+
+MemorySnapshot::~MemorySnapshot() {
+  // The range itself is left registered: it may not be ours any more, and
+  // its registration ends with its mapping.
+  if (copy_) munmap(copy_, size_);
+}
+
+Result<RestoreStats> MemorySnapshot::Restore(std::span<uint8_t> memory) {
+  if (memory.data() != base_ || memory.size() != size_) {
+    std::string what = memory.size() != size_ ? "grew from " + std::to_string(size_) + " to " +
+                                                    std::to_string(memory.size()) + " bytes"
+                                              : "moved";
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "linear memory " + what + " since the snapshot");
+  }
+  RestoreStats stats;
+  stats.tracked = tracking_;
+  if (tracking_) {
+    auto pages = RestoreTracked();
+    if (!pages) return MakeError(pages.error());
+    stats.pages_copied = *pages;
+  } else {
+    stats.pages_copied = RestoreByComparison();
+  }
+  return stats;
+}
+
+Result<uint64_t> MemorySnapshot::RestoreTracked() {
+  const Tracker& t = ProcessTracker();
+  const auto begin = reinterpret_cast<uintptr_t>(base_);
+  const uintptr_t end = begin + size_;
+  uint64_t pages = 0;
+  uintptr_t lowest = end;
+  uintptr_t highest = begin;
+  auto scanned = Scan(t.pagemap, begin, end, /*protect=*/false, [&](uintptr_t b, uintptr_t e) {
+    b = std::max(b, begin);
+    e = std::min(e, end);
+    if (b >= e) return;
+    std::memcpy(base_ + (b - begin), copy_ + (b - begin), e - b);
+    pages += (e - b) / kHostPageSize;
+    lowest = std::min(lowest, b);
+    highest = std::max(highest, e);
+  });
+  if (!scanned) return MakeError(scanned.error());
+  // Protected only now: copying back wrote to these pages too.
+  if (pages > 0) {
+    if (auto ok = Scan(t.pagemap, lowest, highest, /*protect=*/true, nullptr); !ok) {
+      return MakeError(ok.error());
+    }
+  }
+  return pages;
+}
+
+uint64_t MemorySnapshot::RestoreByComparison() {
+  uint64_t pages = 0;
+  for (size_t at = 0; at < size_; at += kHostPageSize) {
+    if (std::memcmp(base_ + at, copy_ + at, kHostPageSize) != 0) {
+      std::memcpy(base_ + at, copy_ + at, kHostPageSize);
+      ++pages;
+    }
+  }
+  return pages;
+}
+
+}  // namespace keel::engine

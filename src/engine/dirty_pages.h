@@ -1,0 +1,90 @@
+// A copy of a linear memory and the means to bring the memory back to it,
+// copying only the pages written since (instance resets, DESIGN.md
+// "Isolation: every call from a snapshot"). Engine-independent: it sees a
+// range of bytes, which the engine re-reads before every restore.
+//
+// Written pages are found with userfaultfd write protection in async mode
+// (the kernel resolves each first write itself and marks the page; no
+// thread, no signal) and read with the PAGEMAP_SCAN ioctl on the range
+// alone (Linux 6.7+). The soft-dirty bits of /proc/self/pagemap are not
+// used: clearing them (clear_refs) is process-wide, so one instance's reset
+// would wipe every other instance's record. Where tracking is unavailable
+// (older kernel, userfaultfd refused) or not wanted, a restore compares the
+// whole memory with the copy page by page and copies back the pages that
+// differ.
+#ifndef KEEL_ENGINE_DIRTY_PAGES_H_
+#define KEEL_ENGINE_DIRTY_PAGES_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "keel/status.h"
+
+namespace keel::engine {
+
+inline constexpr size_t kHostPageSize = 4096;
+
+// Whether this process can track written pages; probed once (userfaultfd
+// with write-protect-async, PAGEMAP_SCAN on a scratch page). When not,
+// `why_not` (if given) says what failed.
+bool WriteTrackingAvailable(std::string* why_not = nullptr);
+
+struct RestoreStats {
+  // The written pages were known from tracking; false: found by comparing
+  // the whole memory with the copy.
+  bool tracked = false;
+  uint64_t pages_copied = 0;  // host pages written back
+};
+
+// One per memory range: two snapshots of the same range would re-arm each
+// other's tracking. Used on one thread at a time.
+class MemorySnapshot {
+ public:
+  struct Options {
+    // Track written pages where the kernel allows; false forces the
+    // whole-memory comparison (tests and benchmarks of the fallback).
+    bool track_writes = true;
+  };
+
+  // Copies `memory` (base and length multiples of kHostPageSize) and starts
+  // tracking writes to it. Failing to track is not an error: the snapshot
+  // then compares (see tracking_error()). kInvalidArgument for a misaligned
+  // range, kResourceExhausted when the copy cannot be allocated.
+  [[nodiscard]] static Result<std::unique_ptr<MemorySnapshot>> Take(std::span<uint8_t> memory,
+                                                                    const Options& options);
+  ~MemorySnapshot();
+  MemorySnapshot(const MemorySnapshot&) = delete;
+  MemorySnapshot& operator=(const MemorySnapshot&) = delete;
+
+  // Brings `memory` back to the copy. `memory` is the range as the engine
+  // reports it now: when its base or length differ from the snapshot's (the
+  // memory grew, or moved and the old range may belong to someone else),
+  // nothing is touched and kFailedPrecondition says so. A tracking failure
+  // is kFailedPrecondition too, possibly after some pages were copied back:
+  // either way the memory must be given up, not used.
+  [[nodiscard]] Result<RestoreStats> Restore(std::span<uint8_t> memory);
+
+  bool tracking() const { return tracking_; }
+  // Why writes are not tracked; empty while they are.
+  const std::string& tracking_error() const { return tracking_error_; }
+  size_t size() const { return size_; }
+
+ private:
+  MemorySnapshot(uint8_t* base, size_t size, uint8_t* copy)
+      : base_(base), size_(size), copy_(copy) {}
+  Result<uint64_t> RestoreTracked();
+  uint64_t RestoreByComparison();
+
+  uint8_t* base_;
+  size_t size_;
+  uint8_t* copy_;  // mmap'd; pages that were zero are left untouched (shared zero page)
+  bool tracking_ = false;
+  std::string tracking_error_;
+};
+
+}  // namespace keel::engine
+
+#endif  // KEEL_ENGINE_DIRTY_PAGES_H_
