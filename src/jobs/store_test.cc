@@ -300,6 +300,7 @@ TEST_P(StoreTest, ClaimLeasesJobsInSubmitOrder) {
   ASSERT_EQ(first.size(), 2u);
   EXPECT_EQ(first[0].id, ids[0]);
   EXPECT_EQ(first[1].id, ids[1]);
+  EXPECT_EQ(first[0].claim, 1u);
   EXPECT_EQ(first[0].attempt, 1u);
   EXPECT_EQ(first[0].spec.input, Bytes("job0"));
   EXPECT_EQ(first[0].spec.export_name, "run");
@@ -311,9 +312,11 @@ TEST_P(StoreTest, ClaimLeasesJobsInSubmitOrder) {
   for (int i = 0; i < 3; ++i) EXPECT_EQ(rest[i].id, ids[i + 2]);
   EXPECT_TRUE(ClaimOk(*store_, 10).empty());
 
+  // Claimed, not started: no attempt yet.
   Job job = GetOk(ids[0]);
   EXPECT_EQ(job.state, JobState::kRunning);
-  EXPECT_EQ(job.attempts, 1u);
+  EXPECT_EQ(job.attempts, 0u);
+  EXPECT_FALSE(job.started_at);
   EXPECT_EQ(job.runner, "runner-a");
   ASSERT_TRUE(job.lease_until);
   EXPECT_EQ(*job.lease_until, first[0].lease_until);
@@ -371,7 +374,7 @@ TEST_P(StoreTest, BackoffDoublesPerAttemptAndExhaustedAttemptsAreDead) {
     ASSERT_EQ(claimed.size(), 1u);
     EXPECT_EQ(claimed[0].attempt, attempt);
     Result<JobState> state = store_->Complete(
-        id, attempt, Outcome::TimedOut(Error(ErrorCode::kDeadlineExceeded, "slow"), true));
+        id, claimed[0].claim, Outcome::TimedOut(Error(ErrorCode::kDeadlineExceeded, "slow"), true));
     ASSERT_TRUE(state) << state.error().ToString();
     Job job = GetOk(id);
     if (attempt < 3) {
@@ -452,7 +455,7 @@ TEST_P(StoreTest, ConcurrentClaimersNeverGetTheSameJob) {
         if (claimed.empty()) return;
         for (auto& job : claimed) {
           seen[t].push_back(job.id);
-          EXPECT_TRUE(store.Complete(job.id, job.attempt, Outcome::Succeeded({})));
+          EXPECT_TRUE(store.Complete(job.id, job.claim, Outcome::Succeeded({})));
         }
       }
     });
@@ -498,18 +501,25 @@ TEST_P(StoreTest, ConcurrentProcessesNeverGetTheSameJob) {
 
 TEST_P(StoreTest, ExpiredLeaseRequeuesTheJob) {
   std::string id = SubmitOk(Spec());
-  std::vector<ClaimedJob> first = ClaimOk(*store_, 1, 200ms, "crashed-runner");
+  std::vector<ClaimedJob> first = ClaimOk(*store_, 1, 30s, "crashed-runner");
   ASSERT_EQ(first.size(), 1u);
-  // The runner "crashes": no heartbeat. Another runner gets the job.
+  ASSERT_TRUE(store_->Start(id, first[0].claim, 200ms));
+  // The runner "crashes" while running it: no heartbeat. Another runner
+  // gets the job, and the lost attempt counts.
   std::vector<ClaimedJob> second = ClaimEventually(*store_, 30s, "runner-b");
   ASSERT_EQ(second.size(), 1u);
   EXPECT_EQ(second[0].id, id);
+  EXPECT_EQ(second[0].claim, 2u);
   EXPECT_EQ(second[0].attempt, 2u);
+  Job lost = GetOk(id);
+  ASSERT_TRUE(lost.error);
+  EXPECT_EQ(lost.error->message, "lease expired: runner lost");
 
-  // The old lease names attempt 1: it can no longer act on the job.
+  // The old lease names claim 1: it can no longer act on the job.
   EXPECT_EQ(store_->Heartbeat(id, 1, 30s).error().code, ErrorCode::kFailedPrecondition);
   EXPECT_EQ(store_->Complete(id, 1, Outcome::Succeeded({})).error().code,
             ErrorCode::kFailedPrecondition);
+  EXPECT_EQ(store_->Release(id, 1).error().code, ErrorCode::kFailedPrecondition);
   EXPECT_EQ(store_->Complete(id, 2, Outcome::Succeeded(Bytes("r"))), JobState::kSucceeded);
   Job job = GetOk(id);
   EXPECT_EQ(job.attempts, 2u);
@@ -520,7 +530,8 @@ TEST_P(StoreTest, LeaseExpiryOnTheLastAttemptMakesTheJobDead) {
   JobSpec spec = Spec();
   spec.max_attempts = 1;
   std::string id = SubmitOk(spec);
-  ASSERT_EQ(ClaimOk(*store_, 1, 200ms).size(), 1u);
+  ASSERT_EQ(ClaimOk(*store_, 1).size(), 1u);
+  ASSERT_TRUE(store_->Start(id, 1, 200ms));
   auto give_up = std::chrono::steady_clock::now() + 20s;
   while (GetOk(id).state == JobState::kRunning && std::chrono::steady_clock::now() < give_up) {
     EXPECT_TRUE(ClaimOk(*store_, 1).empty());  // claiming reaps expired leases
@@ -568,6 +579,7 @@ TEST_P(StoreTest, CancelledQueuedJobNeverRuns) {
 TEST_P(StoreTest, CancelledRunningJobFinishesAndKeepsItsResult) {
   std::string id = SubmitOk(Spec());
   ASSERT_EQ(ClaimOk(*store_, 1).size(), 1u);
+  ASSERT_TRUE(store_->Start(id, 1, 30s));
   EXPECT_EQ(store_->Cancel(id), CancelOutcome::kDetached);
   Job job = GetOk(id);
   EXPECT_EQ(job.state, JobState::kRunning);  // never torn down
@@ -584,6 +596,7 @@ TEST_P(StoreTest, CancelledRunningJobFinishesAndKeepsItsResult) {
   // A retryable failure of a cancelled job is not retried.
   std::string failing = SubmitOk(Spec());
   ASSERT_EQ(ClaimOk(*store_, 1).size(), 1u);
+  ASSERT_TRUE(store_->Start(failing, 1, 30s));
   EXPECT_EQ(store_->Cancel(failing), CancelOutcome::kDetached);
   EXPECT_EQ(store_->Complete(failing, 1, Outcome::Failed(Error(ErrorCode::kTrap, "t"), true)),
             JobState::kCancelled);
@@ -592,7 +605,8 @@ TEST_P(StoreTest, CancelledRunningJobFinishesAndKeepsItsResult) {
 
 TEST_P(StoreTest, CancelledJobWhoseRunnerIsLostEndsCancelled) {
   std::string id = SubmitOk(Spec());
-  ASSERT_EQ(ClaimOk(*store_, 1, 200ms).size(), 1u);
+  ASSERT_EQ(ClaimOk(*store_, 1).size(), 1u);
+  ASSERT_TRUE(store_->Start(id, 1, 200ms));
   EXPECT_EQ(store_->Cancel(id), CancelOutcome::kDetached);
   auto give_up = std::chrono::steady_clock::now() + 20s;
   while (GetOk(id).state == JobState::kRunning && std::chrono::steady_clock::now() < give_up) {
