@@ -127,6 +127,20 @@ TEST_P(RunnerTest, DeadlinePerAttemptTimesOut) {
   EXPECT_EQ(WaitFinished(Submit("echo", "0:after")).state, JobState::kSucceeded);
 }
 
+// A guest that writes bytes that are not text to stderr and traps: the
+// outcome is recorded (PostgreSQL refused the message, so the job stayed
+// running for a lease, ran again and ended dead), the message as text.
+TEST_P(RunnerTest, TrapWithAnyBytesOnStderrIsRecorded) {
+  StartRunner();
+  Job job = WaitFinished(Submit("shout", std::string("bad \xff\0 bytes \xe2\x82", 15), 1));
+  EXPECT_EQ(job.state, JobState::kDead);
+  EXPECT_EQ(job.attempts, 1u);
+  ASSERT_TRUE(job.error);
+  EXPECT_EQ(job.error->code, ErrorCode::kTrap);
+  EXPECT_THAT(job.error->message, HasSubstr("bad \uFFFD\uFFFD bytes \uFFFD"));
+  EXPECT_EQ(runner_->Stats().lost_leases, 0u);
+}
+
 TEST_P(RunnerTest, UnknownExportFailsWithoutRetry) {
   StartRunner();
   Job job = WaitFinished(Submit("no_such_export", "x", 5));
