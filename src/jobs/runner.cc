@@ -7,6 +7,7 @@
 #include <deque>
 #include <map>
 #include <optional>
+#include <set>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -25,11 +26,23 @@ using Key = std::pair<std::string, uint64_t>;  // (job id, claim): names a lease
 
 // Threads that make the store calls of starts, outcomes and releases;
 // several let the store's group commit batch them.
-constexpr int kStoreWorkers = 32;
+constexpr int kStoreWorkers = 64;
 constexpr std::chrono::milliseconds kMaxClaimLease{5000};
 constexpr std::chrono::milliseconds kBackpressureRetry{5};
 constexpr std::chrono::milliseconds kClaimErrorDelay{100};
 constexpr std::chrono::milliseconds kWithdrawnCallbackWait{5000};
+// A job that finishes sooner has its start recorded with its outcome, in
+// one write; a longer one gets a Start() of its own, which extends its lease
+// to the run lease.
+constexpr std::chrono::milliseconds kStartRecordDelay{20};
+// How often to look whether a job still in its pool's queue has started.
+constexpr std::chrono::milliseconds kQueuedStartRecheck{100};
+// How long a job handed to the executor may expect to wait in its pool's
+// queue (its deadline runs there): enough to keep a pool busy between
+// hand-overs when its jobs are short, nothing when they are not.
+constexpr std::chrono::milliseconds kMaxQueueWait{10};
+// A pool unused this long is forgotten by the load estimate.
+constexpr std::chrono::seconds kIdlePoolMemory{60};
 // Weight of each new sample in the moving average of run times.
 constexpr double kRunTimeWeight = 0.2;
 
@@ -72,7 +85,7 @@ enum class Phase : uint8_t {
   kRecording,  // its outcome or release is being recorded
 };
 
-// Whether the store knows the job started.
+// Whether the store knows the job started (kNone: not yet, and not asked).
 enum class StartRecord : uint8_t { kNone, kPending, kDone, kFailed };
 
 // A store write for the store workers.
@@ -93,19 +106,136 @@ struct Entry {
   std::optional<Task> after_start;     // the outcome, once the start is recorded
   std::chrono::milliseconds lease{0};  // length of the lease held
   SteadyClock::time_point renew_at;
+  SteadyClock::time_point record_start_at;  // kRunning, StartRecord::kNone: when to record it
   bool renewing = false;  // a Heartbeat() is in flight
   SteadyClock::time_point submitted;
+  size_t ahead = 0;  // the runner's jobs in its pool when it was admitted
   std::shared_ptr<Call> call;
 };
 
 }  // namespace
+
+// How many jobs the runner may take on, from how long recent jobs held a
+// slot of their pool and how long those in the executor have been there
+// (a job running long makes its pool look slow at once, before it ends).
+// Not thread-safe: RunnerState guards it.
+class Load {
+ public:
+  explicit Load(std::chrono::milliseconds claim_ahead, size_t max_in_flight)
+      : claim_ahead_(claim_ahead), max_in_flight_(max_in_flight) {}
+
+  // A job of `pool` (with `slots` instances) takes a place in it; returns
+  // how many of the runner's jobs it already had.
+  size_t Admit(const Pool* pool, size_t slots) {
+    PoolLoad& load = pools_[pool];
+    load.slots = slots;
+    ++running_;
+    return load.running++;
+  }
+  // The job gave its place back; it had been in the executor since
+  // `submitted` (nullopt: it never got there).
+  void Leave(const Pool* pool, std::optional<SteadyClock::time_point> submitted) {
+    PoolLoad& load = pools_[pool];
+    --running_;
+    --load.running;
+    if (submitted) load.in_executor.erase(load.in_executor.find(*submitted));
+    load.last_active = SteadyClock::now();
+  }
+  void Submitted(const Pool* pool, SteadyClock::time_point at) {
+    pools_[pool].in_executor.insert(at);
+  }
+  // A job that held a slot for `took` (its wait behind the `ahead` jobs
+  // queued before it taken out).
+  void Ran(const Pool* pool, size_t ahead, SteadyClock::duration took);
+
+  size_t running() const { return running_; }
+  // Whether `pool` takes one more job: a free slot, or, while its jobs are
+  // short, a place in its queue that should start within kMaxQueueWait.
+  bool HasRoom(const Pool* pool, size_t slots, size_t concurrency) const;
+  // How many jobs to hold (claimed or running) with `concurrency` slots: one
+  // per slot, plus those that should start within claim_ahead.
+  size_t Wanted(size_t concurrency) const;
+  // Forgets pools idle for long (closed, or no longer used).
+  void Prune();
+
+ private:
+  struct PoolLoad {
+    size_t slots = 1;
+    size_t running = 0;      // admitted or in the executor
+    double mean_run_us = 0;  // of a slot per job
+    std::multiset<SteadyClock::time_point> in_executor;  // when each was submitted
+    SteadyClock::time_point last_active = SteadyClock::now();
+  };
+
+  // The time a slot takes per job: the recent mean, or longer if a job has
+  // been in the executor for longer already.
+  static double SlotTimeUs(const PoolLoad& load, SteadyClock::time_point now);
+  // Jobs per slot that should start within `horizon` at `slot_us` each.
+  size_t Depth(double slot_us, std::chrono::milliseconds horizon) const;
+  // Σ slots × Depth over the pools.
+  size_t Ahead(std::chrono::milliseconds horizon) const;
+
+  const std::chrono::milliseconds claim_ahead_;
+  const size_t max_in_flight_;
+  size_t running_ = 0;
+  std::map<const Pool*, PoolLoad> pools_;
+};
+
+void Load::Ran(const Pool* pool, size_t ahead, SteadyClock::duration took) {
+  PoolLoad& load = pools_[pool];
+  double queued_ahead = ahead >= load.slots ? static_cast<double>(ahead - load.slots + 1) : 0.0;
+  double us = std::chrono::duration<double, std::micro>(took).count() /
+              (1 + queued_ahead / static_cast<double>(load.slots));
+  us = std::max(1.0, us);
+  load.mean_run_us =
+      load.mean_run_us <= 0 ? us : load.mean_run_us + kRunTimeWeight * (us - load.mean_run_us);
+}
+
+double Load::SlotTimeUs(const PoolLoad& load, SteadyClock::time_point now) {
+  if (load.in_executor.empty()) return load.mean_run_us;
+  double oldest = std::chrono::duration<double, std::micro>(now - *load.in_executor.begin()).count();
+  return load.mean_run_us <= 0 ? 0 : std::max(load.mean_run_us, oldest);
+}
+
+size_t Load::Depth(double slot_us, std::chrono::milliseconds horizon) const {
+  if (slot_us <= 0) return 0;  // nothing known yet
+  double horizon_us = std::chrono::duration<double, std::micro>(horizon).count();
+  return static_cast<size_t>(std::min(horizon_us / slot_us, static_cast<double>(max_in_flight_)));
+}
+
+size_t Load::Ahead(std::chrono::milliseconds horizon) const {
+  auto now = SteadyClock::now();
+  size_t ahead = 0;
+  for (const auto& [pool, load] : pools_) ahead += load.slots * Depth(SlotTimeUs(load, now), horizon);
+  return ahead;
+}
+
+bool Load::HasRoom(const Pool* pool, size_t slots, size_t concurrency) const {
+  if (running_ >= concurrency + Ahead(kMaxQueueWait)) return false;
+  auto it = pools_.find(pool);
+  if (it == pools_.end()) return slots > 0;
+  const PoolLoad& load = it->second;
+  return load.running < slots * (1 + Depth(SlotTimeUs(load, SteadyClock::now()), kMaxQueueWait));
+}
+
+size_t Load::Wanted(size_t concurrency) const {
+  return std::min(max_in_flight_, concurrency + Ahead(claim_ahead_));
+}
+
+void Load::Prune() {
+  auto stale = SteadyClock::now() - kIdlePoolMemory;
+  std::erase_if(pools_, [&](const auto& item) {
+    return item.second.running == 0 && item.second.last_active < stale;
+  });
+}
 
 // What the runner holds and decides, shared with completion callbacks,
 // which may outlive the runner: they touch only this state, and nothing
 // once `closed`.
 class RunnerState {
  public:
-  explicit RunnerState(RunnerOptions options) : options(std::move(options)) {}
+  explicit RunnerState(RunnerOptions options)
+      : options(std::move(options)), load_(this->options.claim_ahead, this->options.max_in_flight) {}
 
   const RunnerOptions options;
   mutable Mutex mu;
@@ -130,14 +260,15 @@ class RunnerState {
   // How many more jobs to claim now: enough for the free slots, plus those
   // that should start within claim_ahead judging by recent run times.
   size_t ClaimBudget() const REQUIRES(mu) {
-    size_t want = Concurrency() * (1 + Depth());
-    size_t active = waiting.size() + running_;
+    size_t want = load_.Wanted(Concurrency());
+    size_t active = waiting.size() + load_.running();
     size_t room = options.max_in_flight - std::min(options.max_in_flight, entries.size());
     return std::min({want > active ? want - active : 0, room, options.claim_batch});
   }
 
   // Adds freshly claimed jobs, then schedules.
   void AddClaimed(std::vector<Entry> fresh) REQUIRES(mu) {
+    load_.Prune();
     for (Entry& entry : fresh) {
       learned_concurrency_ = std::max(learned_concurrency_, entry.pool_slots);
       Key key(entry.job.id, entry.job.claim);
@@ -149,7 +280,10 @@ class RunnerState {
   }
 
   // Admits waiting jobs whose pool has a free slot, in claim order, and
-  // records the failure of those no pool runs.
+  // records the failure of those no pool runs. While a pool's recent jobs
+  // are short, a few more than its slots are admitted, to wait in its queue
+  // at most about kMaxQueueWait: handing each job over only as a slot frees
+  // would cost thread hand-offs per job.
   void Schedule() REQUIRES(mu) {
     bool admitted_any = false;
     for (auto it = waiting.begin(); it != waiting.end();) {
@@ -158,8 +292,7 @@ class RunnerState {
         Error error = *entry.unresolved;
         bool retry = !Permanent(error);
         Queue({Task::Kind::kComplete, *it, Outcome::Failed(std::move(error), retry)}, entry);
-      } else if (!dispatching || running_ >= Concurrency() ||
-                 running_by_pool_[entry.pool.get()] >= entry.pool_slots) {
+      } else if (!dispatching || !load_.HasRoom(entry.pool.get(), entry.pool_slots, Concurrency())) {
         ++it;
         continue;
       } else {
@@ -184,22 +317,24 @@ class RunnerState {
     task_cv.Signal();
   }
 
-  // Maintains the slot counts; every phase change goes through here.
+  // Maintains the load; every phase change goes through here.
   void SetPhase(Entry& entry, Phase phase) REQUIRES(mu) {
     bool was = entry.phase == Phase::kAdmitted || entry.phase == Phase::kRunning;
     bool is = phase == Phase::kAdmitted || phase == Phase::kRunning;
-    entry.phase = phase;
-    if (was == is) return;
-    size_t& in_pool = running_by_pool_[entry.pool.get()];
-    if (is) {
-      ++running_;
-      ++in_pool;
-    } else {
-      --running_;
-      --in_pool;
-      claim_cv.Signal();
+    if (phase == Phase::kRunning && entry.phase != Phase::kRunning) {
+      load_.Submitted(entry.pool.get(), entry.submitted);
     }
+    if (was && !is) {
+      std::optional<SteadyClock::time_point> submitted;
+      if (entry.phase == Phase::kRunning) submitted = entry.submitted;
+      load_.Leave(entry.pool.get(), submitted);
+      claim_cv.Signal();
+    } else if (!was && is) {
+      entry.ahead = load_.Admit(entry.pool.get(), entry.pool_slots);
+    }
+    entry.phase = phase;
   }
+
 
   // Forgets a job (recorded, released, or its lease lost).
   void Erase(std::map<Key, Entry>::iterator it) REQUIRES(mu) {
@@ -218,7 +353,7 @@ class RunnerState {
     if (closed || it == entries.end()) return;
     Entry& entry = it->second;
     entry.call.reset();
-    if (!withdrawn) RecordRunTime(SteadyClock::now() - entry.submitted);
+    if (!withdrawn) load_.Ran(entry.pool.get(), entry.ahead, SteadyClock::now() - entry.submitted);
     if (entry.start == StartRecord::kFailed) {  // not ours any more
       Erase(it);
       Schedule();
@@ -248,24 +383,8 @@ class RunnerState {
     return options.concurrency > 0 ? options.concurrency : learned_concurrency_;
   }
 
-  // Jobs per slot worth claiming ahead: as many as recent run times say
-  // should start within claim_ahead (none until a job has run).
-  size_t Depth() const REQUIRES(mu) {
-    if (mean_run_us_ <= 0) return 0;
-    double ahead_us = std::chrono::duration<double, std::micro>(options.claim_ahead).count();
-    return static_cast<size_t>(
-        std::min(ahead_us / mean_run_us_, static_cast<double>(options.max_in_flight)));
-  }
-
-  void RecordRunTime(SteadyClock::duration took) REQUIRES(mu) {
-    double us = std::max(1.0, std::chrono::duration<double, std::micro>(took).count());
-    mean_run_us_ = mean_run_us_ <= 0 ? us : mean_run_us_ + kRunTimeWeight * (us - mean_run_us_);
-  }
-
-  size_t running_ GUARDED_BY(mu) = 0;  // admitted or running
-  std::map<const Pool*, size_t> running_by_pool_ GUARDED_BY(mu);
+  Load load_ GUARDED_BY(mu);
   size_t learned_concurrency_ GUARDED_BY(mu) = 1;
-  double mean_run_us_ GUARDED_BY(mu) = 0;  // from hand-over to the executor to its result
 };
 
 class Runner::Impl {
@@ -431,9 +550,8 @@ class Runner::Impl {
     }
   }
 
-  // Submits one job to its pool and queues the record of its start. False
-  // if the pool is overloaded (try again later); any other refusal is
-  // recorded.
+  // Submits one job to its pool. False if the pool is overloaded (try
+  // again later); any other refusal is recorded.
   bool Submit(Submission& submission) EXCLUDES(state_->mu) {
     CallOptions call_options{.timeout = submission.deadline};
     auto submitted = SteadyClock::now();
@@ -455,10 +573,10 @@ class Runner::Impl {
     auto shared = std::make_shared<Call>(std::move(*call));
     entry.call = shared;
     entry.submitted = submitted;
-    entry.start = StartRecord::kPending;
+    entry.record_start_at = submitted + kStartRecordDelay;  // by the heartbeater
     state_->SetPhase(entry, Phase::kRunning);
-    state_->tasks.push_back({Task::Kind::kStart, submission.key, {}});
-    state_->task_cv.Signal();
+    state_->started++;
+    state_->beat_cv.Signal();
     lock.Unlock();
     shared->OnComplete([state = state_, key = submission.key, shared](const CallResult& result) mutable {
       state->OnCallDone(key, result, shared->state() == CallState::kWithdrawn);
@@ -492,9 +610,9 @@ class Runner::Impl {
     }
   }
 
-  // Records the start of a job handed to the executor, then lets its
-  // outcome be recorded. If the lease is gone (cancelled meanwhile, or
-  // expired), the job is not ours to run: its call is cancelled.
+  // Records the start of a job that has been running for a while, then
+  // lets its outcome be recorded. If the lease is gone (expired), the job
+  // is not ours to run: its call is cancelled.
   void RunStart(const Key& key) {
     auto started = store_->Start(key.first, key.second, options().lease);
     std::shared_ptr<Call> cancel;
@@ -504,7 +622,6 @@ class Runner::Impl {
       if (it == state_->entries.end()) return;
       Entry& entry = it->second;
       if (started) {
-        state_->started++;
         entry.start = StartRecord::kDone;
         entry.lease = options().lease;
         entry.renew_at = SteadyClock::now() + state_->RenewAfter(entry.lease);
@@ -581,11 +698,15 @@ class Runner::Impl {
       for (auto& [key, entry] : state_->entries) {
         // A start being recorded sets the lease itself.
         if (entry.renewing || entry.start == StartRecord::kPending) continue;
-        if (entry.renew_at <= now) {
+        if (entry.phase == Phase::kRunning && entry.start == StartRecord::kNone) {
+          if (entry.record_start_at <= now && RecordStartIfRunning(key, entry)) continue;
+          if (!next || entry.record_start_at < *next) next = entry.record_start_at;
+        }
+        if (entry.renew_at > now) {
+          if (!next || entry.renew_at < *next) next = entry.renew_at;
+        } else {
           entry.renewing = true;
           due.emplace_back(key, entry.lease);
-        } else if (!next || entry.renew_at < *next) {
-          next = entry.renew_at;
         }
       }
       if (due.empty()) {
@@ -605,6 +726,20 @@ class Runner::Impl {
       for (size_t i = 0; i < due.size(); ++i) Renewed(due[i].first, due[i].second, renewed[i]);
       state_->Schedule();
     }
+  }
+
+  // Queues the start record of a job whose call has left its pool's queue
+  // and returns true; else looks again later (a job waiting in the queue
+  // has not started, and keeps its claim lease).
+  bool RecordStartIfRunning(const Key& key, Entry& entry) REQUIRES(state_->mu) {
+    if (entry.call && entry.call->state() == CallState::kQueued) {
+      entry.record_start_at = SteadyClock::now() + kQueuedStartRecheck;
+      return false;
+    }
+    entry.start = StartRecord::kPending;
+    state_->tasks.push_back({Task::Kind::kStart, key, {}});
+    state_->task_cv.Signal();
+    return true;
   }
 
   // The outcome of one heartbeat. A waiting job whose lease is gone

@@ -6,20 +6,23 @@
 // enough that the extra ones should start within `claim_ahead`. A claimed
 // job holds a short claim lease and counts no attempt. It goes to the
 // executor only when a slot of its pool is free (the runner runs at most as
-// many jobs of a module as its pool has instances), so the executor's
-// deadline, the job's timeout, starts when the job starts, not when it was
-// claimed; at that moment the runner records the start (Start(): the
-// attempt counts, the lease becomes the run lease). The outcome is recorded
-// after the start. Stop() gives back (Release()) what it claimed and did
-// not start; after a kill -9 those come back when their claim lease
-// expires, not the run lease. It heartbeats the leases it holds and waits
-// while a pool it feeds is overloaded (backpressure).
+// many jobs of a module as its pool has instances; while that module's jobs
+// are short, a few more, which wait in the pool's queue no longer than
+// about claim_ahead), so the executor's deadline, the job's timeout, starts
+// when the job starts, not when it was claimed. A job whose deadline passes
+// before it starts is given back, uncounted. Its start is recorded with its
+// outcome, or, if it runs longer than a few milliseconds, by a Start() of
+// its own that counts the attempt and takes the run lease. Stop() gives
+// back (Release()) what it claimed and did not start; after a kill -9 those
+// come back when their claim lease expires, not the run lease. It
+// heartbeats the leases it holds and waits while a pool it feeds is
+// overloaded (backpressure).
 //
-// The start is recorded while the job already runs, not before: waiting
-// for that commit would idle the slot for a round trip per job. So a runner
-// killed in the few milliseconds before the commit loses an attempt that is
-// not counted (the job runs again: at-least-once). A claimed job is
-// `running` to the store: cancelling it detaches it, as for one that runs.
+// Recording the start while the job runs, not before it, spares the slot a
+// round trip per job (and short jobs a write). So a runner killed in those
+// first milliseconds loses an attempt that is not counted (the job runs
+// again: at-least-once). A claimed job is `running` to the store:
+// cancelling it detaches it, as for one that runs.
 #ifndef KEEL_JOBS_RUNNER_H_
 #define KEEL_JOBS_RUNNER_H_
 
@@ -62,7 +65,7 @@ struct RunnerOptions {
 // Counters, for metrics. Plain values.
 struct RunnerStats {
   uint64_t claimed = 0;
-  uint64_t started = 0;   // attempts begun (Start recorded)
+  uint64_t started = 0;   // attempts begun: jobs handed to the executor
   uint64_t released = 0;  // claims given back unfinished (stopping, or the call never ran)
   uint64_t succeeded = 0;
   uint64_t failed = 0;
