@@ -113,8 +113,9 @@ Error LeaseError(std::string_view id, uint64_t claim, bool exists, bool started)
 Result<void> ValidateSpec(const JobSpec& spec) {
   if (Result<void> digest = ValidateDigest(spec.module_digest); !digest) return digest;
   if (spec.export_name.empty()) return MakeError(ErrorCode::kInvalidArgument, "empty export name");
-  for (auto [what, text] : {std::pair<std::string_view, std::string_view>{"export name", spec.export_name},
-                            {"idempotency key", spec.idempotency_key}}) {
+  using Named = std::pair<std::string_view, std::string_view>;
+  for (auto [what, text] : {Named{"export name", spec.export_name},
+                            Named{"idempotency key", spec.idempotency_key}}) {
     if (text.size() > kMaxKeyBytes) {
       return MakeError(ErrorCode::kInvalidArgument, std::string(what) + " is longer than " +
                                                         std::to_string(kMaxKeyBytes) + " bytes");

@@ -482,7 +482,9 @@ class PostgresStore final : public JobStore {
         "FROM keel_jobs WHERE idempotency_key = $1",
         Params().Add(spec.idempotency_key));
     if (!rows) return tl::unexpected(rows.error());
-    if (rows->size() != 1) return MakeError(ErrorCode::kInternal, "insert ignored without a conflict");
+    if (rows->size() != 1) {
+      return MakeError(ErrorCode::kInternal, "insert ignored without a conflict");
+    }
     JobSpec held;
     held.module_digest = rows->Text(0, 1);
     held.export_name = rows->Text(0, 2);
@@ -552,10 +554,11 @@ class PostgresStore final : public JobStore {
         if (!reaped) return tl::unexpected(reaped.error());
         requeued = reaped->affected() > 0;
       }
-      Result<Rows> rows = db.Exec(kLeaseSql, Params()
-                                                 .Add(static_cast<int64_t>(request.lease.count() * 1000))
-                                                 .Add(request.runner)
-                                                 .Add(static_cast<int64_t>(request.max_jobs)));
+      Params lease;
+      lease.Add(static_cast<int64_t>(request.lease.count() * 1000))
+          .Add(request.runner)
+          .Add(static_cast<int64_t>(request.max_jobs));
+      Result<Rows> rows = db.Exec(kLeaseSql, lease);
       if (!rows) return tl::unexpected(rows.error());
       std::vector<int> order(rows->size());
       for (int r = 0; r < rows->size(); ++r) order[r] = r;
@@ -619,16 +622,20 @@ class PostgresStore final : public JobStore {
 // Brings the schema to the current version in one transaction; the
 // advisory lock makes concurrent openers (any process) take turns.
 Result<void> MigrateSchema(Connection& conn) {
-  std::string begin = "BEGIN; SELECT pg_advisory_xact_lock(" + std::to_string(kSchemaLockKey) + ")";
+  std::string begin =
+      "BEGIN; SELECT pg_advisory_xact_lock(" + std::to_string(kSchemaLockKey) + ")";
   Result<std::string> begun = conn.ExecScript(begin.c_str());
   if (!begun) return tl::unexpected(begun.error());
   SchemaDatabase db(conn);
-  Result<void> done = schema::Migrate(schema::Dialect::kPostgres, db).and_then([&](int) -> Result<void> {
+  auto commit = [&](int) -> Result<void> {
     Result<std::string> tag = conn.ExecScript("COMMIT");
     if (!tag) return tl::unexpected(tag.error());
-    if (*tag != "COMMIT") return MakeError(ErrorCode::kInternal, "postgres: migration ended in " + *tag);
+    if (*tag != "COMMIT") {
+      return MakeError(ErrorCode::kInternal, "postgres: migration ended in " + *tag);
+    }
     return {};
-  });
+  };
+  Result<void> done = schema::Migrate(schema::Dialect::kPostgres, db).and_then(commit);
   if (!done) (void)conn.ExecScript("ROLLBACK");
   return done;
 }

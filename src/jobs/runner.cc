@@ -193,7 +193,8 @@ void Load::Ran(const Pool* pool, size_t ahead, SteadyClock::duration took) {
 
 double Load::SlotTimeUs(const PoolLoad& load, SteadyClock::time_point now) {
   if (load.in_executor.empty()) return load.mean_run_us;
-  double oldest = std::chrono::duration<double, std::micro>(now - *load.in_executor.begin()).count();
+  double oldest =
+      std::chrono::duration<double, std::micro>(now - *load.in_executor.begin()).count();
   return load.mean_run_us <= 0 ? 0 : std::max(load.mean_run_us, oldest);
 }
 
@@ -206,7 +207,9 @@ size_t Load::Depth(double slot_us, std::chrono::milliseconds horizon) const {
 size_t Load::Ahead(std::chrono::milliseconds horizon) const {
   auto now = SteadyClock::now();
   size_t ahead = 0;
-  for (const auto& [pool, load] : pools_) ahead += load.slots * Depth(SlotTimeUs(load, now), horizon);
+  for (const auto& [pool, load] : pools_) {
+    ahead += load.slots * Depth(SlotTimeUs(load, now), horizon);
+  }
   return ahead;
 }
 
@@ -235,7 +238,8 @@ void Load::Prune() {
 class RunnerState {
  public:
   explicit RunnerState(RunnerOptions options)
-      : options(std::move(options)), load_(this->options.claim_ahead, this->options.max_in_flight) {}
+      : options(std::move(options)),
+        load_(this->options.claim_ahead, this->options.max_in_flight) {}
 
   const RunnerOptions options;
   mutable Mutex mu;
@@ -292,7 +296,8 @@ class RunnerState {
         Error error = *entry.unresolved;
         bool retry = !Permanent(error);
         Queue({Task::Kind::kComplete, *it, Outcome::Failed(std::move(error), retry)}, entry);
-      } else if (!dispatching || !load_.HasRoom(entry.pool.get(), entry.pool_slots, Concurrency())) {
+      } else if (!dispatching ||
+                 !load_.HasRoom(entry.pool.get(), entry.pool_slots, Concurrency())) {
         ++it;
         continue;
       } else {
@@ -416,7 +421,8 @@ class Runner::Impl {
     std::vector<Key> withdrawn;
     for (const auto& [key, call] : ReleaseUnstarted()) {
       // Still queued in its pool: withdrawn; its callback releases it.
-      if (call->state() == CallState::kQueued && call->Cancel() == keel::CancelOutcome::kWithdrawn) {
+      if (call->state() == CallState::kQueued &&
+          call->Cancel() == keel::CancelOutcome::kWithdrawn) {
         withdrawn.push_back(key);
       }
     }
@@ -578,11 +584,12 @@ class Runner::Impl {
     state_->started++;
     state_->beat_cv.Signal();
     lock.Unlock();
-    shared->OnComplete([state = state_, key = submission.key, shared](const CallResult& result) mutable {
+    auto done = [state = state_, key = submission.key, shared](const CallResult& result) mutable {
       state->OnCallDone(key, result, shared->state() == CallState::kWithdrawn);
       // Break the self-reference: the handle lives until its callback ran.
       shared.reset();
-    });
+    };
+    shared->OnComplete(std::move(done));
     return true;
   }
 

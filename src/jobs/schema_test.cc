@@ -262,8 +262,8 @@ TEST_P(SchemaTest, AMigratedDatabaseEndsLikeAFreshOne) {
 
 TEST_P(SchemaTest, ADatabaseFromANewerKeelIsRefusedUntouched) {
   ASSERT_NE(Open(), nullptr);
-  ASSERT_TRUE(db_->Exec(
-      "INSERT INTO keel_schema_migrations (version, summary, applied_us) VALUES (99, 'future', 1)"));
+  ASSERT_TRUE(db_->Exec("INSERT INTO keel_schema_migrations (version, summary, applied_us) "
+                        "VALUES (99, 'future', 1)"));
   Result<std::unique_ptr<JobStore>> store = OpenStore(location_->name());
   ASSERT_FALSE(store);
   EXPECT_EQ(store.error().code, ErrorCode::kFailedPrecondition);
@@ -283,7 +283,9 @@ TEST_P(SchemaTest, ConcurrentOpenersMigrateOnce) {
   for (auto& thread : threads) thread.join();
   for (auto& store : stores) ASSERT_TRUE(store) << store.error().ToString();
   EXPECT_EQ(Migrations(), schema::kSchemaVersion);
-  for (auto& store : stores) EXPECT_EQ((*store)->Get(RawDatabase::kQueued)->state, JobState::kQueued);
+  for (auto& store : stores) {
+    EXPECT_EQ((*store)->Get(RawDatabase::kQueued)->state, JobState::kQueued);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Stores, SchemaTest,

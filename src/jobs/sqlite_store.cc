@@ -45,7 +45,9 @@ Job ReadJob(const Statement& row, bool payloads) {
   if (!row.IsNull(14)) job.finished_at = FromMicros(row.Int(14));
   job.runner = row.Text(15);
   // Rows written before messages were made valid text may hold any bytes.
-  if (!row.IsNull(16)) job.error = Error(ErrorCodeFromName(row.Text(16)), ToValidText(row.Text(17)));
+  if (!row.IsNull(16)) {
+    job.error = Error(ErrorCodeFromName(row.Text(16)), ToValidText(row.Text(17)));
+  }
   if (!row.IsNull(18)) job.started_at = FromMicros(row.Int(18));
   if (payloads) {
     job.spec.input = row.Blob(19);

@@ -128,10 +128,9 @@ boost::asio::awaitable<Response> Submit(Service& service, RequestContext& ctx) {
   if (submitted->conflict) {
     // The key already names other work: it stays that job's.
     json::object existing{{"id", submitted->id}, {"module_digest", submitted->module_digest}};
-    res = ErrorResponse(409,
-                        Error(ErrorCode::kAlreadyExists,
-                              "the idempotency key names job " + submitted->id + ", submitted with other work"),
-                        std::move(existing));
+    Error taken(ErrorCode::kAlreadyExists,
+                "the idempotency key names job " + submitted->id + ", submitted with other work");
+    res = ErrorResponse(409, taken, std::move(existing));
   } else {
     res = JsonResponse(submitted->created ? 202 : 200,
                        json::value{{"id", submitted->id},

@@ -271,7 +271,8 @@ TEST_P(RunnerTest, CancelledClaimedJobRunsAndKeepsItsResult) {
   EXPECT_EQ(std::string(job.result.begin(), job.result.end()), "second");
 }
 
-INSTANTIATE_TEST_SUITE_P(Stores, RunnerTest, ::testing::Values(Backend::kSqlite, Backend::kPostgres),
+INSTANTIATE_TEST_SUITE_P(Stores, RunnerTest,
+                         ::testing::Values(Backend::kSqlite, Backend::kPostgres),
                          testing::BackendName);
 
 }  // namespace
