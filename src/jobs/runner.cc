@@ -138,7 +138,10 @@ class Load {
     PoolLoad& load = pools_[pool];
     --running_;
     --load.running;
-    if (submitted) load.in_executor.erase(load.in_executor.find(*submitted));
+    if (submitted) {
+      auto it = load.in_executor.find(*submitted);
+      if (it != load.in_executor.end()) load.in_executor.erase(it);
+    }
     load.last_active = SteadyClock::now();
   }
   void Submitted(const Pool* pool, SteadyClock::time_point at) {
@@ -149,12 +152,17 @@ class Load {
   void Ran(const Pool* pool, size_t ahead, SteadyClock::duration took);
 
   size_t running() const { return running_; }
-  // Whether `pool` takes one more job: a free slot, or, while its jobs are
-  // short, a place in its queue that should start within kMaxQueueWait.
-  bool HasRoom(const Pool* pool, size_t slots, size_t concurrency) const;
+  // How many jobs may be in the executor with `concurrency` slots: one per
+  // slot, and while jobs are short a few more, that should start within
+  // kMaxQueueWait.
+  size_t Cap(size_t concurrency) const { return concurrency + Ahead(kMaxQueueWait); }
+  // Whether `pool` takes one more job, by the same rule.
+  bool HasRoom(const Pool* pool, size_t slots) const;
   // How many jobs to hold (claimed or running) with `concurrency` slots: one
   // per slot, plus those that should start within claim_ahead.
   size_t Wanted(size_t concurrency) const;
+  // Σ slots × Depth over the pools.
+  size_t Ahead(std::chrono::milliseconds horizon) const;
   // Forgets pools idle for long (closed, or no longer used).
   void Prune();
 
@@ -172,8 +180,6 @@ class Load {
   static double SlotTimeUs(const PoolLoad& load, SteadyClock::time_point now);
   // Jobs per slot that should start within `horizon` at `slot_us` each.
   size_t Depth(double slot_us, std::chrono::milliseconds horizon) const;
-  // Σ slots × Depth over the pools.
-  size_t Ahead(std::chrono::milliseconds horizon) const;
 
   const std::chrono::milliseconds claim_ahead_;
   const size_t max_in_flight_;
@@ -213,8 +219,7 @@ size_t Load::Ahead(std::chrono::milliseconds horizon) const {
   return ahead;
 }
 
-bool Load::HasRoom(const Pool* pool, size_t slots, size_t concurrency) const {
-  if (running_ >= concurrency + Ahead(kMaxQueueWait)) return false;
+bool Load::HasRoom(const Pool* pool, size_t slots) const {
   auto it = pools_.find(pool);
   if (it == pools_.end()) return slots > 0;
   const PoolLoad& load = it->second;
@@ -290,14 +295,19 @@ class RunnerState {
   // would cost thread hand-offs per job.
   void Schedule() REQUIRES(mu) {
     bool admitted_any = false;
+    size_t cap = load_.Cap(Concurrency());
+    std::set<const Pool*> full;
     for (auto it = waiting.begin(); it != waiting.end();) {
       Entry& entry = entries.at(*it);
       if (entry.unresolved) {
         Error error = *entry.unresolved;
         bool retry = !Permanent(error);
         Queue({Task::Kind::kComplete, *it, Outcome::Failed(std::move(error), retry)}, entry);
-      } else if (!dispatching ||
-                 !load_.HasRoom(entry.pool.get(), entry.pool_slots, Concurrency())) {
+      } else if (!dispatching || load_.running() >= cap) {
+        break;
+      } else if (full.contains(entry.pool.get()) ||
+                 !load_.HasRoom(entry.pool.get(), entry.pool_slots)) {
+        full.insert(entry.pool.get());
         ++it;
         continue;
       } else {

@@ -3,9 +3,11 @@
 // machines share one queue. A job is accepted only once it is committed.
 //
 // Runner protocol: Claim() up to N ready jobs with a short lease, Start() each
-// when it begins running (this counts the attempt and takes the longer run
-// lease), Heartbeat() to keep each lease, then Complete() with the attempt's
-// outcome, or Release() to give the job back unrun (e.g. when stopping). A
+// once it runs (this counts the attempt and takes the longer run lease; a job
+// that ends first can skip it, as Complete() counts the attempt of a claim
+// not started), Heartbeat() to keep each lease, then Complete() with the
+// attempt's outcome, or Release() to give the job back unrun (e.g. when
+// stopping). A
 // lease that is not renewed expires and the job goes back to the queue:
 // at-least-once, and an attempt that had started counts (the job is dead when
 // none is left), one that had not does not. A lease is named by (job id,

@@ -172,11 +172,11 @@ TEST_P(RunnerTest, BackpressureWhenThePoolIsFull) {
   CreatePools({.instances = 1, .max_queue = 2});
   auto pool = pools_->ForDigest(digest_);
   ASSERT_TRUE(pool) << pool.error().ToString();
-  // Another caller fills the pool: one call running (300 ms) and the queue
+  // Another caller fills the pool: one call running (2 s) and the queue
   // full behind it.
   std::vector<Call> others;
   for (int i = 0; i < 3; ++i) {
-    auto call = (*pool)->SubmitBytes("echo", Bytes("300:other"));
+    auto call = (*pool)->SubmitBytes("echo", Bytes(i == 0 ? "2000:other" : "0:other"));
     ASSERT_TRUE(call) << call.error().ToString();
     others.push_back(std::move(*call));
     if (i == 0) {
