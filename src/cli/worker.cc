@@ -33,7 +33,11 @@ int Worker(const WorkerArgs& args) {
   auto lease = std::chrono::duration_cast<std::chrono::milliseconds>(args.lease);
   auto runner = jobs::Runner::Start(
       store->get(), [&pools](const std::string& digest) { return pools.ForDigest(digest); },
-      {.name = args.name, .max_in_flight = args.max_in_flight, .lease = lease});
+      {.name = args.name,
+       // Jobs run at most one per worker thread, whatever the pools' sizes.
+       .concurrency = static_cast<size_t>((*runtime)->workers()),
+       .max_in_flight = args.max_in_flight,
+       .lease = lease});
   if (!runner) {
     std::fprintf(stderr, "keel: %s\n", runner.error().ToString().c_str());
     return kExitFailure;

@@ -28,9 +28,100 @@ std::string NewJobId() {
   return id;
 }
 
+namespace {
+
+// A well-formed UTF-8 sequence at the start of `text`: its length, or 0 if
+// there is none; then *bad is the length of the maximal ill-formed prefix
+// to replace with one U+FFFD (at least 1).
+size_t Utf8SequenceAt(std::string_view text, size_t* bad) {
+  auto byte = [&](size_t i) { return static_cast<uint8_t>(text[i]); };
+  uint8_t lead = byte(0);
+  *bad = 1;
+  if (lead < 0x80) return 1;
+  size_t length;
+  uint8_t lo = 0x80, hi = 0xbf;  // range of the second byte
+  if (lead >= 0xc2 && lead <= 0xdf) {
+    length = 2;
+  } else if (lead >= 0xe0 && lead <= 0xef) {
+    length = 3;
+    if (lead == 0xe0) lo = 0xa0;
+    if (lead == 0xed) hi = 0x9f;  // no UTF-16 surrogates
+  } else if (lead >= 0xf0 && lead <= 0xf4) {
+    length = 4;
+    if (lead == 0xf0) lo = 0x90;
+    if (lead == 0xf4) hi = 0x8f;  // nothing above U+10FFFF
+  } else {
+    return 0;  // a continuation byte, an overlong lead or beyond Unicode
+  }
+  for (size_t i = 1; i < length; ++i) {
+    if (i >= text.size()) return 0;
+    uint8_t b = byte(i);
+    bool ok = i == 1 ? (b >= lo && b <= hi) : (b >= 0x80 && b <= 0xbf);
+    if (!ok) return 0;
+    *bad = i + 1;
+  }
+  return length;
+}
+
+}  // namespace
+
+std::string ToValidText(std::string_view bytes) {
+  static constexpr std::string_view kReplacement = "\xef\xbf\xbd";  // U+FFFD
+  std::string out;
+  out.reserve(bytes.size());
+  size_t i = 0;
+  while (i < bytes.size()) {
+    size_t bad = 0;
+    size_t length = Utf8SequenceAt(bytes.substr(i), &bad);
+    if (length == 0 || bytes[i] == '\0') {
+      out += kReplacement;
+      i += length == 0 ? std::min(bad, bytes.size() - i) : 1;
+    } else {
+      out.append(bytes.substr(i, length));
+      i += length;
+    }
+  }
+  return out;
+}
+
+Result<void> ValidateKeyText(std::string_view what, std::string_view text) {
+  if (text.find('\0') != std::string_view::npos) {
+    return MakeError(ErrorCode::kInvalidArgument, std::string(what) + " contains NUL");
+  }
+  if (ToValidText(text) != text) {
+    return MakeError(ErrorCode::kInvalidArgument, std::string(what) + " is not valid UTF-8");
+  }
+  return {};
+}
+
+bool IsJobId(std::string_view id) {
+  return id.size() == 26 && id.find_first_not_of("0123456789ABCDEFGHJKMNPQRSTVWXYZ") ==
+                                std::string_view::npos;
+}
+
+tl::unexpected<Error> NoSuchJob(std::string_view id) {
+  return MakeError(ErrorCode::kNotFound, "no job " + ToValidText(id));
+}
+
+Error LeaseError(std::string_view id, uint64_t claim, bool exists, bool started) {
+  if (!exists) return NoSuchJob(id).value();
+  std::string lease = "claim " + std::to_string(claim) + " of job " + std::string(id);
+  return Error(ErrorCode::kFailedPrecondition,
+               started ? lease + " has already started" : lease + " is no longer held");
+}
+
 Result<void> ValidateSpec(const JobSpec& spec) {
   if (Result<void> digest = ValidateDigest(spec.module_digest); !digest) return digest;
   if (spec.export_name.empty()) return MakeError(ErrorCode::kInvalidArgument, "empty export name");
+  using Named = std::pair<std::string_view, std::string_view>;
+  for (auto [what, text] : {Named{"export name", spec.export_name},
+                            Named{"idempotency key", spec.idempotency_key}}) {
+    if (text.size() > kMaxKeyBytes) {
+      return MakeError(ErrorCode::kInvalidArgument, std::string(what) + " is longer than " +
+                                                        std::to_string(kMaxKeyBytes) + " bytes");
+    }
+    if (Result<void> valid = ValidateKeyText(what, text); !valid) return valid;
+  }
   if (spec.deadline.count() <= 0) return MakeError(ErrorCode::kInvalidArgument, "deadline <= 0");
   if (spec.max_attempts < 1) return MakeError(ErrorCode::kInvalidArgument, "max_attempts < 1");
   if (spec.retry_backoff.count() < 0) {
@@ -39,8 +130,15 @@ Result<void> ValidateSpec(const JobSpec& spec) {
   return {};
 }
 
+bool SameWork(const JobSpec& a, const JobSpec& b) {
+  return a.module_digest == b.module_digest && a.export_name == b.export_name &&
+         a.input == b.input && a.deadline == b.deadline && a.max_attempts == b.max_attempts &&
+         a.retry_backoff == b.retry_backoff;
+}
+
 Result<void> ValidateClaim(const ClaimRequest& request) {
   if (request.runner.empty()) return MakeError(ErrorCode::kInvalidArgument, "empty runner name");
+  if (Result<void> valid = ValidateKeyText("runner name", request.runner); !valid) return valid;
   if (request.max_jobs < 1 || request.max_jobs > kMaxClaimBatch) {
     return MakeError(ErrorCode::kInvalidArgument,
                      "max_jobs must be 1.." + std::to_string(kMaxClaimBatch));
@@ -80,21 +178,23 @@ ErrorCode ErrorCodeFromName(std::string_view name) {
 }
 
 uint64_t WakeSignal::generation() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   return generation_;
 }
 
 void WakeSignal::Notify() {
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     ++generation_;
   }
-  cv_.notify_all();
+  cv_.SignalAll();
 }
 
 void WakeSignal::Wait(uint64_t seen, std::chrono::steady_clock::time_point deadline) {
-  std::unique_lock lock(mu_);
-  cv_.wait_until(lock, deadline, [&] { return generation_ != seen; });
+  MutexLock lock(mu_);
+  while (generation_ == seen && std::chrono::steady_clock::now() < deadline) {
+    cv_.WaitUntil(mu_, deadline);
+  }
 }
 
 Result<std::vector<ClaimedJob>> ClaimWithWait(

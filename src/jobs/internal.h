@@ -4,15 +4,14 @@
 #define KEEL_JOBS_INTERNAL_H_
 
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <functional>
-#include <mutex>
 #include <string>
 #include <string_view>
 #include <unordered_set>
 #include <vector>
 
+#include "base/mutex.h"
 #include "jobs/store.h"
 #include "keel/status.h"
 
@@ -26,10 +25,16 @@ inline constexpr std::chrono::milliseconds kClaimPollInterval{200};
 // Operations per group-commit transaction.
 inline constexpr size_t kMaxCommitBatch = 512;
 
+// Longest idempotency key and export name a job may have, in bytes.
+inline constexpr size_t kMaxKeyBytes = 1024;
+
 // Error recorded on a job whose lease expired.
 inline constexpr std::string_view kLeaseExpiredMessage = "lease expired: runner lost";
 // Error recorded on a job cancelled before it ran.
 inline constexpr std::string_view kCancelledMessage = "cancelled before it ran";
+// Error recorded on a cancelled job whose runner gave it back unfinished.
+inline constexpr std::string_view kReleasedCancelledMessage =
+    "cancelled; its runner gave it back unfinished";
 
 // A new job id: 26 Crockford base-32 characters, a 48-bit millisecond
 // timestamp then 80 random bits (ULID layout), so ids sort by creation time
@@ -38,9 +43,31 @@ std::string NewJobId();
 
 // kInvalidArgument naming the first malformed field; success otherwise.
 [[nodiscard]] Result<void> ValidateSpec(const JobSpec& spec);
+// True if both describe the same work: module, export, input, deadline,
+// attempts and backoff (the idempotency key aside).
+bool SameWork(const JobSpec& a, const JobSpec& b);
 [[nodiscard]] Result<void> ValidateClaim(const ClaimRequest& request);
 // kInvalidArgument unless `digest` is 64 lowercase hex characters.
 [[nodiscard]] Result<void> ValidateDigest(std::string_view digest);
+// True if `id` has the form NewJobId() gives (so that a malformed id is
+// never sent to a database, where it might not even be valid text).
+bool IsJobId(std::string_view id);
+// kNotFound "no job ..." naming `id` (made valid UTF-8).
+tl::unexpected<Error> NoSuchJob(std::string_view id);
+
+// The error for an operation on lease (id, claim) that matched no row:
+// kNotFound unless the job `exists`; else kFailedPrecondition, saying the
+// claim had `started` already (Start) or that the lease is no longer held.
+Error LeaseError(std::string_view id, uint64_t claim, bool exists, bool started);
+
+// Key text (idempotency keys, export and runner names): kInvalidArgument,
+// naming `what`, unless `text` is valid UTF-8 without NUL. Such text is
+// stored exactly on both stores; NUL would be cut off by PostgreSQL.
+[[nodiscard]] Result<void> ValidateKeyText(std::string_view what, std::string_view text);
+// `bytes` as valid UTF-8 without NUL: every NUL and every maximal ill-formed
+// subsequence (Unicode 15, section 3.9) becomes U+FFFD. Free text from
+// guests and engines (error messages) is stored this way.
+std::string ToValidText(std::string_view bytes);
 
 int64_t ToMicros(TimePoint t);
 TimePoint FromMicros(int64_t micros);
@@ -52,15 +79,15 @@ ErrorCode ErrorCodeFromName(std::string_view name);
 // Wakes claimers waiting for work in this process. Thread-safe.
 class WakeSignal {
  public:
-  uint64_t generation() const;
-  void Notify();
+  uint64_t generation() const EXCLUDES(mu_);
+  void Notify() EXCLUDES(mu_);
   // Blocks until the generation differs from `seen` or `deadline` passes.
-  void Wait(uint64_t seen, std::chrono::steady_clock::time_point deadline);
+  void Wait(uint64_t seen, std::chrono::steady_clock::time_point deadline) EXCLUDES(mu_);
 
  private:
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  uint64_t generation_ = 0;
+  mutable Mutex mu_;
+  CondVar cv_;
+  uint64_t generation_ GUARDED_BY(mu_) = 0;
 };
 
 // Claim with ClaimRequest::wait: calls `claim_ready` until it returns jobs
@@ -74,18 +101,18 @@ class WakeSignal {
 // digest once seen stays valid. Thread-safe.
 class KnownModules {
  public:
-  bool Contains(const std::string& digest) const {
-    std::lock_guard lock(mu_);
+  bool Contains(const std::string& digest) const EXCLUDES(mu_) {
+    MutexLock lock(mu_);
     return digests_.contains(digest);
   }
-  void Add(const std::string& digest) {
-    std::lock_guard lock(mu_);
+  void Add(const std::string& digest) EXCLUDES(mu_) {
+    MutexLock lock(mu_);
     digests_.insert(digest);
   }
 
  private:
-  mutable std::mutex mu_;
-  std::unordered_set<std::string> digests_;  // guarded by mu_
+  mutable Mutex mu_;
+  std::unordered_set<std::string> digests_ GUARDED_BY(mu_);
 };
 
 }  // namespace keel::jobs

@@ -12,6 +12,7 @@ namespace keel::jobs {
 namespace {
 
 using namespace std::chrono_literals;
+using namespace std::string_literals;
 
 TEST(JobStateTest, NamesRoundTrip) {
   for (size_t i = 0; i < kJobStateCount; ++i) {
@@ -24,6 +25,30 @@ TEST(JobStateTest, NamesRoundTrip) {
   EXPECT_TRUE(IsFinished(JobState::kDead));
   EXPECT_EQ(ErrorCodeFromName("deadline_exceeded"), ErrorCode::kDeadlineExceeded);
   EXPECT_EQ(ErrorCodeFromName("???"), ErrorCode::kInternal);
+}
+
+// Each NUL and each maximal ill-formed subsequence becomes one U+FFFD
+// (Unicode 15, 3.9: the example of table 3-8, overlongs, surrogates, a
+// sequence cut short); well-formed text stays as it is.
+TEST(TextTest, ToValidTextReplacesWhatIsNotText) {
+  const std::string r = "\uFFFD";
+  EXPECT_EQ(ToValidText("plain"), "plain");
+  EXPECT_EQ(ToValidText("caf\u00e9 \u2713 \U0001F600 \U0010FFFF"),
+            "caf\u00e9 \u2713 \U0001F600 \U0010FFFF");
+  EXPECT_EQ(ToValidText("\x61\xF1\x80\x80\xE1\x80\xC2\x62\x80\x63\x80\xBF\x64"),
+            "a" + r + r + r + "b" + r + "c" + r + r + "d");
+  EXPECT_EQ(ToValidText("a\0b"s), "a" + r + "b");
+  EXPECT_EQ(ToValidText("\xC0\xAF"), r + r);              // overlong '/'
+  EXPECT_EQ(ToValidText("\xE0\x80\xAF"), r + r + r);      // overlong, 3 bytes
+  EXPECT_EQ(ToValidText("\xED\xA0\x80"), r + r + r);      // a UTF-16 surrogate
+  EXPECT_EQ(ToValidText("\xF4\x90\x80\x80"), r + r + r + r);  // above U+10FFFF
+  EXPECT_EQ(ToValidText("\xF5x"), r + "x");
+  EXPECT_EQ(ToValidText("ok \xF0\x9F\x98"), "ok " + r);  // cut at the end
+  EXPECT_EQ(ToValidText("\xF0\x9F\x98" "A"), r + "A");
+  EXPECT_EQ(ToValidText(""), "");
+  EXPECT_TRUE(ValidateKeyText("key", "cl\u00e9"));
+  EXPECT_EQ(ValidateKeyText("key", "a\0b"s).error().message, "key contains NUL");
+  EXPECT_EQ(ValidateKeyText("key", "\xff").error().message, "key is not valid UTF-8");
 }
 
 TEST(JobIdTest, IdsAreUniqueSortableCrockfordText) {

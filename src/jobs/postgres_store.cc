@@ -8,242 +8,38 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
-#include <deque>
-#include <functional>
-#include <mutex>
 #include <thread>
-#include <unordered_map>
 #include <utility>
 
 #include "base/sha256.h"
 #include "jobs/connection_pool.h"
-#include "jobs/group_commit.h"
 #include "jobs/internal.h"
+#include "jobs/postgres_db.h"
+#include "jobs/schema.h"
 
 namespace keel::jobs {
 namespace {
 
 using std::string_view_literals::operator""sv;
+using pg::CommitLane;
+using pg::Connection;
+using pg::Params;
+using pg::Rows;
 
 constexpr size_t kMaxReaders = 4;
 constexpr size_t kCommitLanes = 4;
 constexpr std::chrono::milliseconds kReapInterval{100};
 constexpr int kReconnectDelayMs = 1000;
-// Serializes schema creation between processes (CREATE ... IF NOT EXISTS
-// alone races on the catalog).
-constexpr char kSchemaSql[] = R"sql(
-BEGIN;
-SELECT pg_advisory_xact_lock(4242001);
-CREATE TABLE IF NOT EXISTS keel_modules (
-  digest TEXT PRIMARY KEY,
-  bytes BYTEA NOT NULL,
-  created_us BIGINT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS keel_jobs (
-  seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-  id TEXT NOT NULL UNIQUE,
-  module_digest TEXT NOT NULL,
-  export_name TEXT NOT NULL,
-  deadline_ms BIGINT NOT NULL,
-  idempotency_key TEXT UNIQUE,
-  max_attempts BIGINT NOT NULL,
-  backoff_ms BIGINT NOT NULL,
-  state TEXT NOT NULL,
-  attempts BIGINT NOT NULL DEFAULT 0,
-  cancel_requested BOOLEAN NOT NULL DEFAULT false,
-  created_us BIGINT NOT NULL,
-  updated_us BIGINT NOT NULL,
-  not_before_us BIGINT NOT NULL,
-  lease_until_us BIGINT,
-  finished_us BIGINT,
-  runner TEXT,
-  error_code TEXT,
-  error_message TEXT,
-  input BYTEA NOT NULL,
-  result BYTEA
-);
-CREATE INDEX IF NOT EXISTS keel_jobs_ready ON keel_jobs (not_before_us, seq)
-  WHERE state = 'queued';
-CREATE INDEX IF NOT EXISTS keel_jobs_leased ON keel_jobs (lease_until_us)
-  WHERE state = 'running';
-CREATE INDEX IF NOT EXISTS keel_jobs_finished ON keel_jobs (finished_us)
-  WHERE finished_us IS NOT NULL;
-CREATE INDEX IF NOT EXISTS keel_jobs_state ON keel_jobs (state, seq);
--- The server's clock in microseconds, fixed for one statement.
-CREATE OR REPLACE FUNCTION keel_now_us() RETURNS BIGINT LANGUAGE sql STABLE
-  AS 'SELECT (extract(epoch FROM statement_timestamp()) * 1000000)::bigint';
-COMMIT;
-)sql";
+// Serializes schema migrations between processes.
+constexpr int64_t kSchemaLockKey = 4242001;
+// Where NOTIFY tells every store that work became claimable.
+constexpr char kNotifyChannel[] = "keel_jobs";
 
 // Same order as the SQLite store: see ReadJob.
 constexpr char kJobColumns[] =
     "id, module_digest, export_name, deadline_ms, idempotency_key, max_attempts, backoff_ms, "
     "state, attempts, cancel_requested, created_us, updated_us, not_before_us, lease_until_us, "
-    "finished_us, runner, error_code, error_message";
-
-// Statement parameters: text, except bytea which is sent binary (no
-// escaping). Borrows byte spans; the owner must outlive the call.
-class Params {
- public:
-  Params& Add(std::string_view text) {
-    const std::string& stored = storage_.emplace_back(text);
-    return Push(stored.c_str(), static_cast<int>(stored.size()), 0);
-  }
-  Params& Add(int64_t value) { return Add(std::string_view(std::to_string(value))); }
-  Params& AddBool(bool value) { return Add(std::string_view(value ? "t" : "f")); }
-  // Empty text becomes NULL (optional text columns).
-  Params& AddOrNull(std::string_view text) { return text.empty() ? AddNull() : Add(text); }
-  Params& AddBytes(std::span<const uint8_t> bytes) {
-    // A null pointer would mean NULL, not empty bytes.
-    static const char kEmpty[] = "";
-    const char* data = bytes.empty() ? kEmpty : reinterpret_cast<const char*>(bytes.data());
-    return Push(data, static_cast<int>(bytes.size()), 1);
-  }
-  Params& AddNull() { return Push(nullptr, 0, 0); }
-
-  int size() const { return static_cast<int>(values_.size()); }
-  const char* const* values() const { return values_.data(); }
-  const int* lengths() const { return lengths_.data(); }
-  const int* formats() const { return formats_.data(); }
-
- private:
-  Params& Push(const char* value, int length, int format) {
-    values_.push_back(value);
-    lengths_.push_back(length);
-    formats_.push_back(format);
-    return *this;
-  }
-
-  std::deque<std::string> storage_;  // stable addresses
-  std::vector<const char*> values_;
-  std::vector<int> lengths_;
-  std::vector<int> formats_;
-};
-
-// A result in binary format. Move-only value.
-class Rows {
- public:
-  explicit Rows(PGresult* result) : result_(result, &PQclear) {}
-
-  int size() const { return PQntuples(result_.get()); }
-  PGresult* raw() const { return result_.get(); }
-  int64_t affected() const {
-    const char* text = PQcmdTuples(result_.get());
-    return text[0] == '\0' ? 0 : std::stoll(text);
-  }
-  bool IsNull(int row, int col) const { return PQgetisnull(result_.get(), row, col) != 0; }
-  // int8 or int4, big-endian.
-  int64_t Int(int row, int col) const {
-    const auto* p = reinterpret_cast<const uint8_t*>(PQgetvalue(result_.get(), row, col));
-    int length = PQgetlength(result_.get(), row, col);
-    uint64_t value = 0;
-    for (int i = 0; i < length; ++i) value = (value << 8) | p[i];
-    if (length == 4) return static_cast<int32_t>(value);
-    return static_cast<int64_t>(value);
-  }
-  bool Bool(int row, int col) const { return PQgetvalue(result_.get(), row, col)[0] != 0; }
-  std::string Text(int row, int col) const {
-    return std::string(PQgetvalue(result_.get(), row, col), PQgetlength(result_.get(), row, col));
-  }
-  std::vector<uint8_t> Bytes(int row, int col) const {
-    const auto* p = reinterpret_cast<const uint8_t*>(PQgetvalue(result_.get(), row, col));
-    return std::vector<uint8_t>(p, p + PQgetlength(result_.get(), row, col));
-  }
-
- private:
-  std::unique_ptr<PGresult, decltype(&PQclear)> result_;
-};
-
-// The error for a failed statement: kUnavailable when retrying may help
-// (connection lost, deadlock, serialization failure, shutdown), kAlreadyExists
-// for a unique violation, else kInternal.
-Error PgError(PGconn* conn, const PGresult* result, std::string_view what) {
-  std::string message = "postgres: " + std::string(what) + ": ";
-  const char* text = result != nullptr ? PQresultErrorMessage(result) : "";
-  if (text[0] == '\0') text = PQerrorMessage(conn);
-  message += text;
-  while (!message.empty() && message.back() == '\n') message.pop_back();
-  if (PQstatus(conn) != CONNECTION_OK) return Error(ErrorCode::kUnavailable, std::move(message));
-  const char* state = result != nullptr ? PQresultErrorField(result, PG_DIAG_SQLSTATE) : nullptr;
-  std::string_view sqlstate = state != nullptr ? state : "";
-  if (sqlstate == "23505") return Error(ErrorCode::kAlreadyExists, std::move(message));
-  if (sqlstate == "40001" || sqlstate == "40P01" || sqlstate.starts_with("08") ||
-      sqlstate.starts_with("57P")) {
-    return Error(ErrorCode::kUnavailable, std::move(message));
-  }
-  return Error(ErrorCode::kInternal, std::move(message));
-}
-
-// One libpq connection with its prepared statements. Used by one thread at a
-// time.
-class Connection {
- public:
-  static Result<std::unique_ptr<Connection>> Open(const std::string& url) {
-    auto conn = std::unique_ptr<Connection>(new Connection(PQconnectdb(url.c_str())));
-    if (conn->conn_ == nullptr || PQstatus(conn->conn_) != CONNECTION_OK) {
-      std::string message = "postgres: cannot connect: ";
-      message += conn->conn_ != nullptr ? PQerrorMessage(conn->conn_) : "out of memory";
-      while (!message.empty() && message.back() == '\n') message.pop_back();
-      return MakeError(ErrorCode::kUnavailable, std::move(message));
-    }
-    // Silence NOTICEs such as "relation already exists, skipping".
-    PQsetNoticeProcessor(
-        conn->conn_, [](void*, const char*) {}, nullptr);
-    return conn;
-  }
-
-  ~Connection() { PQfinish(conn_); }
-
-  bool healthy() const { return PQstatus(conn_) == CONNECTION_OK; }
-
-  // Reconnects a broken connection. kUnavailable if that fails.
-  [[nodiscard]] Result<void> EnsureConnected() {
-    if (healthy()) return {};
-    prepared_.clear();
-    PQreset(conn_);
-    if (!healthy()) return tl::unexpected(PgError(conn_, nullptr, "reconnect"));
-    return {};
-  }
-
-  // Runs `sql` as a statement prepared once per connection; binary results.
-  [[nodiscard]] Result<Rows> Exec(const std::string& sql, const Params& params) {
-    auto it = prepared_.find(sql);
-    if (it == prepared_.end()) {
-      std::string name = "keel_" + std::to_string(prepared_.size());
-      Rows prepared(PQprepare(conn_, name.c_str(), sql.c_str(), 0, nullptr));
-      if (PQresultStatus(prepared.raw()) != PGRES_COMMAND_OK) {
-        return tl::unexpected(PgError(conn_, prepared.raw(), "prepare"));
-      }
-      it = prepared_.emplace(sql, std::move(name)).first;
-    }
-    Rows rows(PQexecPrepared(conn_, it->second.c_str(), params.size(), params.values(),
-                             params.lengths(), params.formats(), /*resultFormat=*/1));
-    ExecStatusType status = PQresultStatus(rows.raw());
-    if (status != PGRES_TUPLES_OK && status != PGRES_COMMAND_OK) {
-      return tl::unexpected(PgError(conn_, rows.raw(), "exec"));
-    }
-    return rows;
-  }
-
-  // Runs one or more parameterless statements; returns the last one's
-  // command tag (e.g. "COMMIT", or "ROLLBACK" for a failed transaction).
-  [[nodiscard]] Result<std::string> ExecScript(const char* sql) {
-    Rows rows(PQexec(conn_, sql));
-    ExecStatusType status = PQresultStatus(rows.raw());
-    if (status != PGRES_TUPLES_OK && status != PGRES_COMMAND_OK) {
-      return tl::unexpected(PgError(conn_, rows.raw(), "exec"));
-    }
-    return std::string(PQcmdStatus(rows.raw()));
-  }
-
-  PGconn* raw() const { return conn_; }
-
- private:
-  explicit Connection(PGconn* conn) : conn_(conn) {}
-
-  PGconn* conn_;
-  std::unordered_map<std::string, std::string> prepared_;  // SQL -> statement name
-};
+    "finished_us, runner, error_code, error_message, started_us";
 
 Job ReadJob(const Rows& rows, int r, bool payloads) {
   Job job;
@@ -267,80 +63,134 @@ Job ReadJob(const Rows& rows, int r, bool payloads) {
     job.error = Error(ErrorCodeFromName(rows.Text(r, 16)),
                       rows.IsNull(r, 17) ? std::string() : rows.Text(r, 17));
   }
+  if (!rows.IsNull(r, 18)) job.started_at = FromMicros(rows.Int(r, 18));
   if (payloads) {
-    job.spec.input = rows.Bytes(r, 18);
-    if (!rows.IsNull(r, 19)) job.result = rows.Bytes(r, 19);
+    job.spec.input = rows.Bytes(r, 19);
+    if (!rows.IsNull(r, 20)) job.result = rows.Bytes(r, 20);
   }
   return job;
 }
 
 // Complete() in one statement, one round trip (see store.h for the rules):
-// $1 id, $2 attempt, $3 succeeded, $4 retry wanted, $5 state if not
-// retried, $6 result, $7 error code, $8 error message, $9 kMaxRetryDelay in
-// ms. SET sees the row as it was, so the retry condition is spelled out
-// twice. The shift is bounded: 2^27 ms exceeds the cap.
-constexpr char kCompleteSql[] =
-    "UPDATE keel_jobs SET "
-    "state = CASE WHEN cancel_requested THEN 'cancelled' WHEN $3::boolean THEN 'succeeded' "
-    "WHEN NOT $4::boolean THEN $5::text WHEN attempts < max_attempts THEN 'queued' "
-    "ELSE 'dead' END, "
-    "not_before_us = keel_now_us() + CASE "
-    "WHEN NOT cancel_requested AND $4::boolean AND attempts < max_attempts "
-    "THEN LEAST(LEAST(backoff_ms, $9) << LEAST(attempts - 1, 27)::integer, $9) * 1000 "
-    "ELSE 0 END, "
-    "finished_us = CASE WHEN NOT cancel_requested AND $4::boolean AND attempts < max_attempts "
-    "THEN NULL ELSE keel_now_us() END, "
-    "result = $6, error_code = $7, error_message = $8, lease_until_us = NULL, "
-    "updated_us = keel_now_us() "
-    "WHERE id = $1 AND state = 'running' AND attempts = $2 "
-    "RETURNING state, not_before_us - updated_us";
+// $1 id, $2 claim, $3 succeeded, $4 retry wanted, $5 state if not retried,
+// $6 result, $7 error code, $8 error message, $9 kMaxRetryDelay in ms. SET
+// sees the row as it was, so the retry condition is spelled out each time,
+// with the attempt count this outcome makes (one more if the claim never
+// started). The shift is bounded: 2^27 ms exceeds the cap.
+const std::string& CompleteSql() {
+  static const std::string sql = [] {
+    const std::string attempts = "(attempts + CASE WHEN started_us IS NULL THEN 1 ELSE 0 END)";
+    const std::string retried =
+        "NOT cancel_requested AND $4::boolean AND " + attempts + " < max_attempts";
+    return "UPDATE keel_jobs SET "
+           "state = CASE WHEN cancel_requested THEN 'cancelled' WHEN $3::boolean THEN 'succeeded' "
+           "WHEN NOT $4::boolean THEN $5::text WHEN " + attempts + " < max_attempts THEN 'queued' "
+           "ELSE 'dead' END, "
+           "not_before_us = keel_now_us() + CASE WHEN " + retried +
+           " THEN LEAST(LEAST(backoff_ms, $9) << LEAST(" + attempts +
+           " - 1, 27)::integer, $9) * 1000 ELSE 0 END, "
+           "finished_us = CASE WHEN " + retried + " THEN NULL ELSE keel_now_us() END, "
+           "attempts = " + attempts + ", started_us = coalesce(started_us, keel_now_us()), "
+           "result = $6, error_code = $7, error_message = $8, lease_until_us = NULL, "
+           "updated_us = keel_now_us() "
+           "WHERE id = $1 AND state = 'running' AND claims = $2 "
+           "RETURNING state, not_before_us - updated_us";
+  }();
+  return sql;
+}
 
-// One write connection and the group committer that owns it. Several lanes
-// let round trips to the server overlap; the server orders their
-// transactions (row locks, SKIP LOCKED) as it does between processes.
-// Thread-safe; the destructor finishes queued writes.
-class CommitLane {
+// Re-queues jobs whose lease expired ($1 the error, $2 that of a job
+// cancelled before it ran): one that had started has used its attempt and
+// may end dead or cancelled; one only claimed goes back as it was, or ends
+// cancelled.
+constexpr char kReapSql[] =
+    "WITH expired AS (SELECT seq FROM keel_jobs WHERE state = 'running' "
+    "AND lease_until_us < keel_now_us() FOR UPDATE SKIP LOCKED) "
+    "UPDATE keel_jobs j SET "
+    "state = CASE WHEN cancel_requested THEN 'cancelled' WHEN started_us IS NULL THEN 'queued' "
+    "WHEN attempts >= max_attempts THEN 'dead' ELSE 'queued' END, "
+    "finished_us = CASE WHEN cancel_requested OR (started_us IS NOT NULL AND "
+    "attempts >= max_attempts) THEN keel_now_us() END, "
+    "error_code = CASE WHEN started_us IS NOT NULL THEN 'unavailable' "
+    "WHEN cancel_requested THEN 'cancelled' ELSE error_code END, "
+    "error_message = CASE WHEN started_us IS NOT NULL THEN $1 "
+    "WHEN cancel_requested THEN $2 ELSE error_message END, "
+    "not_before_us = keel_now_us(), lease_until_us = NULL, updated_us = keel_now_us() "
+    "FROM expired WHERE j.seq = expired.seq";
+
+// Leases ready jobs: $1 lease in µs, $2 runner, $3 how many. SKIP LOCKED lets
+// concurrent claimers (any process) pass rows another transaction holds
+// instead of waiting for or double-claiming them.
+constexpr char kLeaseSql[] =
+    "WITH ready AS (SELECT seq FROM keel_jobs WHERE state = 'queued' "
+    "AND not_before_us <= keel_now_us() ORDER BY not_before_us, seq LIMIT $3 "
+    "FOR UPDATE SKIP LOCKED) "
+    "UPDATE keel_jobs j SET state = 'running', claims = claims + 1, started_us = NULL, "
+    "lease_until_us = keel_now_us() + $1, runner = $2, updated_us = keel_now_us() "
+    "FROM ready WHERE j.seq = ready.seq "
+    "RETURNING j.id, j.claims, j.attempts, j.module_digest, j.export_name, j.deadline_ms, "
+    "j.idempotency_key, j.max_attempts, j.backoff_ms, j.input, j.lease_until_us, "
+    "j.not_before_us, j.seq";
+
+// Release(): $1 id, $2 claim, $3 the error of a cancelled job.
+constexpr char kReleaseSql[] =
+    "UPDATE keel_jobs SET state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END, "
+    "finished_us = CASE WHEN cancel_requested THEN keel_now_us() END, "
+    "error_code = CASE WHEN cancel_requested THEN 'cancelled' ELSE error_code END, "
+    "error_message = CASE WHEN cancel_requested THEN $3 ELSE error_message END, "
+    "attempts = attempts - CASE WHEN started_us IS NULL THEN 0 ELSE 1 END, started_us = NULL, "
+    "not_before_us = keel_now_us(), lease_until_us = NULL, updated_us = keel_now_us() "
+    "WHERE id = $1 AND state = 'running' AND claims = $2 RETURNING state";
+
+// Reads the ClaimedJob in row `r` of a kLeaseSql result.
+ClaimedJob ReadClaimed(const Rows& rows, int r) {
+  ClaimedJob job;
+  job.id = rows.Text(r, 0);
+  job.claim = static_cast<uint64_t>(rows.Int(r, 1));
+  job.attempt = static_cast<uint32_t>(rows.Int(r, 2) + 1);
+  job.spec.module_digest = rows.Text(r, 3);
+  job.spec.export_name = rows.Text(r, 4);
+  job.spec.deadline = std::chrono::milliseconds(rows.Int(r, 5));
+  if (!rows.IsNull(r, 6)) job.spec.idempotency_key = rows.Text(r, 6);
+  job.spec.max_attempts = static_cast<uint32_t>(rows.Int(r, 7));
+  job.spec.retry_backoff = std::chrono::milliseconds(rows.Int(r, 8));
+  job.spec.input = rows.Bytes(r, 9);
+  job.lease_until = FromMicros(rows.Int(r, 10));
+  return job;
+}
+
+// The migration driver's view of a connection inside the migration's
+// transaction.
+class SchemaDatabase final : public schema::Database {
  public:
-  using Op = std::function<Result<bool>(Connection&)>;
-
-  CommitLane(std::unique_ptr<Connection> conn, WakeSignal& wake)
-      : conn_(std::move(conn)),
-        committer_(GroupCommitter::Hooks{
-                       .begin = [this]() -> Result<void> {
-                         if (Result<void> up = conn_->EnsureConnected(); !up) return up;
-                         Result<std::string> begun = conn_->ExecScript("BEGIN");
-                         if (!begun) return tl::unexpected(begun.error());
-                         return {};
-                       },
-                       .commit = [this](bool wake) -> Result<void> {
-                         // NOTIFY is delivered at commit, to every listening store.
-                         Result<std::string> tag =
-                             conn_->ExecScript(wake ? "NOTIFY keel_jobs; COMMIT" : "COMMIT");
-                         if (!tag) return tl::unexpected(tag.error());
-                         if (*tag != "COMMIT") {
-                           return MakeError(ErrorCode::kInternal,
-                                            "postgres: commit ended in " + *tag);
-                         }
-                         return {};
-                       },
-                       .rollback = [this] { (void)conn_->ExecScript("ROLLBACK"); },
-                       .committed =
-                           [&wake](bool woke) {
-                             if (woke) wake.Notify();
-                           },
-                   },
-                   kMaxCommitBatch) {}
-
-  // See GroupCommitter::Run; `op` gets this lane's connection.
-  [[nodiscard]] Result<void> Run(const Op& op) {
-    return committer_.Run([&] { return op(*conn_); });
+  explicit SchemaDatabase(Connection& conn) : conn_(conn) {}
+  Result<void> Exec(const char* sql) override {
+    Result<std::string> done = conn_.ExecScript(sql);
+    if (!done) return tl::unexpected(done.error());
+    return {};
+  }
+  Result<bool> TableExists(std::string_view name) override {
+    Result<Rows> rows = conn_.Exec("SELECT to_regclass($1) IS NOT NULL", Params().Add(name));
+    if (!rows) return tl::unexpected(rows.error());
+    return rows->Bool(0, 0);
+  }
+  Result<std::optional<int>> RecordedVersion() override {
+    Result<Rows> rows = conn_.Exec("SELECT max(version) FROM keel_schema_migrations", Params());
+    if (!rows) return tl::unexpected(rows.error());
+    if (rows->size() == 0 || rows->IsNull(0, 0)) return std::nullopt;
+    return static_cast<int>(rows->Int(0, 0));
+  }
+  Result<void> Record(int version, std::string_view summary) override {
+    Result<Rows> done = conn_.Exec(
+        "INSERT INTO keel_schema_migrations (version, summary, applied_us) "
+        "VALUES ($1, $2, (extract(epoch FROM statement_timestamp()) * 1000000)::bigint)",
+        Params().Add(int64_t{version}).Add(summary));
+    if (!done) return tl::unexpected(done.error());
+    return {};
   }
 
-  CommitStats stats() const { return committer_.stats(); }
-
  private:
-  std::unique_ptr<Connection> conn_;  // used by the committer thread only
-  GroupCommitter committer_;          // destroyed first, finishing its writes
+  Connection& conn_;
 };
 
 class PostgresStore final : public JobStore {
@@ -351,8 +201,9 @@ class PostgresStore final : public JobStore {
         readers_([url] { return Connection::Open(url); }, kMaxReaders),
         stop_read_(stop_read),
         stop_write_(stop_write) {
-    for (auto& conn : writers)
-      lanes_.push_back(std::make_unique<CommitLane>(std::move(conn), wake_));
+    for (auto& conn : writers) {
+      lanes_.push_back(std::make_unique<CommitLane>(std::move(conn), wake_, kNotifyChannel));
+    }
     listener_ = std::thread([this] { ListenLoop(); });
   }
 
@@ -400,8 +251,7 @@ class PostgresStore final : public JobStore {
     }
     SubmitResult out;
     Result<void> run = Write([&](Connection& db) -> Result<bool> {
-      out.id = NewJobId();
-      out.created = true;
+      out = SubmitResult{.id = NewJobId(), .module_digest = spec.module_digest};
       Result<Rows> inserted = db.Exec(
           "INSERT INTO keel_jobs (id, module_digest, export_name, input, deadline_ms, "
           "idempotency_key, max_attempts, backoff_ms, state, created_us, updated_us, "
@@ -418,14 +268,8 @@ class PostgresStore final : public JobStore {
               .Add(static_cast<int64_t>(spec.retry_backoff.count())));
       if (!inserted) return tl::unexpected(inserted.error());
       if (inserted->size() == 1) return true;
-      Result<Rows> existing = db.Exec("SELECT id FROM keel_jobs WHERE idempotency_key = $1",
-                                      Params().Add(spec.idempotency_key));
+      Result<void> existing = ReadKeyedJob(db, spec, &out);
       if (!existing) return tl::unexpected(existing.error());
-      if (existing->size() != 1) {
-        return MakeError(ErrorCode::kInternal, "insert ignored without a conflict");
-      }
-      out.id = existing->Text(0, 0);
-      out.created = false;
       return false;
     });
     if (!run) return tl::unexpected(run.error());
@@ -433,12 +277,13 @@ class PostgresStore final : public JobStore {
   }
 
   Result<Job> Get(std::string_view id) override {
+    if (!IsJobId(id)) return NoSuchJob(id);
     static const std::string kSql =
         std::string("SELECT ") + kJobColumns + ", input, result FROM keel_jobs WHERE id = $1";
     return readers_.With([&](Connection& conn) -> Result<Job> {
       Result<Rows> rows = conn.Exec(kSql, Params().Add(id));
       if (!rows) return tl::unexpected(rows.error());
-      if (rows->size() == 0) return MakeError(ErrorCode::kNotFound, "no job " + std::string(id));
+      if (rows->size() == 0) return NoSuchJob(id);
       return ReadJob(*rows, 0, /*payloads=*/true);
     });
   }
@@ -484,54 +329,37 @@ class PostgresStore final : public JobStore {
     return ClaimWithWait(wake_, request, [&] { return ClaimReady(request); });
   }
 
-  Result<TimePoint> Heartbeat(std::string_view id, uint32_t attempt,
-                              std::chrono::milliseconds lease) override {
-    if (lease.count() <= 0) return MakeError(ErrorCode::kInvalidArgument, "lease <= 0");
-    Result<TimePoint> out;
-    Result<void> run = Write([&](Connection& db) -> Result<bool> {
-      Result<Rows> updated = db.Exec(
-          "UPDATE keel_jobs SET lease_until_us = keel_now_us() + $3, updated_us = keel_now_us() "
-          "WHERE id = $1 AND state = 'running' AND attempts = $2 RETURNING lease_until_us",
-          Params().Add(id).Add(static_cast<int64_t>(attempt)).Add(lease.count() * 1000));
-      if (!updated) return tl::unexpected(updated.error());
-      if (updated->size() == 1) {
-        out = FromMicros(updated->Int(0, 0));
-        return false;
-      }
-      Result<Error> lost = LostLease(db, id);
-      if (!lost) return tl::unexpected(lost.error());
-      out = tl::unexpected(std::move(*lost));
-      return false;
-    });
-    if (!run) return tl::unexpected(run.error());
-    return out;
+  Result<TimePoint> Start(std::string_view id, uint64_t claim,
+                          std::chrono::milliseconds lease) override {
+    return ExtendLease(id, claim, lease, /*start=*/true);
   }
 
-  Result<JobState> Complete(std::string_view id, uint32_t attempt,
+  Result<TimePoint> Heartbeat(std::string_view id, uint64_t claim,
+                              std::chrono::milliseconds lease) override {
+    return ExtendLease(id, claim, lease, /*start=*/false);
+  }
+
+  Result<JobState> Complete(std::string_view id, uint64_t claim,
                             const Outcome& outcome) override {
+    if (!IsJobId(id)) return NoSuchJob(id);
     bool succeeded = outcome.kind == Outcome::Kind::kSucceeded;
     Params params;
     params.Add(id)
-        .Add(static_cast<int64_t>(attempt))
+        .Add(static_cast<int64_t>(claim))
         .AddBool(succeeded)
         .AddBool(!succeeded && outcome.retry)
         .Add(outcome.kind == Outcome::Kind::kTimedOut ? "timed_out"sv : "failed"sv);
     if (succeeded) {
       params.AddBytes(outcome.result).AddNull().AddNull();
     } else {
-      params.AddNull().Add(ToString(outcome.error.code)).Add(outcome.error.message);
+      params.AddNull().Add(ToString(outcome.error.code)).Add(ToValidText(outcome.error.message));
     }
     params.Add(static_cast<int64_t>(kMaxRetryDelay.count()));
     Result<JobState> out;
     Result<void> run = Write([&](Connection& db) -> Result<bool> {
-      Result<Rows> rows = db.Exec(kCompleteSql, params);
+      Result<Rows> rows = db.Exec(CompleteSql(), params);
       if (!rows) return tl::unexpected(rows.error());
-      if (rows->size() == 0) {
-        Result<Error> lost = LostLease(db, id);
-        if (!lost) return tl::unexpected(lost.error());
-        out = tl::unexpected(std::move(*lost));
-        return false;
-      }
+      if (rows->size() == 0) return LostLease(db, id, claim, &out);
       JobState state = ParseJobState(rows->Text(0, 0)).value_or(JobState::kFailed);
       out = state;
       return state == JobState::kQueued && rows->Int(0, 1) == 0;
@@ -540,14 +368,31 @@ class PostgresStore final : public JobStore {
     return out;
   }
 
+  Result<void> Release(std::string_view id, uint64_t claim) override {
+    if (!IsJobId(id)) return NoSuchJob(id);
+    Result<void> out;
+    Result<void> run = Write([&](Connection& db) -> Result<bool> {
+      Result<Rows> rows = db.Exec(
+          kReleaseSql,
+          Params().Add(id).Add(static_cast<int64_t>(claim)).Add(kReleasedCancelledMessage));
+      if (!rows) return tl::unexpected(rows.error());
+      if (rows->size() == 0) return LostLease(db, id, claim, &out);
+      out = {};
+      return rows->Text(0, 0) == "queued";
+    });
+    if (!run) return tl::unexpected(run.error());
+    return out;
+  }
+
   Result<CancelOutcome> Cancel(std::string_view id) override {
+    if (!IsJobId(id)) return NoSuchJob(id);
     Result<CancelOutcome> out;
     Result<void> run = Write([&](Connection& db) -> Result<bool> {
       Result<Rows> row =
           db.Exec("SELECT state FROM keel_jobs WHERE id = $1 FOR UPDATE", Params().Add(id));
       if (!row) return tl::unexpected(row.error());
       if (row->size() == 0) {
-        out = MakeError(ErrorCode::kNotFound, "no job " + std::string(id));
+        out = NoSuchJob(id);
         return false;
       }
       std::optional<JobState> state = ParseJobState(row->Text(0, 0));
@@ -629,78 +474,100 @@ class PostgresStore final : public JobStore {
     return {};
   }
 
-  // Inside a write transaction: the error for a lease on `id` that is no
-  // longer held, kNotFound if the job does not exist, else
-  // kFailedPrecondition. Fails on database errors.
-  Result<Error> LostLease(Connection& db, std::string_view id) {
-    Result<Rows> rows = db.Exec("SELECT 1 FROM keel_jobs WHERE id = $1", Params().Add(id));
+  // Inside a write transaction, after an insert of `spec` met its key: sets
+  // *out to the job holding the key, flagged if it is other work.
+  Result<void> ReadKeyedJob(Connection& db, const JobSpec& spec, SubmitResult* out) {
+    Result<Rows> rows = db.Exec(
+        "SELECT id, module_digest, export_name, input, deadline_ms, max_attempts, backoff_ms "
+        "FROM keel_jobs WHERE idempotency_key = $1",
+        Params().Add(spec.idempotency_key));
     if (!rows) return tl::unexpected(rows.error());
-    if (rows->size() == 0) return Error(ErrorCode::kNotFound, "no job " + std::string(id));
-    return Error(ErrorCode::kFailedPrecondition,
-                 "lease on job " + std::string(id) + " is no longer held");
+    if (rows->size() != 1) {
+      return MakeError(ErrorCode::kInternal, "insert ignored without a conflict");
+    }
+    JobSpec held;
+    held.module_digest = rows->Text(0, 1);
+    held.export_name = rows->Text(0, 2);
+    held.input = rows->Bytes(0, 3);
+    held.deadline = std::chrono::milliseconds(rows->Int(0, 4));
+    held.max_attempts = static_cast<uint32_t>(rows->Int(0, 5));
+    held.retry_backoff = std::chrono::milliseconds(rows->Int(0, 6));
+    *out = SubmitResult{.id = rows->Text(0, 0),
+                        .module_digest = held.module_digest,
+                        .created = false,
+                        .conflict = !SameWork(spec, held)};
+    return {};
+  }
+
+  // Start() and Heartbeat(): extends the lease (id, claim); Start also
+  // counts the attempt, and only once.
+  Result<TimePoint> ExtendLease(std::string_view id, uint64_t claim,
+                                std::chrono::milliseconds lease, bool start) {
+    if (!IsJobId(id)) return NoSuchJob(id);
+    if (lease.count() <= 0) return MakeError(ErrorCode::kInvalidArgument, "lease <= 0");
+    Result<TimePoint> out;
+    Result<void> run = Write([&](Connection& db) -> Result<bool> {
+      Result<Rows> updated = db.Exec(
+          start ? "UPDATE keel_jobs SET lease_until_us = keel_now_us() + $3, "
+                  "updated_us = keel_now_us(), started_us = keel_now_us(), "
+                  "attempts = attempts + 1 WHERE id = $1 AND state = 'running' AND claims = $2 "
+                  "AND started_us IS NULL RETURNING lease_until_us"
+                : "UPDATE keel_jobs SET lease_until_us = keel_now_us() + $3, "
+                  "updated_us = keel_now_us() WHERE id = $1 AND state = 'running' "
+                  "AND claims = $2 RETURNING lease_until_us",
+          Params().Add(id).Add(static_cast<int64_t>(claim)).Add(lease.count() * 1000));
+      if (!updated) return tl::unexpected(updated.error());
+      if (updated->size() == 1) {
+        out = FromMicros(updated->Int(0, 0));
+        return false;
+      }
+      return LostLease(db, id, claim, &out);
+    });
+    if (!run) return tl::unexpected(run.error());
+    return out;
+  }
+
+  // Inside a write transaction, when (id, claim) matched no row: sets *out
+  // to kNotFound if the job does not exist, else kFailedPrecondition naming
+  // why. Returns false (nothing made claimable) or a database error.
+  template <typename T>
+  Result<bool> LostLease(Connection& db, std::string_view id, uint64_t claim, Result<T>* out) {
+    Result<Rows> rows = db.Exec(
+        "SELECT state = 'running' AND claims = $2 AND started_us IS NOT NULL FROM keel_jobs "
+        "WHERE id = $1",
+        Params().Add(id).Add(static_cast<int64_t>(claim)));
+    if (!rows) return tl::unexpected(rows.error());
+    bool exists = rows->size() == 1;
+    *out = tl::unexpected(LeaseError(id, claim, exists, exists && rows->Bool(0, 0)));
+    return false;
   }
 
   // One claim attempt: re-queues expired leases, then leases ready jobs.
-  // SKIP LOCKED lets concurrent claimers (any process) pass rows another
-  // transaction holds instead of waiting for or double-claiming them.
   Result<std::vector<ClaimedJob>> ClaimReady(const ClaimRequest& request) {
     std::vector<ClaimedJob> claimed;
     Result<void> run = Write([&](Connection& db) -> Result<bool> {
       claimed.clear();
       bool requeued = false;
       if (ReapDue()) {
-        Result<Rows> reaped = db.Exec(
-            "WITH expired AS (SELECT seq FROM keel_jobs WHERE state = 'running' "
-            "AND lease_until_us < keel_now_us() FOR UPDATE SKIP LOCKED) "
-            "UPDATE keel_jobs j SET "
-            "state = CASE WHEN cancel_requested THEN 'cancelled' "
-            "WHEN attempts >= max_attempts THEN 'dead' ELSE 'queued' END, "
-            "finished_us = CASE WHEN cancel_requested OR attempts >= max_attempts "
-            "THEN keel_now_us() END, "
-            "not_before_us = keel_now_us(), lease_until_us = NULL, updated_us = keel_now_us(), "
-            "error_code = 'unavailable', error_message = $1 "
-            "FROM expired WHERE j.seq = expired.seq",
-            Params().Add(kLeaseExpiredMessage));
+        Result<Rows> reaped =
+            db.Exec(kReapSql, Params().Add(kLeaseExpiredMessage).Add(kCancelledMessage));
         if (!reaped) return tl::unexpected(reaped.error());
         requeued = reaped->affected() > 0;
       }
-
-      Result<Rows> rows = db.Exec(
-          "WITH ready AS (SELECT seq FROM keel_jobs WHERE state = 'queued' "
-          "AND not_before_us <= keel_now_us() ORDER BY not_before_us, seq LIMIT $3 "
-          "FOR UPDATE SKIP LOCKED) "
-          "UPDATE keel_jobs j SET state = 'running', attempts = attempts + 1, "
-          "lease_until_us = keel_now_us() + $1, runner = $2, updated_us = keel_now_us() "
-          "FROM ready WHERE j.seq = ready.seq "
-          "RETURNING j.id, j.attempts, j.module_digest, j.export_name, j.deadline_ms, "
-          "j.idempotency_key, j.max_attempts, j.backoff_ms, j.input, j.lease_until_us, "
-          "j.not_before_us, j.seq",
-          Params()
-              .Add(static_cast<int64_t>(request.lease.count() * 1000))
-              .Add(request.runner)
-              .Add(static_cast<int64_t>(request.max_jobs)));
+      Params lease;
+      lease.Add(static_cast<int64_t>(request.lease.count() * 1000))
+          .Add(request.runner)
+          .Add(static_cast<int64_t>(request.max_jobs));
+      Result<Rows> rows = db.Exec(kLeaseSql, lease);
       if (!rows) return tl::unexpected(rows.error());
       std::vector<int> order(rows->size());
       for (int r = 0; r < rows->size(); ++r) order[r] = r;
       // RETURNING gives no order; claim order is (not_before, seq).
       std::sort(order.begin(), order.end(), [&](int a, int b) {
-        return std::make_pair(rows->Int(a, 10), rows->Int(a, 11)) <
-               std::make_pair(rows->Int(b, 10), rows->Int(b, 11));
+        return std::make_pair(rows->Int(a, 11), rows->Int(a, 12)) <
+               std::make_pair(rows->Int(b, 11), rows->Int(b, 12));
       });
-      for (int r : order) {
-        ClaimedJob job;
-        job.id = rows->Text(r, 0);
-        job.attempt = static_cast<uint32_t>(rows->Int(r, 1));
-        job.spec.module_digest = rows->Text(r, 2);
-        job.spec.export_name = rows->Text(r, 3);
-        job.spec.deadline = std::chrono::milliseconds(rows->Int(r, 4));
-        if (!rows->IsNull(r, 5)) job.spec.idempotency_key = rows->Text(r, 5);
-        job.spec.max_attempts = static_cast<uint32_t>(rows->Int(r, 6));
-        job.spec.retry_backoff = std::chrono::milliseconds(rows->Int(r, 7));
-        job.spec.input = rows->Bytes(r, 8);
-        job.lease_until = FromMicros(rows->Int(r, 9));
-        claimed.push_back(std::move(job));
-      }
+      for (int r : order) claimed.push_back(ReadClaimed(*rows, r));
       return requeued;
     });
     if (!run) return tl::unexpected(run.error());
@@ -711,12 +578,13 @@ class PostgresStore final : public JobStore {
   // when the connection drops (waking everyone, as notifications may have
   // been missed). Ends when stop_read_ becomes readable.
   void ListenLoop() {
+    const std::string listen = std::string("LISTEN ") + kNotifyChannel;
     std::unique_ptr<Connection> conn;
     while (true) {
       if (conn == nullptr || !conn->healthy()) {
         conn.reset();
         Result<std::unique_ptr<Connection>> opened = Connection::Open(url_);
-        if (opened && (*opened)->ExecScript("LISTEN keel_jobs")) {
+        if (opened && (*opened)->ExecScript(listen.c_str())) {
           conn = std::move(*opened);
           wake_.Notify();
         }
@@ -751,6 +619,27 @@ class PostgresStore final : public JobStore {
   std::thread listener_;  // joined by the destructor
 };
 
+// Brings the schema to the current version in one transaction; the
+// advisory lock makes concurrent openers (any process) take turns.
+Result<void> MigrateSchema(Connection& conn) {
+  std::string begin =
+      "BEGIN; SELECT pg_advisory_xact_lock(" + std::to_string(kSchemaLockKey) + ")";
+  Result<std::string> begun = conn.ExecScript(begin.c_str());
+  if (!begun) return tl::unexpected(begun.error());
+  SchemaDatabase db(conn);
+  auto commit = [&](int) -> Result<void> {
+    Result<std::string> tag = conn.ExecScript("COMMIT");
+    if (!tag) return tl::unexpected(tag.error());
+    if (*tag != "COMMIT") {
+      return MakeError(ErrorCode::kInternal, "postgres: migration ended in " + *tag);
+    }
+    return {};
+  };
+  Result<void> done = schema::Migrate(schema::Dialect::kPostgres, db).and_then(commit);
+  if (!done) (void)conn.ExecScript("ROLLBACK");
+  return done;
+}
+
 }  // namespace
 
 Result<std::unique_ptr<JobStore>> OpenPostgresStore(const std::string& url) {
@@ -760,9 +649,8 @@ Result<std::unique_ptr<JobStore>> OpenPostgresStore(const std::string& url) {
     if (!conn) return tl::unexpected(conn.error());
     writers.push_back(std::move(*conn));
   }
-  if (Result<std::string> schema = writers[0]->ExecScript(kSchemaSql); !schema) {
-    (void)writers[0]->ExecScript("ROLLBACK");
-    return tl::unexpected(schema.error());
+  if (Result<void> migrated = MigrateSchema(*writers[0]); !migrated) {
+    return tl::unexpected(migrated.error());
   }
   int stop[2];
   if (pipe2(stop, O_CLOEXEC) != 0) {

@@ -1,210 +1,29 @@
 #include "jobs/sqlite_store.h"
 
-#include <sqlite3.h>
-
 #include <algorithm>
-#include <mutex>
-#include <unordered_map>
 #include <utility>
 
 #include "base/sha256.h"
 #include "jobs/connection_pool.h"
 #include "jobs/group_commit.h"
 #include "jobs/internal.h"
+#include "jobs/schema.h"
+#include "jobs/sqlite_db.h"
 
 namespace keel::jobs {
 namespace {
 
-constexpr int kBusyTimeoutMs = 10000;
-constexpr size_t kMaxReaders = 8;
+using sqlite::Connection;
+using sqlite::Statement;
 
-constexpr char kSchemaSql[] = R"sql(
-BEGIN IMMEDIATE;
-CREATE TABLE IF NOT EXISTS keel_modules (
-  digest TEXT PRIMARY KEY,
-  bytes BLOB NOT NULL,
-  created_us INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS keel_jobs (
-  seq INTEGER PRIMARY KEY,
-  id TEXT NOT NULL UNIQUE,
-  module_digest TEXT NOT NULL,
-  export_name TEXT NOT NULL,
-  deadline_ms INTEGER NOT NULL,
-  idempotency_key TEXT UNIQUE,
-  max_attempts INTEGER NOT NULL,
-  backoff_ms INTEGER NOT NULL,
-  state TEXT NOT NULL,
-  attempts INTEGER NOT NULL DEFAULT 0,
-  cancel_requested INTEGER NOT NULL DEFAULT 0,
-  created_us INTEGER NOT NULL,
-  updated_us INTEGER NOT NULL,
-  not_before_us INTEGER NOT NULL,
-  lease_until_us INTEGER,
-  finished_us INTEGER,
-  runner TEXT,
-  error_code TEXT,
-  error_message TEXT,
-  input BLOB NOT NULL,
-  result BLOB
-);
-CREATE INDEX IF NOT EXISTS keel_jobs_ready ON keel_jobs (not_before_us, seq)
-  WHERE state = 'queued';
-CREATE INDEX IF NOT EXISTS keel_jobs_leased ON keel_jobs (lease_until_us)
-  WHERE state = 'running';
-CREATE INDEX IF NOT EXISTS keel_jobs_finished ON keel_jobs (finished_us)
-  WHERE finished_us IS NOT NULL;
-CREATE INDEX IF NOT EXISTS keel_jobs_state ON keel_jobs (state, seq);
-COMMIT;
-)sql";
+constexpr size_t kMaxReaders = 8;
 
 // Job columns in the order ReadJob expects; input and result come last so
 // that List can leave them out.
 constexpr char kJobColumns[] =
     "id, module_digest, export_name, deadline_ms, idempotency_key, max_attempts, backoff_ms, "
     "state, attempts, cancel_requested, created_us, updated_us, not_before_us, lease_until_us, "
-    "finished_us, runner, error_code, error_message";
-
-Error SqliteError(sqlite3* db, int rc, std::string_view what) {
-  int primary = rc & 0xff;
-  bool transient = primary == SQLITE_BUSY || primary == SQLITE_LOCKED ||
-                   primary == SQLITE_CANTOPEN || primary == SQLITE_IOERR || primary == SQLITE_FULL;
-  std::string message = std::string("sqlite: ") + std::string(what) + ": ";
-  message += db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
-  return Error(transient ? ErrorCode::kUnavailable : ErrorCode::kInternal, std::move(message));
-}
-
-// A prepared statement borrowed from a Connection's cache; reset when this
-// goes away. A failed prepare or bind is reported by the next Step().
-// Move-only; used by one thread.
-class Statement {
- public:
-  Statement(sqlite3* db, sqlite3_stmt* stmt, int rc) : db_(db), stmt_(stmt), rc_(rc) {}
-  Statement(Statement&& other) noexcept
-      : db_(other.db_), stmt_(std::exchange(other.stmt_, nullptr)), rc_(other.rc_) {}
-  Statement& operator=(Statement&&) = delete;
-  ~Statement() {
-    if (stmt_ != nullptr) {
-      sqlite3_reset(stmt_);
-      sqlite3_clear_bindings(stmt_);
-    }
-  }
-
-  Statement& Bind(int index, int64_t value) {
-    return Check(stmt_ ? sqlite3_bind_int64(stmt_, index, value) : SQLITE_OK);
-  }
-  Statement& Bind(int index, std::string_view text) {
-    return Check(stmt_ ? sqlite3_bind_text(stmt_, index, text.data(), static_cast<int>(text.size()),
-                                           SQLITE_TRANSIENT)
-                       : SQLITE_OK);
-  }
-  // Binds NULL for empty text (optional text columns).
-  Statement& BindOrNull(int index, std::string_view text) {
-    if (!text.empty()) return Bind(index, text);
-    return Check(stmt_ ? sqlite3_bind_null(stmt_, index) : SQLITE_OK);
-  }
-  Statement& BindBlob(int index, std::span<const uint8_t> bytes) {
-    if (stmt_ == nullptr) return *this;
-    // A null pointer would bind NULL, not an empty blob.
-    if (bytes.empty()) return Check(sqlite3_bind_zeroblob(stmt_, index, 0));
-    return Check(sqlite3_bind_blob64(stmt_, index, bytes.data(), bytes.size(), SQLITE_TRANSIENT));
-  }
-  Statement& BindNull(int index) {
-    return Check(stmt_ ? sqlite3_bind_null(stmt_, index) : SQLITE_OK);
-  }
-
-  // Returns true when a row is ready, false when the statement is done.
-  [[nodiscard]] Result<bool> Step() {
-    if (rc_ != SQLITE_OK) return tl::unexpected(SqliteError(db_, rc_, "prepare/bind"));
-    int rc = sqlite3_step(stmt_);
-    if (rc == SQLITE_ROW) return true;
-    if (rc == SQLITE_DONE) return false;
-    return tl::unexpected(SqliteError(db_, rc, "step"));
-  }
-  // Steps to the end, ignoring rows.
-  [[nodiscard]] Result<void> Run() {
-    while (true) {
-      Result<bool> row = Step();
-      if (!row) return tl::unexpected(row.error());
-      if (!*row) return {};
-    }
-  }
-
-  bool IsNull(int col) const { return sqlite3_column_type(stmt_, col) == SQLITE_NULL; }
-  int64_t Int(int col) const { return sqlite3_column_int64(stmt_, col); }
-  std::string Text(int col) const {
-    const unsigned char* text = sqlite3_column_text(stmt_, col);
-    if (text == nullptr) return {};
-    return std::string(reinterpret_cast<const char*>(text), sqlite3_column_bytes(stmt_, col));
-  }
-  std::vector<uint8_t> Blob(int col) const {
-    const auto* data = static_cast<const uint8_t*>(sqlite3_column_blob(stmt_, col));
-    if (data == nullptr) return {};
-    return std::vector<uint8_t>(data, data + sqlite3_column_bytes(stmt_, col));
-  }
-
- private:
-  Statement& Check(int rc) {
-    if (rc_ == SQLITE_OK) rc_ = rc;
-    return *this;
-  }
-
-  sqlite3* db_;
-  sqlite3_stmt* stmt_;
-  int rc_;
-};
-
-// One connection with its prepared statements. Used by one thread at a time.
-class Connection {
- public:
-  static Result<std::unique_ptr<Connection>> Open(const std::string& path) {
-    sqlite3* db = nullptr;
-    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
-    int rc = sqlite3_open_v2(path.c_str(), &db, flags, nullptr);
-    auto conn = std::unique_ptr<Connection>(new Connection(db));
-    if (rc != SQLITE_OK) {
-      Error error = SqliteError(db, rc, "open " + path);
-      error.code = ErrorCode::kUnavailable;
-      return tl::unexpected(std::move(error));
-    }
-    sqlite3_busy_timeout(db, kBusyTimeoutMs);
-    sqlite3_extended_result_codes(db, 1);
-    return conn;
-  }
-
-  ~Connection() {
-    for (auto& [sql, stmt] : cache_) sqlite3_finalize(stmt);
-    sqlite3_close(db_);
-  }
-
-  [[nodiscard]] Result<void> Exec(const char* sql) {
-    int rc = sqlite3_exec(db_, sql, nullptr, nullptr, nullptr);
-    if (rc != SQLITE_OK) return tl::unexpected(SqliteError(db_, rc, "exec"));
-    return {};
-  }
-
-  // The cached statement for `sql`, ready to bind.
-  Statement Prepare(const std::string& sql) {
-    auto it = cache_.find(sql);
-    if (it != cache_.end()) return Statement(db_, it->second, SQLITE_OK);
-    sqlite3_stmt* stmt = nullptr;
-    int rc = sqlite3_prepare_v3(db_, sql.c_str(), static_cast<int>(sql.size()),
-                                SQLITE_PREPARE_PERSISTENT, &stmt, nullptr);
-    if (rc != SQLITE_OK) return Statement(db_, nullptr, rc);
-    cache_.emplace(sql, stmt);
-    return Statement(db_, stmt, SQLITE_OK);
-  }
-
-  int64_t changes() const { return sqlite3_changes64(db_); }
-  // For ConnectionPool: SQLite connections do not break.
-  bool healthy() const { return true; }
-
- private:
-  explicit Connection(sqlite3* db) : db_(db) {}
-
-  sqlite3* db_;
-  std::unordered_map<std::string, sqlite3_stmt*> cache_;
-};
+    "finished_us, runner, error_code, error_message, started_us";
 
 // Reads the kJobColumns (then input and result when `payloads`).
 Job ReadJob(const Statement& row, bool payloads) {
@@ -225,30 +44,129 @@ Job ReadJob(const Statement& row, bool payloads) {
   if (!row.IsNull(13)) job.lease_until = FromMicros(row.Int(13));
   if (!row.IsNull(14)) job.finished_at = FromMicros(row.Int(14));
   job.runner = row.Text(15);
-  if (!row.IsNull(16)) job.error = Error(ErrorCodeFromName(row.Text(16)), row.Text(17));
+  // Rows written before messages were made valid text may hold any bytes.
+  if (!row.IsNull(16)) {
+    job.error = Error(ErrorCodeFromName(row.Text(16)), ToValidText(row.Text(17)));
+  }
+  if (!row.IsNull(18)) job.started_at = FromMicros(row.Int(18));
   if (payloads) {
-    job.spec.input = row.Blob(18);
-    job.result = row.Blob(19);
+    job.spec.input = row.Blob(19);
+    job.result = row.Blob(20);
   }
   return job;
 }
 
 // Complete() in one statement (see store.h for the rules): ?1 id, ?2
-// attempt, ?3 succeeded, ?4 retry wanted, ?5 state if not retried, ?6 now,
+// claim, ?3 succeeded, ?4 retry wanted, ?5 state if not retried, ?6 now,
 // ?7 result, ?8 error code, ?9 error message, ?10 kMaxRetryDelay in ms.
-// SET sees the row as it was, so the retry condition is spelled out twice.
-// The shift is bounded: 2^27 ms exceeds the cap.
-constexpr char kCompleteSql[] =
-    "UPDATE keel_jobs SET "
-    "state = CASE WHEN cancel_requested THEN 'cancelled' WHEN ?3 THEN 'succeeded' "
-    "WHEN NOT ?4 THEN ?5 WHEN attempts < max_attempts THEN 'queued' ELSE 'dead' END, "
-    "not_before_us = ?6 + CASE WHEN NOT cancel_requested AND ?4 AND attempts < max_attempts "
-    "THEN min(min(backoff_ms, ?10) << min(attempts - 1, 27), ?10) * 1000 ELSE 0 END, "
-    "finished_us = CASE WHEN NOT cancel_requested AND ?4 AND attempts < max_attempts "
-    "THEN NULL ELSE ?6 END, "
-    "result = ?7, error_code = ?8, error_message = ?9, lease_until_us = NULL, updated_us = ?6 "
-    "WHERE id = ?1 AND state = 'running' AND attempts = ?2 "
-    "RETURNING state, not_before_us - updated_us";
+// SET sees the row as it was, so the retry condition is spelled out each
+// time, with the attempt count this outcome makes (one more if the claim
+// never started). The shift is bounded: 2^27 ms exceeds the cap.
+const std::string& CompleteSql() {
+  static const std::string sql = [] {
+    const std::string attempts = "(attempts + (started_us IS NULL))";
+    const std::string retried = "NOT cancel_requested AND ?4 AND " + attempts + " < max_attempts";
+    return "UPDATE keel_jobs SET "
+           "state = CASE WHEN cancel_requested THEN 'cancelled' WHEN ?3 THEN 'succeeded' "
+           "WHEN NOT ?4 THEN ?5 WHEN " + attempts + " < max_attempts THEN 'queued' "
+           "ELSE 'dead' END, "
+           "not_before_us = ?6 + CASE WHEN " + retried +
+           " THEN min(min(backoff_ms, ?10) << min(" + attempts +
+           " - 1, 27), ?10) * 1000 ELSE 0 END, "
+           "finished_us = CASE WHEN " + retried + " THEN NULL ELSE ?6 END, "
+           "attempts = " + attempts + ", started_us = coalesce(started_us, ?6), "
+           "result = ?7, error_code = ?8, error_message = ?9, lease_until_us = NULL, "
+           "updated_us = ?6 "
+           "WHERE id = ?1 AND state = 'running' AND claims = ?2 "
+           "RETURNING state, not_before_us - updated_us";
+  }();
+  return sql;
+}
+
+// Re-queues jobs whose lease expired (?1 now, ?2 the error, ?3 that of a
+// job cancelled before it ran): one that had started has used its attempt
+// and may end dead or cancelled; one only claimed goes back as it was, or
+// ends cancelled. INDEXED BY: without statistics SQLite would
+// pick keel_jobs_state and sort every queued job on each claim.
+constexpr char kReapSql[] =
+    "UPDATE keel_jobs INDEXED BY keel_jobs_leased SET "
+    "state = CASE WHEN cancel_requested THEN 'cancelled' WHEN started_us IS NULL THEN 'queued' "
+    "WHEN attempts >= max_attempts THEN 'dead' ELSE 'queued' END, "
+    "finished_us = CASE WHEN cancel_requested OR (started_us IS NOT NULL AND "
+    "attempts >= max_attempts) THEN ?1 END, "
+    "error_code = CASE WHEN started_us IS NOT NULL THEN 'unavailable' "
+    "WHEN cancel_requested THEN 'cancelled' ELSE error_code END, "
+    "error_message = CASE WHEN started_us IS NOT NULL THEN ?2 "
+    "WHEN cancel_requested THEN ?3 ELSE error_message END, "
+    "not_before_us = ?1, lease_until_us = NULL, updated_us = ?1 "
+    "WHERE state = 'running' AND lease_until_us < ?1";
+
+// Leases ready jobs: ?1 now, ?2 lease expiry, ?3 runner, ?4 how many.
+constexpr char kLeaseSql[] =
+    "UPDATE keel_jobs SET state = 'running', claims = claims + 1, started_us = NULL, "
+    "lease_until_us = ?2, runner = ?3, updated_us = ?1 "
+    "WHERE seq IN (SELECT seq FROM keel_jobs INDEXED BY keel_jobs_ready "
+    "WHERE state = 'queued' AND not_before_us <= ?1 ORDER BY not_before_us, seq LIMIT ?4) "
+    "RETURNING id, claims, attempts, module_digest, export_name, deadline_ms, idempotency_key, "
+    "max_attempts, backoff_ms, input, not_before_us, seq";
+
+// Release(): ?1 now, ?2 the error of a cancelled job, ?3 id, ?4 claim.
+constexpr char kReleaseSql[] =
+    "UPDATE keel_jobs SET state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END, "
+    "finished_us = CASE WHEN cancel_requested THEN ?1 END, "
+    "error_code = CASE WHEN cancel_requested THEN 'cancelled' ELSE error_code END, "
+    "error_message = CASE WHEN cancel_requested THEN ?2 ELSE error_message END, "
+    "attempts = attempts - (started_us IS NOT NULL), started_us = NULL, "
+    "not_before_us = ?1, lease_until_us = NULL, updated_us = ?1 "
+    "WHERE id = ?3 AND state = 'running' AND claims = ?4 RETURNING state";
+
+// The migration driver's view of the writer connection.
+class SchemaDatabase final : public schema::Database {
+ public:
+  explicit SchemaDatabase(Connection& conn) : conn_(conn) {}
+  Result<void> Exec(const char* sql) override { return conn_.Exec(sql); }
+  Result<bool> TableExists(std::string_view name) override {
+    Statement select =
+        conn_.Prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1");
+    select.Bind(1, name);
+    return select.Step();
+  }
+  Result<std::optional<int>> RecordedVersion() override {
+    Statement select = conn_.Prepare("SELECT max(version) FROM keel_schema_migrations");
+    Result<bool> row = select.Step();
+    if (!row) return tl::unexpected(row.error());
+    if (!*row || select.IsNull(0)) return std::nullopt;
+    return static_cast<int>(select.Int(0));
+  }
+  Result<void> Record(int version, std::string_view summary) override {
+    Statement insert = conn_.Prepare(
+        "INSERT INTO keel_schema_migrations (version, summary, applied_us) VALUES (?1, ?2, ?3)");
+    insert.Bind(1, int64_t{version}).Bind(2, summary).Bind(3, NowMicros());
+    return insert.Run();
+  }
+
+ private:
+  Connection& conn_;
+};
+
+// Reads a ClaimedJob from a kLeaseSql row; returns it with its claim-order
+// key (not_before, seq).
+std::pair<std::pair<int64_t, int64_t>, ClaimedJob> ReadClaimed(const Statement& row,
+                                                               int64_t lease_until) {
+  ClaimedJob job;
+  job.id = row.Text(0);
+  job.claim = static_cast<uint64_t>(row.Int(1));
+  job.attempt = static_cast<uint32_t>(row.Int(2) + 1);
+  job.spec.module_digest = row.Text(3);
+  job.spec.export_name = row.Text(4);
+  job.spec.deadline = std::chrono::milliseconds(row.Int(5));
+  job.spec.idempotency_key = row.Text(6);
+  job.spec.max_attempts = static_cast<uint32_t>(row.Int(7));
+  job.spec.retry_backoff = std::chrono::milliseconds(row.Int(8));
+  job.spec.input = row.Blob(9);
+  job.lease_until = FromMicros(lease_until);
+  return {{row.Int(10), row.Int(11)}, std::move(job)};
+}
 
 class SqliteStore final : public JobStore {
  public:
@@ -303,8 +221,7 @@ class SqliteStore final : public JobStore {
     SubmitResult out;
     Result<void> run = committer_.Run([&]() -> Result<bool> {
       int64_t now = NowMicros();
-      out.id = NewJobId();
-      out.created = true;
+      out = SubmitResult{.id = NewJobId(), .module_digest = spec.module_digest};
       Statement insert = writer_->Prepare(
           "INSERT INTO keel_jobs (id, module_digest, export_name, input, deadline_ms, "
           "idempotency_key, max_attempts, backoff_ms, state, created_us, updated_us, "
@@ -322,13 +239,8 @@ class SqliteStore final : public JobStore {
       Result<void> inserted = insert.Run();
       if (!inserted) return tl::unexpected(inserted.error());
       if (writer_->changes() == 1) return true;
-      Statement existing = writer_->Prepare("SELECT id FROM keel_jobs WHERE idempotency_key = ?1");
-      existing.Bind(1, spec.idempotency_key);
-      Result<bool> row = existing.Step();
-      if (!row) return tl::unexpected(row.error());
-      if (!*row) return MakeError(ErrorCode::kInternal, "insert ignored without a conflict");
-      out.id = existing.Text(0);
-      out.created = false;
+      Result<void> existing = ReadKeyedJob(spec, &out);
+      if (!existing) return tl::unexpected(existing.error());
       return false;
     });
     if (!run) return tl::unexpected(run.error());
@@ -336,6 +248,7 @@ class SqliteStore final : public JobStore {
   }
 
   Result<Job> Get(std::string_view id) override {
+    if (!IsJobId(id)) return NoSuchJob(id);
     static const std::string kSql =
         std::string("SELECT ") + kJobColumns + ", input, result FROM keel_jobs WHERE id = ?1";
     return readers_.With([&](Connection& conn) -> Result<Job> {
@@ -343,7 +256,7 @@ class SqliteStore final : public JobStore {
       select.Bind(1, id);
       Result<bool> row = select.Step();
       if (!row) return tl::unexpected(row.error());
-      if (!*row) return MakeError(ErrorCode::kNotFound, "no job " + std::string(id));
+      if (!*row) return NoSuchJob(id);
       return ReadJob(select, /*payloads=*/true);
     });
   }
@@ -389,40 +302,26 @@ class SqliteStore final : public JobStore {
     return ClaimWithWait(wake_, request, [&] { return ClaimReady(request); });
   }
 
-  Result<TimePoint> Heartbeat(std::string_view id, uint32_t attempt,
-                              std::chrono::milliseconds lease) override {
-    if (lease.count() <= 0) return MakeError(ErrorCode::kInvalidArgument, "lease <= 0");
-    Result<TimePoint> out;
-    Result<void> run = committer_.Run([&]() -> Result<bool> {
-      int64_t now = NowMicros();
-      int64_t until = now + lease.count() * 1000;
-      Statement update = writer_->Prepare(
-          "UPDATE keel_jobs SET lease_until_us = ?1, updated_us = ?2 "
-          "WHERE id = ?3 AND state = 'running' AND attempts = ?4");
-      update.Bind(1, until).Bind(2, now).Bind(3, id).Bind(4, static_cast<int64_t>(attempt));
-      Result<void> done = update.Run();
-      if (!done) return tl::unexpected(done.error());
-      if (writer_->changes() == 1) {
-        out = FromMicros(until);
-        return false;
-      }
-      Result<Error> lost = LostLease(id);
-      if (!lost) return tl::unexpected(lost.error());
-      out = tl::unexpected(std::move(*lost));
-      return false;
-    });
-    if (!run) return tl::unexpected(run.error());
-    return out;
+  Result<TimePoint> Start(std::string_view id, uint64_t claim,
+                          std::chrono::milliseconds lease) override {
+    return ExtendLease(id, claim, lease, /*start=*/true);
   }
 
-  Result<JobState> Complete(std::string_view id, uint32_t attempt,
+  Result<TimePoint> Heartbeat(std::string_view id, uint64_t claim,
+                              std::chrono::milliseconds lease) override {
+    return ExtendLease(id, claim, lease, /*start=*/false);
+  }
+
+  Result<JobState> Complete(std::string_view id, uint64_t claim,
                             const Outcome& outcome) override {
+    if (!IsJobId(id)) return NoSuchJob(id);
     bool succeeded = outcome.kind == Outcome::Kind::kSucceeded;
+    std::string message = succeeded ? std::string() : ToValidText(outcome.error.message);
     Result<JobState> out;
     Result<void> run = committer_.Run([&]() -> Result<bool> {
-      Statement update = writer_->Prepare(kCompleteSql);
+      Statement update = writer_->Prepare(CompleteSql());
       update.Bind(1, id)
-          .Bind(2, static_cast<int64_t>(attempt))
+          .Bind(2, static_cast<int64_t>(claim))
           .Bind(3, int64_t{succeeded})
           .Bind(4, int64_t{!succeeded && outcome.retry})
           .Bind(5, outcome.kind == Outcome::Kind::kTimedOut ? "timed_out" : "failed")
@@ -431,16 +330,11 @@ class SqliteStore final : public JobStore {
       if (succeeded) {
         update.BindBlob(7, outcome.result).BindNull(8).BindNull(9);
       } else {
-        update.BindNull(7).Bind(8, ToString(outcome.error.code)).Bind(9, outcome.error.message);
+        update.BindNull(7).Bind(8, ToString(outcome.error.code)).Bind(9, message);
       }
       Result<bool> row = update.Step();
       if (!row) return tl::unexpected(row.error());
-      if (!*row) {
-        Result<Error> lost = LostLease(id);
-        if (!lost) return tl::unexpected(lost.error());
-        out = tl::unexpected(std::move(*lost));
-        return false;
-      }
+      if (!*row) return LostLease(id, claim, &out);
       JobState state = ParseJobState(update.Text(0)).value_or(JobState::kFailed);
       bool ready_now = state == JobState::kQueued && update.Int(1) == 0;
       if (Result<void> done = update.Run(); !done) return tl::unexpected(done.error());
@@ -451,7 +345,29 @@ class SqliteStore final : public JobStore {
     return out;
   }
 
+  Result<void> Release(std::string_view id, uint64_t claim) override {
+    if (!IsJobId(id)) return NoSuchJob(id);
+    Result<void> out;
+    Result<void> run = committer_.Run([&]() -> Result<bool> {
+      Statement update = writer_->Prepare(kReleaseSql);
+      update.Bind(1, NowMicros())
+          .Bind(2, kReleasedCancelledMessage)
+          .Bind(3, id)
+          .Bind(4, static_cast<int64_t>(claim));
+      Result<bool> row = update.Step();
+      if (!row) return tl::unexpected(row.error());
+      if (!*row) return LostLease(id, claim, &out);
+      bool queued = update.Text(0) == "queued";
+      if (Result<void> done = update.Run(); !done) return tl::unexpected(done.error());
+      out = {};
+      return queued;
+    });
+    if (!run) return tl::unexpected(run.error());
+    return out;
+  }
+
   Result<CancelOutcome> Cancel(std::string_view id) override {
+    if (!IsJobId(id)) return NoSuchJob(id);
     Result<CancelOutcome> out;
     Result<void> run = committer_.Run([&]() -> Result<bool> {
       int64_t now = NowMicros();
@@ -460,7 +376,7 @@ class SqliteStore final : public JobStore {
       Result<bool> row = select.Step();
       if (!row) return tl::unexpected(row.error());
       if (!*row) {
-        out = MakeError(ErrorCode::kNotFound, "no job " + std::string(id));
+        out = NoSuchJob(id);
         return false;
       }
       std::optional<JobState> state = ParseJobState(select.Text(0));
@@ -520,17 +436,72 @@ class SqliteStore final : public JobStore {
     return {};
   }
 
-  // Inside a write transaction: the error for a lease on `id` that is no
-  // longer held, kNotFound if the job does not exist, else
-  // kFailedPrecondition. Fails on database errors.
-  Result<Error> LostLease(std::string_view id) {
-    Statement select = writer_->Prepare("SELECT 1 FROM keel_jobs WHERE id = ?1");
-    select.Bind(1, id);
+  // Inside a write transaction, after an insert of `spec` met its key: sets
+  // *out to the job holding the key, flagged if it is other work.
+  Result<void> ReadKeyedJob(const JobSpec& spec, SubmitResult* out) {
+    Statement existing = writer_->Prepare(
+        "SELECT id, module_digest, export_name, input, deadline_ms, max_attempts, backoff_ms "
+        "FROM keel_jobs WHERE idempotency_key = ?1");
+    existing.Bind(1, spec.idempotency_key);
+    Result<bool> row = existing.Step();
+    if (!row) return tl::unexpected(row.error());
+    if (!*row) return MakeError(ErrorCode::kInternal, "insert ignored without a conflict");
+    JobSpec held;
+    held.module_digest = existing.Text(1);
+    held.export_name = existing.Text(2);
+    held.input = existing.Blob(3);
+    held.deadline = std::chrono::milliseconds(existing.Int(4));
+    held.max_attempts = static_cast<uint32_t>(existing.Int(5));
+    held.retry_backoff = std::chrono::milliseconds(existing.Int(6));
+    *out = SubmitResult{.id = existing.Text(0),
+                        .module_digest = held.module_digest,
+                        .created = false,
+                        .conflict = !SameWork(spec, held)};
+    return {};
+  }
+
+  // Start() and Heartbeat(): extends the lease (id, claim); Start also
+  // counts the attempt, and only once.
+  Result<TimePoint> ExtendLease(std::string_view id, uint64_t claim,
+                                std::chrono::milliseconds lease, bool start) {
+    if (!IsJobId(id)) return NoSuchJob(id);
+    if (lease.count() <= 0) return MakeError(ErrorCode::kInvalidArgument, "lease <= 0");
+    Result<TimePoint> out;
+    Result<void> run = committer_.Run([&]() -> Result<bool> {
+      int64_t now = NowMicros();
+      int64_t until = now + lease.count() * 1000;
+      Statement update = writer_->Prepare(
+          start ? "UPDATE keel_jobs SET lease_until_us = ?1, updated_us = ?2, started_us = ?2, "
+                  "attempts = attempts + 1 "
+                  "WHERE id = ?3 AND state = 'running' AND claims = ?4 AND started_us IS NULL"
+                : "UPDATE keel_jobs SET lease_until_us = ?1, updated_us = ?2 "
+                  "WHERE id = ?3 AND state = 'running' AND claims = ?4");
+      update.Bind(1, until).Bind(2, now).Bind(3, id).Bind(4, static_cast<int64_t>(claim));
+      Result<void> done = update.Run();
+      if (!done) return tl::unexpected(done.error());
+      if (writer_->changes() == 1) {
+        out = FromMicros(until);
+        return false;
+      }
+      return LostLease(id, claim, &out);
+    });
+    if (!run) return tl::unexpected(run.error());
+    return out;
+  }
+
+  // Inside a write transaction, when (id, claim) matched no row: sets *out
+  // to kNotFound if the job does not exist, else kFailedPrecondition naming
+  // why. Returns false (nothing made claimable) or a database error.
+  template <typename T>
+  Result<bool> LostLease(std::string_view id, uint64_t claim, Result<T>* out) {
+    Statement select = writer_->Prepare(
+        "SELECT state = 'running' AND claims = ?2 AND started_us IS NOT NULL FROM keel_jobs "
+        "WHERE id = ?1");
+    select.Bind(1, id).Bind(2, static_cast<int64_t>(claim));
     Result<bool> row = select.Step();
     if (!row) return tl::unexpected(row.error());
-    if (!*row) return Error(ErrorCode::kNotFound, "no job " + std::string(id));
-    return Error(ErrorCode::kFailedPrecondition,
-                 "lease on job " + std::string(id) + " is no longer held");
+    *out = tl::unexpected(LeaseError(id, claim, *row, *row && select.Int(0) != 0));
+    return false;
   }
 
   // One claim attempt: re-queues expired leases, then leases ready jobs.
@@ -539,28 +510,13 @@ class SqliteStore final : public JobStore {
     Result<void> run = committer_.Run([&]() -> Result<bool> {
       claimed.clear();
       int64_t now = NowMicros();
-      // INDEXED BY: without statistics SQLite would pick keel_jobs_state
-      // and sort every queued job on each claim.
-      Statement reap = writer_->Prepare(
-          "UPDATE keel_jobs INDEXED BY keel_jobs_leased SET "
-          "state = CASE WHEN cancel_requested THEN 'cancelled' "
-          "WHEN attempts >= max_attempts THEN 'dead' ELSE 'queued' END, "
-          "finished_us = CASE WHEN cancel_requested OR attempts >= max_attempts THEN ?1 END, "
-          "not_before_us = ?1, lease_until_us = NULL, updated_us = ?1, "
-          "error_code = 'unavailable', error_message = ?2 "
-          "WHERE state = 'running' AND lease_until_us < ?1");
-      reap.Bind(1, now).Bind(2, kLeaseExpiredMessage);
+      Statement reap = writer_->Prepare(kReapSql);
+      reap.Bind(1, now).Bind(2, kLeaseExpiredMessage).Bind(3, kCancelledMessage);
       Result<void> reaped = reap.Run();
       if (!reaped) return tl::unexpected(reaped.error());
       bool requeued = writer_->changes() > 0;
 
-      Statement lease = writer_->Prepare(
-          "UPDATE keel_jobs SET state = 'running', attempts = attempts + 1, "
-          "lease_until_us = ?2, runner = ?3, updated_us = ?1 "
-          "WHERE seq IN (SELECT seq FROM keel_jobs INDEXED BY keel_jobs_ready "
-          "WHERE state = 'queued' AND not_before_us <= ?1 ORDER BY not_before_us, seq LIMIT ?4) "
-          "RETURNING id, attempts, module_digest, export_name, deadline_ms, idempotency_key, "
-          "max_attempts, backoff_ms, input, not_before_us, seq");
+      Statement lease = writer_->Prepare(kLeaseSql);
       int64_t until = now + request.lease.count() * 1000;
       lease.Bind(1, now).Bind(2, until).Bind(3, request.runner);
       lease.Bind(4, static_cast<int64_t>(request.max_jobs));
@@ -569,18 +525,7 @@ class SqliteStore final : public JobStore {
         Result<bool> row = lease.Step();
         if (!row) return tl::unexpected(row.error());
         if (!*row) break;
-        ClaimedJob job;
-        job.id = lease.Text(0);
-        job.attempt = static_cast<uint32_t>(lease.Int(1));
-        job.spec.module_digest = lease.Text(2);
-        job.spec.export_name = lease.Text(3);
-        job.spec.deadline = std::chrono::milliseconds(lease.Int(4));
-        job.spec.idempotency_key = lease.Text(5);
-        job.spec.max_attempts = static_cast<uint32_t>(lease.Int(6));
-        job.spec.retry_backoff = std::chrono::milliseconds(lease.Int(7));
-        job.spec.input = lease.Blob(8);
-        job.lease_until = FromMicros(until);
-        rows.emplace_back(std::make_pair(lease.Int(9), lease.Int(10)), std::move(job));
+        rows.push_back(ReadClaimed(lease, until));
       }
       // RETURNING gives no order; claim order is (not_before, seq).
       std::sort(rows.begin(), rows.end(),
@@ -601,6 +546,22 @@ class SqliteStore final : public JobStore {
   WakeSignal wake_;
   GroupCommitter committer_;  // last: destroyed first, finishing its writes
 };
+
+// Brings the schema to the current version in one write transaction, which
+// other processes opening the file wait for.
+Result<void> MigrateSchema(Connection& writer, const std::string& path) {
+  if (Result<void> begun = writer.Exec("BEGIN IMMEDIATE"); !begun) return begun;
+  SchemaDatabase db(writer);
+  Result<void> done = schema::Migrate(schema::Dialect::kSqlite, db).and_then([&](int) {
+    return writer.Exec("COMMIT");
+  });
+  if (done) return {};
+  (void)writer.Exec("ROLLBACK");
+  Error error = done.error();
+  if (error.code != ErrorCode::kFailedPrecondition) error.code = ErrorCode::kUnavailable;
+  error.message = path + ": " + error.message;
+  return tl::unexpected(std::move(error));
+}
 
 }  // namespace
 
@@ -623,11 +584,8 @@ Result<std::unique_ptr<JobStore>> OpenSqliteStore(const std::string& path) {
       return MakeError(ErrorCode::kUnavailable, "sqlite: cannot enable WAL on " + path);
     }
   }
-  if (Result<void> schema = (*writer)->Exec(kSchemaSql); !schema) {
-    (void)(*writer)->Exec("ROLLBACK");
-    Error error = schema.error();
-    error.code = ErrorCode::kUnavailable;
-    return tl::unexpected(std::move(error));
+  if (Result<void> migrated = MigrateSchema(**writer, path); !migrated) {
+    return tl::unexpected(migrated.error());
   }
   return std::make_unique<SqliteStore>(path, std::move(*writer));
 }

@@ -2,11 +2,23 @@
 // data directory) is the embedded default; PostgreSQL lets processes on many
 // machines share one queue. A job is accepted only once it is committed.
 //
-// Runner protocol: Claim() up to N ready jobs with a lease, Heartbeat() to
-// keep each lease, Complete() with the attempt's outcome. A lease that is not
-// renewed expires and the job goes back to the queue (at-least-once; the
-// attempt count shows it). A lease is named by (job id, attempt), so a runner
-// that lost its lease can no longer touch the job.
+// Runner protocol: Claim() up to N ready jobs with a short lease, Start() each
+// once it runs (this counts the attempt and takes the longer run lease; a job
+// that ends first can skip it, as Complete() counts the attempt of a claim
+// not started), Heartbeat() to keep each lease, then Complete() with the
+// attempt's outcome, or Release() to give the job back unrun (e.g. when
+// stopping). A
+// lease that is not renewed expires and the job goes back to the queue:
+// at-least-once, and an attempt that had started counts (the job is dead when
+// none is left), one that had not does not. A lease is named by (job id,
+// claim number), so a runner that lost its lease can no longer touch the job.
+//
+// Text: idempotency keys, export names and runner names must be valid UTF-8
+// without NUL (kInvalidArgument otherwise) and are stored exactly. Error
+// messages are free text from guests: they are stored as valid UTF-8, every
+// NUL and ill-formed byte sequence replaced by U+FFFD, so that every reader
+// (HTTP JSON, logs, psql) gets text; the exact bytes a job produced belong in
+// its result, which is stored as bytes.
 #ifndef KEEL_JOBS_STORE_H_
 #define KEEL_JOBS_STORE_H_
 
@@ -31,7 +43,7 @@ using TimePoint = Clock::time_point;
 
 enum class JobState : uint8_t {
   kQueued,     // waiting to be claimed (maybe not before Job::not_before)
-  kRunning,    // leased by a runner
+  kRunning,    // leased by a runner (Job::started_at says if it began running)
   kSucceeded,  // finished; Job::result holds the output
   kFailed,     // an attempt failed and was not to be retried
   kTimedOut,   // an attempt hit its deadline and was not to be retried
@@ -55,7 +67,8 @@ struct JobSpec {
   // Per attempt; stored for the runner, which enforces it.
   std::chrono::milliseconds deadline{std::chrono::seconds(30)};
   // Empty: none. Otherwise at most one job with this key exists (until the
-  // job is purged); a second Submit returns the first job's id.
+  // job is purged): a second Submit of the same spec returns the first job's
+  // id, one of a different spec is refused (SubmitResult::conflict).
   std::string idempotency_key;
   uint32_t max_attempts = 3;  // >= 1
   // A retried attempt waits retry_backoff * 2^(attempt-1), capped at
@@ -69,12 +82,15 @@ struct Job {
   std::string id;  // 26-char ULID-style text; sorts by submit time
   JobSpec spec;
   JobState state = JobState::kQueued;
-  uint32_t attempts = 0;          // claims so far, including the current one
+  uint32_t attempts = 0;          // attempts started so far, including a running one
   bool cancel_requested = false;  // set by Cancel() on a running job
   TimePoint created_at;
   TimePoint updated_at;
   TimePoint not_before;                  // earliest next claim (queued jobs)
   std::optional<TimePoint> lease_until;  // while running
+  // When the last attempt started (nullopt: none did, or a running job
+  // that is claimed but has not started).
+  std::optional<TimePoint> started_at;
   std::optional<TimePoint> finished_at;  // once finished
   std::string runner;                    // holder of the last lease
   std::vector<uint8_t> result;           // output of a successful attempt
@@ -97,13 +113,18 @@ struct Outcome {
 };
 
 struct SubmitResult {
-  std::string id;
-  bool created = true;  // false: the idempotency key named an existing job
+  std::string id;             // of the new job, or of the one the key names
+  std::string module_digest;  // of that job
+  bool created = true;        // false: the idempotency key named an existing job
+  // The key names a job whose spec differs from the one submitted: nothing
+  // was submitted, and `id` and `module_digest` are the existing job's.
+  bool conflict = false;
 };
 
 struct ClaimRequest {
-  std::string runner;  // free text naming the lease holder, e.g. "host:pid"
+  std::string runner;  // names the lease holder, e.g. "host:pid"
   size_t max_jobs = 1;
+  // Until Start() (which sets the run lease) or a Heartbeat().
   std::chrono::milliseconds lease{std::chrono::seconds(30)};
   // When nothing is ready, block up to this long for work (woken by
   // submits; on PostgreSQL also those of other processes via LISTEN/NOTIFY;
@@ -114,7 +135,8 @@ struct ClaimRequest {
 // A leased job, in claim order (FIFO by not_before, then submit order).
 struct ClaimedJob {
   std::string id;
-  uint32_t attempt = 0;  // 1 for the first claim; names the lease
+  uint64_t claim = 0;    // names the lease: 1 for the job's first claim
+  uint32_t attempt = 0;  // the attempt this claim makes once started (1: first)
   JobSpec spec;
   TimePoint lease_until;
 };
@@ -155,10 +177,12 @@ class JobStore {
   [[nodiscard]] virtual Result<std::vector<uint8_t>> GetModule(std::string_view digest) = 0;
 
   // Commits a new queued job and returns only once it is durable. Returns
-  // its id (or the existing job's, created == false, for a known idempotency
-  // key); kInvalidArgument for a malformed spec, kNotFound for an unknown
-  // module, kUnavailable/kInternal on database errors (then the job may or
-  // may not exist: resubmit with an idempotency key).
+  // its id; for a known idempotency key, the existing job's (created ==
+  // false), flagged `conflict` unless that job's spec (module, export, input,
+  // deadline, attempts, backoff) is the one given. kInvalidArgument for a
+  // malformed spec, kNotFound for an unknown module, kUnavailable/kInternal
+  // on database errors (then the job may or may not exist: resubmit with an
+  // idempotency key).
   [[nodiscard]] virtual Result<SubmitResult> Submit(const JobSpec& spec) = 0;
 
   // The job; kNotFound if unknown (or purged).
@@ -169,25 +193,41 @@ class JobStore {
 
   // Leases up to max_jobs ready jobs to `runner`, first re-queueing jobs
   // whose lease expired (PostgreSQL: at most every 100 ms per store); such a
-  // job ends dead instead if it has no attempt left, cancelled if cancel was
-  // requested. Each claim counts one attempt. Returns the claimed jobs,
-  // possibly none; kInvalidArgument for a malformed request; database errors.
+  // job, if it had started, ends dead instead when it has no attempt left,
+  // cancelled if cancel was requested. A claim counts no attempt until it
+  // starts. Returns the claimed jobs, possibly none; kInvalidArgument for a
+  // malformed request; database errors.
   [[nodiscard]] virtual Result<std::vector<ClaimedJob>> Claim(const ClaimRequest& request) = 0;
 
-  // Extends the lease (id, attempt) to now + `lease`. Returns the new expiry;
+  // Records that claim `claim` of job `id` starts running now: counts its
+  // attempt and extends the lease to now + `lease`. Returns the new expiry;
+  // kFailedPrecondition if that lease is no longer held (expired or
+  // released) or already started, kNotFound for an unknown job.
+  [[nodiscard]] virtual Result<TimePoint> Start(std::string_view id, uint64_t claim,
+                                                std::chrono::milliseconds lease) = 0;
+
+  // Extends the lease (id, claim) to now + `lease`. Returns the new expiry;
   // kFailedPrecondition if that lease is no longer held (expired and
   // re-queued, or finished), kNotFound for an unknown job.
-  [[nodiscard]] virtual Result<TimePoint> Heartbeat(std::string_view id, uint32_t attempt,
+  [[nodiscard]] virtual Result<TimePoint> Heartbeat(std::string_view id, uint64_t claim,
                                                     std::chrono::milliseconds lease) = 0;
 
-  // Records the outcome of attempt `attempt` and ends the lease. The job
-  // becomes: cancelled if cancel was requested (result or error kept); else
-  // succeeded; else, for a failure or timeout with retry, queued again after
-  // the backoff if attempts are left, otherwise dead; else failed or
-  // timed_out. Returns the new state; kFailedPrecondition if the lease is no
-  // longer held, kNotFound for an unknown job.
-  [[nodiscard]] virtual Result<JobState> Complete(std::string_view id, uint32_t attempt,
+  // Records the outcome of claim `claim` (counting its attempt if it was not
+  // started) and ends the lease. The job becomes: cancelled if cancel was
+  // requested (result or error kept); else succeeded; else, for a failure or
+  // timeout with retry, queued again after the backoff if attempts are left,
+  // otherwise dead; else failed or timed_out. Returns the new state;
+  // kFailedPrecondition if the lease is no longer held, kNotFound for an
+  // unknown job.
+  [[nodiscard]] virtual Result<JobState> Complete(std::string_view id, uint64_t claim,
                                                   const Outcome& outcome) = 0;
+
+  // Gives claim `claim` back without an outcome: the job is queued again at
+  // once (cancelled, if cancel was requested) and an attempt it started is
+  // not counted. For jobs a runner claimed but will not run to the end: it
+  // is stopping, or the executor dropped the call before it ran. Errors as
+  // Heartbeat.
+  [[nodiscard]] virtual Result<void> Release(std::string_view id, uint64_t claim) = 0;
 
   // Cancels a job: see CancelOutcome. kNotFound for an unknown job.
   [[nodiscard]] virtual Result<CancelOutcome> Cancel(std::string_view id) = 0;
@@ -202,8 +242,10 @@ class JobStore {
 // Opens the store named by `url_or_dir`: a postgresql:// or postgres:// URL
 // opens PostgreSQL (libpq connection URL), anything else is a data
 // directory, created if missing, holding the SQLite file keel.db. Creates the
-// schema if absent. Returns the store; kInvalidArgument for an empty name,
-// kUnavailable if the database cannot be opened.
+// schema if absent and migrates an older one (jobs/schema.h). Returns the
+// store; kInvalidArgument for an empty name, kUnavailable if the database
+// cannot be opened, kFailedPrecondition if its schema is newer than this
+// keel's.
 [[nodiscard]] Result<std::unique_ptr<JobStore>> OpenStore(std::string_view url_or_dir);
 
 }  // namespace keel::jobs

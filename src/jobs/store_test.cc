@@ -22,12 +22,14 @@
 #include <vector>
 
 #include "base/sha256.h"
+#include "jobs/internal.h"
 
 namespace keel::jobs {
 namespace {
 
 using std::chrono::milliseconds;
 using namespace std::chrono_literals;
+using namespace std::string_literals;
 using namespace std::string_view_literals;
 
 enum class Backend { kSqlite, kPostgres };
@@ -292,6 +294,220 @@ TEST_P(StoreTest, IdempotencyKeyAdmitsOneJob) {
   EXPECT_EQ(store_->CountByState()->at(static_cast<size_t>(JobState::kQueued)), 4);
 }
 
+// What a guest writes to stderr before it traps ends up in the error: any
+// bytes, cut anywhere. PostgreSQL text refused them (and the outcome was
+// lost); both stores now keep them as valid UTF-8.
+TEST_P(StoreTest, ErrorMessagesOfAnyBytesAreStoredAsValidText) {
+  const std::string message = "bad \xff byte, nul \0 here, cut \xe2\x82"s;
+  const std::string kept = "bad \uFFFD byte, nul \uFFFD here, cut \uFFFD";
+  const std::string valid = "caf\u00e9 \u2713 \U0001F600";  // stays as it is
+  std::string failed = SubmitOk(Spec("a"));
+  std::string retried = SubmitOk(Spec("b"));
+  std::string fine = SubmitOk(Spec("c"));
+  ASSERT_EQ(ClaimOk(*store_, 3).size(), 3u);
+  Result<JobState> state =
+      store_->Complete(failed, 1, Outcome::Failed(Error(ErrorCode::kTrap, message), false));
+  ASSERT_TRUE(state) << state.error().ToString();
+  EXPECT_EQ(*state, JobState::kFailed);
+  state = store_->Complete(retried, 1, Outcome::Failed(Error(ErrorCode::kTrap, message), true));
+  ASSERT_TRUE(state) << state.error().ToString();
+  EXPECT_EQ(*state, JobState::kQueued);
+  ASSERT_TRUE(store_->Complete(fine, 1, Outcome::Failed(Error(ErrorCode::kTrap, valid), false)));
+  EXPECT_EQ(GetOk(failed).error->message, kept);
+  EXPECT_EQ(GetOk(retried).error->message, kept);
+  EXPECT_EQ(GetOk(fine).error->message, valid);
+  Result<std::vector<Job>> listed = store_->List({.state = JobState::kFailed});
+  ASSERT_TRUE(listed);
+  for (const Job& job : *listed) {
+    EXPECT_EQ(job.error->message, job.id == failed ? kept : valid);
+  }
+}
+
+// Keys and names are stored exactly, so they must be text PostgreSQL can
+// hold: NUL (which libpq silently cut off, so "a\0b" and "a\0c" were one
+// key) and invalid UTF-8 are refused on both stores.
+TEST_P(StoreTest, KeysAndNamesWithNulOrInvalidUtf8AreRefused) {
+  for (std::string bad : {"a\0b"s, "a\0c"s, "\0"s, "key \xff"s, "\xc0\xaf"s}) {
+    JobSpec keyed = Spec();
+    keyed.idempotency_key = bad;
+    Result<SubmitResult> submitted = store_->Submit(keyed);
+    ASSERT_FALSE(submitted) << "key accepted";
+    EXPECT_EQ(submitted.error().code, ErrorCode::kInvalidArgument);
+    EXPECT_NE(submitted.error().message.find("idempotency key"), std::string::npos);
+    JobSpec named = Spec();
+    named.export_name = "run" + bad;
+    EXPECT_EQ(store_->Submit(named).error().code, ErrorCode::kInvalidArgument);
+    ClaimRequest request{.runner = "runner" + bad};
+    EXPECT_EQ(store_->Claim(request).error().code, ErrorCode::kInvalidArgument);
+    EXPECT_EQ(store_->Get(bad).error().code, ErrorCode::kNotFound);
+    EXPECT_EQ(store_->Cancel(bad).error().code, ErrorCode::kNotFound);
+  }
+  JobSpec long_key = Spec();
+  long_key.idempotency_key = std::string(kMaxKeyBytes + 1, 'k');
+  EXPECT_EQ(store_->Submit(long_key).error().code, ErrorCode::kInvalidArgument);
+  EXPECT_EQ(store_->CountByState()->at(static_cast<size_t>(JobState::kQueued)), 0);
+
+  // Any other text is kept exactly and names one job.
+  JobSpec keyed = Spec();
+  keyed.idempotency_key = "cl\u00e9 \u2713 " + std::string(kMaxKeyBytes - 10, 'k');
+  std::string id = SubmitOk(keyed);
+  EXPECT_EQ(GetOk(id).spec.idempotency_key, keyed.idempotency_key);
+  Result<SubmitResult> again = store_->Submit(keyed);
+  ASSERT_TRUE(again);
+  EXPECT_EQ(again->id, id);
+  // An id with a NUL or invalid UTF-8 names no job, and the error is text.
+  Result<Job> missing = store_->Get(id + "\0"s);
+  ASSERT_FALSE(missing);
+  EXPECT_EQ(missing.error().code, ErrorCode::kNotFound);
+  EXPECT_EQ(store_->Get(id.substr(0, 25) + "\xff").error().message,
+            "no job " + id.substr(0, 25) + "\uFFFD");
+}
+
+// An idempotency key names one piece of work: the same spec again is that
+// job; other work under the key is a conflict, reported with the existing
+// job's id and module, and nothing is submitted.
+TEST_P(StoreTest, IdempotencyKeyWithOtherWorkIsAConflict) {
+  JobSpec spec = Spec("input");
+  spec.idempotency_key = "order-18";
+  Result<SubmitResult> first = store_->Submit(spec);
+  ASSERT_TRUE(first);
+  EXPECT_TRUE(first->created);
+  EXPECT_FALSE(first->conflict);
+  EXPECT_EQ(first->module_digest, module_);
+
+  Result<SubmitResult> same = store_->Submit(spec);
+  ASSERT_TRUE(same);
+  EXPECT_FALSE(same->created);
+  EXPECT_FALSE(same->conflict);
+  EXPECT_EQ(same->id, first->id);
+
+  Result<std::string> other_module = store_->PutModule(Bytes("\0asm other"sv));
+  ASSERT_TRUE(other_module);
+  std::vector<JobSpec> others(6, spec);
+  others[0].input = Bytes("other input");
+  others[1].export_name = "other";
+  others[2].deadline = 6s;
+  others[3].max_attempts = 4;
+  others[4].retry_backoff = 1ms;
+  others[5].module_digest = *other_module;
+  for (const JobSpec& other : others) {
+    Result<SubmitResult> conflict = store_->Submit(other);
+    ASSERT_TRUE(conflict) << conflict.error().ToString();
+    EXPECT_FALSE(conflict->created);
+    EXPECT_TRUE(conflict->conflict);
+    EXPECT_EQ(conflict->id, first->id);
+    EXPECT_EQ(conflict->module_digest, module_);
+  }
+  EXPECT_EQ(store_->CountByState()->at(static_cast<size_t>(JobState::kQueued)), 1);
+  EXPECT_EQ(GetOk(first->id).spec.input, Bytes("input"));
+}
+
+// A claim counts no attempt; Start() counts it, once, and takes the run
+// lease.
+TEST_P(StoreTest, StartCountsTheAttemptOnceAndTakesTheRunLease) {
+  std::string id = SubmitOk(Spec());
+  std::vector<ClaimedJob> claimed = ClaimOk(*store_, 1, 2s);
+  ASSERT_EQ(claimed.size(), 1u);
+  EXPECT_EQ(GetOk(id).attempts, 0u);
+  Result<TimePoint> lease = store_->Start(id, claimed[0].claim, 60s);
+  ASSERT_TRUE(lease) << lease.error().ToString();
+  EXPECT_GT(*lease, Clock::now() + 50s);
+  Job job = GetOk(id);
+  EXPECT_EQ(job.attempts, 1u);
+  ASSERT_TRUE(job.started_at);
+  EXPECT_EQ(job.lease_until, *lease);
+  Result<TimePoint> again = store_->Start(id, claimed[0].claim, 60s);
+  ASSERT_FALSE(again);
+  EXPECT_EQ(again.error().code, ErrorCode::kFailedPrecondition);
+  EXPECT_NE(again.error().message.find("already started"), std::string::npos);
+  EXPECT_EQ(store_->Start(id, claimed[0].claim + 1, 60s).error().code,
+            ErrorCode::kFailedPrecondition);
+  EXPECT_EQ(store_->Start("01NOSUCHJOB0000000000000000", 1, 60s).error().code,
+            ErrorCode::kNotFound);
+  EXPECT_EQ(store_->Complete(id, claimed[0].claim, Outcome::Succeeded({})),
+            JobState::kSucceeded);
+  EXPECT_EQ(GetOk(id).attempts, 1u);
+}
+
+// Release() gives a claim back at once; an attempt it had started does not
+// count, and the old claim can do nothing more.
+TEST_P(StoreTest, ReleasedJobsComeBackAtOnceUncounted) {
+  JobSpec spec = Spec();
+  spec.max_attempts = 1;
+  std::string id = SubmitOk(spec);
+  ASSERT_EQ(ClaimOk(*store_, 1).size(), 1u);
+  ASSERT_TRUE(store_->Release(id, 1));
+  Job job = GetOk(id);
+  EXPECT_EQ(job.state, JobState::kQueued);
+  EXPECT_EQ(job.attempts, 0u);
+  EXPECT_FALSE(job.lease_until);
+
+  std::vector<ClaimedJob> second = ClaimOk(*store_, 1);
+  ASSERT_EQ(second.size(), 1u);
+  EXPECT_EQ(second[0].claim, 2u);
+  EXPECT_EQ(second[0].attempt, 1u);
+  ASSERT_TRUE(store_->Start(id, 2, 30s));
+  ASSERT_TRUE(store_->Release(id, 2));
+  job = GetOk(id);
+  EXPECT_EQ(job.state, JobState::kQueued);
+  EXPECT_EQ(job.attempts, 0u);
+  EXPECT_FALSE(job.started_at);
+  EXPECT_EQ(store_->Heartbeat(id, 2, 30s).error().code, ErrorCode::kFailedPrecondition);
+  EXPECT_EQ(store_->Release(id, 2).error().code, ErrorCode::kFailedPrecondition);
+  EXPECT_EQ(store_->Release("01NOSUCHJOB0000000000000000", 1).error().code,
+            ErrorCode::kNotFound);
+
+  // Its one attempt is still there to use.
+  ASSERT_EQ(ClaimOk(*store_, 1).size(), 1u);
+  EXPECT_EQ(store_->Complete(id, 3, Outcome::Succeeded(Bytes("ran"))), JobState::kSucceeded);
+  EXPECT_EQ(GetOk(id).attempts, 1u);
+
+  // A job whose cancel was requested ends cancelled when given back.
+  std::string cancelled = SubmitOk(Spec());
+  ASSERT_EQ(ClaimOk(*store_, 1).size(), 1u);
+  ASSERT_TRUE(store_->Start(cancelled, 1, 30s));
+  ASSERT_EQ(store_->Cancel(cancelled), CancelOutcome::kDetached);
+  ASSERT_TRUE(store_->Release(cancelled, 1));
+  job = GetOk(cancelled);
+  EXPECT_EQ(job.state, JobState::kCancelled);
+  EXPECT_EQ(job.error->code, ErrorCode::kCancelled);
+  EXPECT_TRUE(job.finished_at);
+}
+
+// A runner that dies holding claims it had not started leaves them to the
+// claim lease; they come back uncounted, even on the last attempt.
+TEST_P(StoreTest, ExpiredClaimThatNeverStartedCostsNoAttempt) {
+  JobSpec spec = Spec();
+  spec.max_attempts = 1;
+  std::string id = SubmitOk(spec);
+  ASSERT_EQ(ClaimOk(*store_, 1, 200ms, "crashed-runner").size(), 1u);
+  std::vector<ClaimedJob> again = ClaimEventually(*store_, 30s, "runner-b");
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].id, id);
+  EXPECT_EQ(again[0].claim, 2u);
+  EXPECT_EQ(again[0].attempt, 1u);
+  Job job = GetOk(id);
+  EXPECT_EQ(job.attempts, 0u);
+  EXPECT_FALSE(job.error);
+  EXPECT_EQ(store_->Start(id, 1, 30s).error().code, ErrorCode::kFailedPrecondition);
+  EXPECT_EQ(store_->Complete(id, 2, Outcome::Succeeded({})), JobState::kSucceeded);
+
+  // Cancelled while only claimed: it ends cancelled, never having run.
+  std::string cancelled = SubmitOk(Spec());
+  ASSERT_EQ(ClaimOk(*store_, 1, 200ms, "crashed-runner").size(), 1u);
+  ASSERT_EQ(store_->Cancel(cancelled), CancelOutcome::kDetached);
+  auto give_up = std::chrono::steady_clock::now() + 20s;
+  while (GetOk(cancelled).state == JobState::kRunning &&
+         std::chrono::steady_clock::now() < give_up) {
+    EXPECT_TRUE(ClaimOk(*store_, 1).empty());
+    std::this_thread::sleep_for(50ms);
+  }
+  job = GetOk(cancelled);
+  EXPECT_EQ(job.state, JobState::kCancelled);
+  EXPECT_EQ(job.attempts, 0u);
+  EXPECT_EQ(job.error->code, ErrorCode::kCancelled);
+}
+
 TEST_P(StoreTest, ClaimLeasesJobsInSubmitOrder) {
   std::vector<std::string> ids;
   for (int i = 0; i < 5; ++i) ids.push_back(SubmitOk(Spec("job" + std::to_string(i))));
@@ -300,6 +516,7 @@ TEST_P(StoreTest, ClaimLeasesJobsInSubmitOrder) {
   ASSERT_EQ(first.size(), 2u);
   EXPECT_EQ(first[0].id, ids[0]);
   EXPECT_EQ(first[1].id, ids[1]);
+  EXPECT_EQ(first[0].claim, 1u);
   EXPECT_EQ(first[0].attempt, 1u);
   EXPECT_EQ(first[0].spec.input, Bytes("job0"));
   EXPECT_EQ(first[0].spec.export_name, "run");
@@ -311,9 +528,11 @@ TEST_P(StoreTest, ClaimLeasesJobsInSubmitOrder) {
   for (int i = 0; i < 3; ++i) EXPECT_EQ(rest[i].id, ids[i + 2]);
   EXPECT_TRUE(ClaimOk(*store_, 10).empty());
 
+  // Claimed, not started: no attempt yet.
   Job job = GetOk(ids[0]);
   EXPECT_EQ(job.state, JobState::kRunning);
-  EXPECT_EQ(job.attempts, 1u);
+  EXPECT_EQ(job.attempts, 0u);
+  EXPECT_FALSE(job.started_at);
   EXPECT_EQ(job.runner, "runner-a");
   ASSERT_TRUE(job.lease_until);
   EXPECT_EQ(*job.lease_until, first[0].lease_until);
@@ -371,7 +590,7 @@ TEST_P(StoreTest, BackoffDoublesPerAttemptAndExhaustedAttemptsAreDead) {
     ASSERT_EQ(claimed.size(), 1u);
     EXPECT_EQ(claimed[0].attempt, attempt);
     Result<JobState> state = store_->Complete(
-        id, attempt, Outcome::TimedOut(Error(ErrorCode::kDeadlineExceeded, "slow"), true));
+        id, claimed[0].claim, Outcome::TimedOut(Error(ErrorCode::kDeadlineExceeded, "slow"), true));
     ASSERT_TRUE(state) << state.error().ToString();
     Job job = GetOk(id);
     if (attempt < 3) {
@@ -452,7 +671,7 @@ TEST_P(StoreTest, ConcurrentClaimersNeverGetTheSameJob) {
         if (claimed.empty()) return;
         for (auto& job : claimed) {
           seen[t].push_back(job.id);
-          EXPECT_TRUE(store.Complete(job.id, job.attempt, Outcome::Succeeded({})));
+          EXPECT_TRUE(store.Complete(job.id, job.claim, Outcome::Succeeded({})));
         }
       }
     });
@@ -498,18 +717,25 @@ TEST_P(StoreTest, ConcurrentProcessesNeverGetTheSameJob) {
 
 TEST_P(StoreTest, ExpiredLeaseRequeuesTheJob) {
   std::string id = SubmitOk(Spec());
-  std::vector<ClaimedJob> first = ClaimOk(*store_, 1, 200ms, "crashed-runner");
+  std::vector<ClaimedJob> first = ClaimOk(*store_, 1, 30s, "crashed-runner");
   ASSERT_EQ(first.size(), 1u);
-  // The runner "crashes": no heartbeat. Another runner gets the job.
+  ASSERT_TRUE(store_->Start(id, first[0].claim, 200ms));
+  // The runner "crashes" while running it: no heartbeat. Another runner
+  // gets the job, and the lost attempt counts.
   std::vector<ClaimedJob> second = ClaimEventually(*store_, 30s, "runner-b");
   ASSERT_EQ(second.size(), 1u);
   EXPECT_EQ(second[0].id, id);
+  EXPECT_EQ(second[0].claim, 2u);
   EXPECT_EQ(second[0].attempt, 2u);
+  Job lost = GetOk(id);
+  ASSERT_TRUE(lost.error);
+  EXPECT_EQ(lost.error->message, "lease expired: runner lost");
 
-  // The old lease names attempt 1: it can no longer act on the job.
+  // The old lease names claim 1: it can no longer act on the job.
   EXPECT_EQ(store_->Heartbeat(id, 1, 30s).error().code, ErrorCode::kFailedPrecondition);
   EXPECT_EQ(store_->Complete(id, 1, Outcome::Succeeded({})).error().code,
             ErrorCode::kFailedPrecondition);
+  EXPECT_EQ(store_->Release(id, 1).error().code, ErrorCode::kFailedPrecondition);
   EXPECT_EQ(store_->Complete(id, 2, Outcome::Succeeded(Bytes("r"))), JobState::kSucceeded);
   Job job = GetOk(id);
   EXPECT_EQ(job.attempts, 2u);
@@ -520,7 +746,8 @@ TEST_P(StoreTest, LeaseExpiryOnTheLastAttemptMakesTheJobDead) {
   JobSpec spec = Spec();
   spec.max_attempts = 1;
   std::string id = SubmitOk(spec);
-  ASSERT_EQ(ClaimOk(*store_, 1, 200ms).size(), 1u);
+  ASSERT_EQ(ClaimOk(*store_, 1).size(), 1u);
+  ASSERT_TRUE(store_->Start(id, 1, 200ms));
   auto give_up = std::chrono::steady_clock::now() + 20s;
   while (GetOk(id).state == JobState::kRunning && std::chrono::steady_clock::now() < give_up) {
     EXPECT_TRUE(ClaimOk(*store_, 1).empty());  // claiming reaps expired leases
@@ -568,6 +795,7 @@ TEST_P(StoreTest, CancelledQueuedJobNeverRuns) {
 TEST_P(StoreTest, CancelledRunningJobFinishesAndKeepsItsResult) {
   std::string id = SubmitOk(Spec());
   ASSERT_EQ(ClaimOk(*store_, 1).size(), 1u);
+  ASSERT_TRUE(store_->Start(id, 1, 30s));
   EXPECT_EQ(store_->Cancel(id), CancelOutcome::kDetached);
   Job job = GetOk(id);
   EXPECT_EQ(job.state, JobState::kRunning);  // never torn down
@@ -584,6 +812,7 @@ TEST_P(StoreTest, CancelledRunningJobFinishesAndKeepsItsResult) {
   // A retryable failure of a cancelled job is not retried.
   std::string failing = SubmitOk(Spec());
   ASSERT_EQ(ClaimOk(*store_, 1).size(), 1u);
+  ASSERT_TRUE(store_->Start(failing, 1, 30s));
   EXPECT_EQ(store_->Cancel(failing), CancelOutcome::kDetached);
   EXPECT_EQ(store_->Complete(failing, 1, Outcome::Failed(Error(ErrorCode::kTrap, "t"), true)),
             JobState::kCancelled);
@@ -592,7 +821,8 @@ TEST_P(StoreTest, CancelledRunningJobFinishesAndKeepsItsResult) {
 
 TEST_P(StoreTest, CancelledJobWhoseRunnerIsLostEndsCancelled) {
   std::string id = SubmitOk(Spec());
-  ASSERT_EQ(ClaimOk(*store_, 1, 200ms).size(), 1u);
+  ASSERT_EQ(ClaimOk(*store_, 1).size(), 1u);
+  ASSERT_TRUE(store_->Start(id, 1, 200ms));
   EXPECT_EQ(store_->Cancel(id), CancelOutcome::kDetached);
   auto give_up = std::chrono::steady_clock::now() + 20s;
   while (GetOk(id).state == JobState::kRunning && std::chrono::steady_clock::now() < give_up) {

@@ -33,6 +33,7 @@ json::object JobJson(const jobs::Job& job) {
       {"created_at", FormatTime(job.created_at)},
       {"updated_at", FormatTime(job.updated_at)},
   };
+  if (job.started_at) out["started_at"] = FormatTime(*job.started_at);
   if (job.finished_at) out["finished_at"] = FormatTime(*job.finished_at);
   if (job.state == jobs::JobState::kSucceeded || !job.result.empty()) out["result_bytes"] = job.result.size();
   if (job.error) out["error"] = {{"code", ToString(job.error->code)}, {"message", job.error->message}};
@@ -122,12 +123,23 @@ boost::asio::awaitable<Response> Submit(Service& service, RequestContext& ctx) {
   const auto& body = ctx.request.body();
   auto spec = ParseJobSpec(service, std::string_view(reinterpret_cast<const char*>(body.data()), body.size()));
   if (!spec) co_return ErrorResponse(spec.error());
-  std::string digest = spec->module_digest;
   auto submit = [&service, spec = std::move(*spec)] { return service.store().Submit(spec); };
   auto submitted = co_await OffThread(service, std::move(submit));
+  // NUL or invalid UTF-8 in the key: 400 from the store, never truncated.
   if (!submitted) co_return ErrorResponse(submitted.error());
-  Response res = JsonResponse(submitted->created ? 202 : 200,
-                              json::value{{"id", submitted->id}, {"created", submitted->created}, {"module_digest", digest}});
+  Response res;
+  if (submitted->conflict) {
+    // The key already names other work: it stays that job's.
+    json::object existing{{"id", submitted->id}, {"module_digest", submitted->module_digest}};
+    Error taken(ErrorCode::kAlreadyExists,
+                "the idempotency key names job " + submitted->id + ", submitted with other work");
+    res = ErrorResponse(409, taken, std::move(existing));
+  } else {
+    res = JsonResponse(submitted->created ? 202 : 200,
+                       json::value{{"id", submitted->id},
+                                   {"created", submitted->created},
+                                   {"module_digest", submitted->module_digest}});
+  }
   res.set(http::field::location, "/v1/jobs/" + submitted->id);
   co_return res;
 }

@@ -194,6 +194,8 @@ std::string RenderPrometheus(const MetricsInput& in) {
     const jobs::RunnerStats& s = *in.runner;
     w.Family("keel_job_attempts_total", "counter", "Job attempts of this process's runner, by outcome.");
     w.Sample("keel_job_attempts_total", Label("outcome", "claimed"), s.claimed);
+    w.Sample("keel_job_attempts_total", Label("outcome", "started"), s.started);
+    w.Sample("keel_job_attempts_total", Label("outcome", "released"), s.released);
     w.Sample("keel_job_attempts_total", Label("outcome", "succeeded"), s.succeeded);
     w.Sample("keel_job_attempts_total", Label("outcome", "failed"), s.failed);
     w.Sample("keel_job_attempts_total", Label("outcome", "timed_out"), s.timed_out);
@@ -202,6 +204,7 @@ std::string RenderPrometheus(const MetricsInput& in) {
     w.One("keel_job_backpressure_waits_total", "counter",
           "Times the runner stopped claiming because a pool was overloaded.", s.backpressure_waits);
     w.One("keel_jobs_in_flight", "gauge", "Jobs claimed by this process and not yet recorded.", s.in_flight);
+    w.One("keel_jobs_waiting", "gauge", "Jobs claimed by this process and not yet started.", s.waiting);
   }
   w.One("keel_job_store_transactions_total", "counter", "Write transactions committed by the job store.",
         in.commits.transactions);

@@ -524,11 +524,31 @@ TEST_F(ServerTest, Jobs) {
   EXPECT_EQ(r.status, 200);
   EXPECT_EQ(r.body, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
 
-  // The same idempotency key names the same job.
-  r = c.PostJson("/v1/jobs", R"({"module": "sha256", "export": "hash", "idempotency_key": "k1"})");
+  // The same job under the same idempotency key is that job; other work
+  // under it is a conflict naming the job the key holds.
+  r = c.PostJson("/v1/jobs", R"({"module": "sha256", "export": "hash", "input_base64": "YWJj",
+                               "timeout_ms": 5000, "idempotency_key": "k1", "max_attempts": 2})");
   EXPECT_EQ(r.status, 200);
   EXPECT_EQ(S(r.json().at("id")), id);
   EXPECT_EQ(r.json().at("created"), false);
+  std::string digest = Sha256Hex(ReadBytes(Guest("sha256")));
+  EXPECT_EQ(S(r.json().at("module_digest")), digest);
+  for (const std::string& other :
+       {std::string(R"({"module": "sha256", "export": "hash", "idempotency_key": "k1"})"),
+        std::string(R"({"module": "add", "export": "echo", "input_base64": "YWJj",
+                        "timeout_ms": 5000, "idempotency_key": "k1", "max_attempts": 2})")}) {
+    r = c.PostJson("/v1/jobs", other);
+    EXPECT_EQ(r.status, 409) << other;
+    EXPECT_EQ(r.error_code(), "already_exists");
+    EXPECT_EQ(S(r.json().at("error").at("id")), id);
+    EXPECT_EQ(S(r.json().at("error").at("module_digest")), digest);
+  }
+  // A NUL in a key is refused, not cut short (which made "k1\u0000x" name k1).
+  r = c.PostJson("/v1/jobs", R"({"module": "sha256", "export": "hash", "idempotency_key": "k1\u0000x"})");
+  EXPECT_EQ(r.status, 400);
+  EXPECT_EQ(r.error_code(), "invalid_argument");
+  EXPECT_THAT(S(r.json().at("error").at("message")), HasSubstr("NUL"));
+  EXPECT_THAT(S(c.Get("/v1/jobs/" + id).json().at("started_at")), ::testing::Not(::testing::IsEmpty()));
 
   r = c.Get("/v1/jobs?state=succeeded&limit=10");
   ASSERT_EQ(r.status, 200);
@@ -631,7 +651,8 @@ TEST_F(ServerTest, MetricsInPrometheusText) {
         "keel_calls_trapped_total{kind=\"unreachable\"} 0\n", "keel_calls_rejected_total{reason=\"overloaded\"} 0\n",
         "# TYPE keel_call_seconds histogram\n", "keel_call_seconds_bucket{le=\"+Inf\"} 1\n", "keel_call_seconds_count 1\n",
         "keel_pool_instances{module=\"add\",digest=\"", "keel_jobs{state=\"queued\"} 0\n",
-        "keel_job_attempts_total{outcome=\"claimed\"} 0\n", "keel_http_responses_total{code=\"200\"} 1\n",
+        "keel_job_attempts_total{outcome=\"claimed\"} 0\n", "keel_job_attempts_total{outcome=\"started\"} 0\n",
+        "keel_job_attempts_total{outcome=\"released\"} 0\n", "keel_jobs_waiting 0\n", "keel_http_responses_total{code=\"200\"} 1\n",
         "keel_http_connections_open 1\n", "keel_draining 0\n", "keel_instance_events_total{event=\"poisoned\"} 0\n"}) {
     EXPECT_THAT(r.body, HasSubstr(line));
   }

@@ -62,6 +62,8 @@ Result<std::unique_ptr<Service>> Service::Create(ServerOptions options) {
 
   Registry* registry = s->registry_.get();
   jobs::RunnerOptions runner_options;
+  // Jobs run at most one per worker thread, whatever the pools' sizes.
+  runner_options.concurrency = static_cast<size_t>(s->runtime_->workers());
   // An idle claim returns within this, and stopping waits for it: keep
   // shutdown quick. Submits of this process wake it at once anyway.
   runner_options.idle_wait = std::chrono::milliseconds(250);

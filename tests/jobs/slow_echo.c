@@ -3,7 +3,9 @@
  *   echo:  input "MS:payload" -> sleeps MS milliseconds (WASI clock poll),
  *          then outputs "payload".
  *   fail:  always traps (retried until the job is dead).
+ *   shout: writes its input to stderr as it is (any bytes), then traps.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -32,3 +34,12 @@ static int always_fail(const uint8_t* in, size_t len, keel_output* out) {
   return 1;
 }
 KEEL_BYTES_FN(fail, always_fail)
+
+static int shout(const uint8_t* in, size_t len, keel_output* out) {
+  (void)out;
+  fwrite(in, 1, len, stderr);
+  fflush(stderr);
+  __builtin_trap();
+  return 1;
+}
+KEEL_BYTES_FN(shout, shout)

@@ -37,6 +37,21 @@ inline bool PgExec(const std::string& url, const std::string& sql) {
   return ok;
 }
 
+// The single integer `sql` returns on the server of `url`; -1 on error.
+inline int64_t PgQueryInt(const std::string& url, const std::string& sql) {
+  PGconn* conn = PQconnectdb(url.c_str());
+  int64_t value = -1;
+  if (PQstatus(conn) == CONNECTION_OK) {
+    PGresult* result = PQexec(conn, sql.c_str());
+    if (PQresultStatus(result) == PGRES_TUPLES_OK && PQntuples(result) == 1) {
+      value = std::stoll(PQgetvalue(result, 0, 0));
+    }
+    PQclear(result);
+  }
+  PQfinish(conn);
+  return value;
+}
+
 // Names a store for OpenStore() and removes it when destroyed.
 class StoreLocation {
  public:
@@ -71,6 +86,12 @@ class StoreLocation {
   }
   const std::string& name() const { return name_; }
   const std::string& skip_reason() const { return skip_; }
+  // The server's URL, without the schema; empty for SQLite.
+  const std::string& pg_url() const { return pg_url_; }
+  // name(), with the sessions it opens (PostgreSQL) named `application`.
+  std::string NameFor(const std::string& application) const {
+    return pg_url_.empty() ? name_ : name_ + "&application_name=" + application;
+  }
 
  private:
   std::string name_, skip_, pg_url_, schema_;

@@ -1,0 +1,148 @@
+#include "jobs/postgres_db.h"
+
+#include <utility>
+
+namespace keel::jobs::pg {
+
+Params& Params::Add(std::string_view text) {
+  if (text.find('\0') != std::string_view::npos && !error_) {
+    error_ = Error(ErrorCode::kInvalidArgument,
+                   "postgres: text parameter " + std::to_string(values_.size() + 1) +
+                       " contains NUL, which PostgreSQL text cannot hold");
+  }
+  const std::string& stored = storage_.emplace_back(text);
+  return Push(stored.c_str(), static_cast<int>(stored.size()), 0);
+}
+
+Params& Params::AddBytes(std::span<const uint8_t> bytes) {
+  // A null pointer would mean NULL, not empty bytes.
+  static const char kEmpty[] = "";
+  const char* data = bytes.empty() ? kEmpty : reinterpret_cast<const char*>(bytes.data());
+  return Push(data, static_cast<int>(bytes.size()), 1);
+}
+
+Params& Params::Push(const char* value, int length, int format) {
+  values_.push_back(value);
+  lengths_.push_back(length);
+  formats_.push_back(format);
+  return *this;
+}
+
+int64_t Rows::affected() const {
+  const char* text = PQcmdTuples(result_.get());
+  return text[0] == '\0' ? 0 : std::stoll(text);
+}
+
+int64_t Rows::Int(int row, int col) const {
+  const auto* p = reinterpret_cast<const uint8_t*>(PQgetvalue(result_.get(), row, col));
+  int length = PQgetlength(result_.get(), row, col);
+  uint64_t value = 0;
+  for (int i = 0; i < length; ++i) value = (value << 8) | p[i];
+  if (length == 4) return static_cast<int32_t>(value);
+  return static_cast<int64_t>(value);
+}
+
+std::vector<uint8_t> Rows::Bytes(int row, int col) const {
+  const auto* p = reinterpret_cast<const uint8_t*>(PQgetvalue(result_.get(), row, col));
+  return std::vector<uint8_t>(p, p + PQgetlength(result_.get(), row, col));
+}
+
+Error PgError(PGconn* conn, const PGresult* result, std::string_view what) {
+  std::string message = "postgres: " + std::string(what) + ": ";
+  const char* text = result != nullptr ? PQresultErrorMessage(result) : "";
+  if (text[0] == '\0') text = PQerrorMessage(conn);
+  message += text;
+  while (!message.empty() && message.back() == '\n') message.pop_back();
+  if (PQstatus(conn) != CONNECTION_OK) return Error(ErrorCode::kUnavailable, std::move(message));
+  const char* state = result != nullptr ? PQresultErrorField(result, PG_DIAG_SQLSTATE) : nullptr;
+  std::string_view sqlstate = state != nullptr ? state : "";
+  if (sqlstate == "23505") return Error(ErrorCode::kAlreadyExists, std::move(message));
+  if (sqlstate == "40001" || sqlstate == "40P01" || sqlstate.starts_with("08") ||
+      sqlstate.starts_with("57P")) {
+    return Error(ErrorCode::kUnavailable, std::move(message));
+  }
+  return Error(ErrorCode::kInternal, std::move(message));
+}
+
+Result<std::unique_ptr<Connection>> Connection::Open(const std::string& url) {
+  auto conn = std::unique_ptr<Connection>(new Connection(PQconnectdb(url.c_str())));
+  if (conn->conn_ == nullptr || PQstatus(conn->conn_) != CONNECTION_OK) {
+    std::string message = "postgres: cannot connect: ";
+    message += conn->conn_ != nullptr ? PQerrorMessage(conn->conn_) : "out of memory";
+    while (!message.empty() && message.back() == '\n') message.pop_back();
+    return MakeError(ErrorCode::kUnavailable, std::move(message));
+  }
+  // Silence NOTICEs such as "relation already exists, skipping".
+  PQsetNoticeProcessor(
+      conn->conn_, [](void*, const char*) {}, nullptr);
+  return conn;
+}
+
+Result<void> Connection::EnsureConnected() {
+  if (healthy()) return {};
+  prepared_.clear();
+  PQreset(conn_);
+  if (!healthy()) return tl::unexpected(PgError(conn_, nullptr, "reconnect"));
+  return {};
+}
+
+Result<Rows> Connection::Exec(const std::string& sql, const Params& params) {
+  if (params.error()) return tl::unexpected(*params.error());
+  auto it = prepared_.find(sql);
+  if (it == prepared_.end()) {
+    std::string name = "keel_" + std::to_string(prepared_.size());
+    Rows prepared(PQprepare(conn_, name.c_str(), sql.c_str(), 0, nullptr));
+    if (PQresultStatus(prepared.raw()) != PGRES_COMMAND_OK) {
+      return tl::unexpected(PgError(conn_, prepared.raw(), "prepare"));
+    }
+    it = prepared_.emplace(sql, std::move(name)).first;
+  }
+  Rows rows(PQexecPrepared(conn_, it->second.c_str(), params.size(), params.values(),
+                           params.lengths(), params.formats(), /*resultFormat=*/1));
+  ExecStatusType status = PQresultStatus(rows.raw());
+  if (status != PGRES_TUPLES_OK && status != PGRES_COMMAND_OK) {
+    return tl::unexpected(PgError(conn_, rows.raw(), "exec"));
+  }
+  return rows;
+}
+
+Result<std::string> Connection::ExecScript(const char* sql) {
+  Rows rows(PQexec(conn_, sql));
+  ExecStatusType status = PQresultStatus(rows.raw());
+  if (status != PGRES_TUPLES_OK && status != PGRES_COMMAND_OK) {
+    return tl::unexpected(PgError(conn_, rows.raw(), "exec"));
+  }
+  return std::string(PQcmdStatus(rows.raw()));
+}
+
+CommitLane::CommitLane(std::unique_ptr<Connection> conn, WakeSignal& wake,
+                       std::string_view channel)
+    : conn_(std::move(conn)),
+      notify_commit_("NOTIFY " + std::string(channel) + "; COMMIT"),
+      committer_(GroupCommitter::Hooks{
+                     .begin = [this]() -> Result<void> {
+                       if (Result<void> up = conn_->EnsureConnected(); !up) return up;
+                       Result<std::string> begun = conn_->ExecScript("BEGIN");
+                       if (!begun) return tl::unexpected(begun.error());
+                       return {};
+                     },
+                     .commit = [this](bool wake) -> Result<void> {
+                       // NOTIFY is delivered at commit, to every listening store.
+                       Result<std::string> tag =
+                           conn_->ExecScript(wake ? notify_commit_.c_str() : "COMMIT");
+                       if (!tag) return tl::unexpected(tag.error());
+                       if (*tag != "COMMIT") {
+                         return MakeError(ErrorCode::kInternal,
+                                          "postgres: commit ended in " + *tag);
+                       }
+                       return {};
+                     },
+                     .rollback = [this] { (void)conn_->ExecScript("ROLLBACK"); },
+                     .committed =
+                         [&wake](bool woke) {
+                           if (woke) wake.Notify();
+                         },
+                 },
+                 kMaxCommitBatch) {}
+
+}  // namespace keel::jobs::pg

@@ -1,0 +1,143 @@
+// PostgreSQL plumbing for the stores that keep their tables on one server
+// (the job queue today; the cluster's module registry and node list can join
+// it): statement parameters, binary results, a connection with its prepared
+// statements, and commit lanes that batch concurrent writes.
+#ifndef KEEL_JOBS_POSTGRES_DB_H_
+#define KEEL_JOBS_POSTGRES_DB_H_
+
+#include <libpq-fe.h>
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "jobs/group_commit.h"
+#include "jobs/internal.h"
+#include "keel/status.h"
+
+namespace keel::jobs::pg {
+
+// Statement parameters: text, except bytea which is sent binary (no
+// escaping). Borrows byte spans; the owner must outlive the call.
+class Params {
+ public:
+  // PostgreSQL text cannot hold NUL, and libpq would read a text parameter
+  // only up to its first NUL: text with a NUL makes the statement fail with
+  // kInvalidArgument instead of silently storing a truncated value.
+  Params& Add(std::string_view text);
+  Params& Add(int64_t value) { return Add(std::string_view(std::to_string(value))); }
+  Params& AddBool(bool value) { return Add(std::string_view(value ? "t" : "f")); }
+  // Empty text becomes NULL (optional text columns).
+  Params& AddOrNull(std::string_view text) { return text.empty() ? AddNull() : Add(text); }
+  Params& AddBytes(std::span<const uint8_t> bytes);
+  Params& AddNull() { return Push(nullptr, 0, 0); }
+
+  int size() const { return static_cast<int>(values_.size()); }
+  const char* const* values() const { return values_.data(); }
+  const int* lengths() const { return lengths_.data(); }
+  const int* formats() const { return formats_.data(); }
+  // Why these parameters cannot be sent, if they cannot.
+  const std::optional<Error>& error() const { return error_; }
+
+ private:
+  Params& Push(const char* value, int length, int format);
+
+  std::deque<std::string> storage_;  // stable addresses
+  std::vector<const char*> values_;
+  std::vector<int> lengths_;
+  std::vector<int> formats_;
+  std::optional<Error> error_;
+};
+
+// A result in binary format. Move-only value.
+class Rows {
+ public:
+  explicit Rows(PGresult* result) : result_(result, &PQclear) {}
+
+  int size() const { return PQntuples(result_.get()); }
+  PGresult* raw() const { return result_.get(); }
+  int64_t affected() const;
+  bool IsNull(int row, int col) const { return PQgetisnull(result_.get(), row, col) != 0; }
+  // int8 or int4, big-endian.
+  int64_t Int(int row, int col) const;
+  bool Bool(int row, int col) const { return PQgetvalue(result_.get(), row, col)[0] != 0; }
+  std::string Text(int row, int col) const {
+    return std::string(PQgetvalue(result_.get(), row, col), PQgetlength(result_.get(), row, col));
+  }
+  std::vector<uint8_t> Bytes(int row, int col) const;
+
+ private:
+  std::unique_ptr<PGresult, decltype(&PQclear)> result_;
+};
+
+// The error for a failed statement: kUnavailable when retrying may help
+// (connection lost, deadlock, serialization failure, shutdown), kAlreadyExists
+// for a unique violation, else kInternal.
+Error PgError(PGconn* conn, const PGresult* result, std::string_view what);
+
+// One libpq connection with its prepared statements. Used by one thread at a
+// time.
+class Connection {
+ public:
+  // kUnavailable if the server cannot be reached.
+  [[nodiscard]] static Result<std::unique_ptr<Connection>> Open(const std::string& url);
+  ~Connection() { PQfinish(conn_); }
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+
+  bool healthy() const { return PQstatus(conn_) == CONNECTION_OK; }
+
+  // Reconnects a broken connection. kUnavailable if that fails.
+  [[nodiscard]] Result<void> EnsureConnected();
+
+  // Runs `sql` as a statement prepared once per connection; binary results.
+  [[nodiscard]] Result<Rows> Exec(const std::string& sql, const Params& params);
+
+  // Runs one or more parameterless statements; returns the last one's
+  // command tag (e.g. "COMMIT", or "ROLLBACK" for a failed transaction).
+  [[nodiscard]] Result<std::string> ExecScript(const char* sql);
+
+  PGconn* raw() const { return conn_; }
+
+ private:
+  explicit Connection(PGconn* conn) : conn_(conn) {}
+
+  PGconn* conn_;
+  std::unordered_map<std::string, std::string> prepared_;  // SQL -> statement name
+};
+
+// One write connection and the group committer that owns it. Several lanes
+// let round trips to the server overlap; the server orders their
+// transactions (row locks, SKIP LOCKED) as it does between processes. A
+// transaction whose operations made work claimable sends NOTIFY `channel`
+// and, once committed, wakes `wake`. Thread-safe; the destructor finishes
+// queued writes.
+class CommitLane {
+ public:
+  using Op = std::function<Result<bool>(Connection&)>;
+
+  CommitLane(std::unique_ptr<Connection> conn, WakeSignal& wake, std::string_view channel);
+
+  // See GroupCommitter::Run; `op` gets this lane's connection.
+  [[nodiscard]] Result<void> Run(const Op& op) {
+    return committer_.Run([&] { return op(*conn_); });
+  }
+
+  CommitStats stats() const { return committer_.stats(); }
+
+ private:
+  std::unique_ptr<Connection> conn_;  // used by the committer thread only
+  const std::string notify_commit_;   // "NOTIFY <channel>; COMMIT"
+  GroupCommitter committer_;          // destroyed first, finishing its writes
+};
+
+}  // namespace keel::jobs::pg
+
+#endif  // KEEL_JOBS_POSTGRES_DB_H_

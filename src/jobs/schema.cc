@@ -1,0 +1,175 @@
+#include "jobs/schema.h"
+
+#include <string>
+
+namespace keel::jobs::schema {
+
+namespace {
+
+// Version 1: the tables as keel created them before schema versions
+// (testdata/schema_v1_*.sql keep that text verbatim). Never edit a
+// migration that has shipped; add one.
+constexpr char kSqliteV1[] = R"sql(
+CREATE TABLE IF NOT EXISTS keel_modules (
+  digest TEXT PRIMARY KEY,
+  bytes BLOB NOT NULL,
+  created_us INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS keel_jobs (
+  seq INTEGER PRIMARY KEY,
+  id TEXT NOT NULL UNIQUE,
+  module_digest TEXT NOT NULL,
+  export_name TEXT NOT NULL,
+  deadline_ms INTEGER NOT NULL,
+  idempotency_key TEXT UNIQUE,
+  max_attempts INTEGER NOT NULL,
+  backoff_ms INTEGER NOT NULL,
+  state TEXT NOT NULL,
+  attempts INTEGER NOT NULL DEFAULT 0,
+  cancel_requested INTEGER NOT NULL DEFAULT 0,
+  created_us INTEGER NOT NULL,
+  updated_us INTEGER NOT NULL,
+  not_before_us INTEGER NOT NULL,
+  lease_until_us INTEGER,
+  finished_us INTEGER,
+  runner TEXT,
+  error_code TEXT,
+  error_message TEXT,
+  input BLOB NOT NULL,
+  result BLOB
+);
+CREATE INDEX IF NOT EXISTS keel_jobs_ready ON keel_jobs (not_before_us, seq)
+  WHERE state = 'queued';
+CREATE INDEX IF NOT EXISTS keel_jobs_leased ON keel_jobs (lease_until_us)
+  WHERE state = 'running';
+CREATE INDEX IF NOT EXISTS keel_jobs_finished ON keel_jobs (finished_us)
+  WHERE finished_us IS NOT NULL;
+CREATE INDEX IF NOT EXISTS keel_jobs_state ON keel_jobs (state, seq);
+)sql";
+
+constexpr char kPostgresV1[] = R"sql(
+CREATE TABLE IF NOT EXISTS keel_modules (
+  digest TEXT PRIMARY KEY,
+  bytes BYTEA NOT NULL,
+  created_us BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS keel_jobs (
+  seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  id TEXT NOT NULL UNIQUE,
+  module_digest TEXT NOT NULL,
+  export_name TEXT NOT NULL,
+  deadline_ms BIGINT NOT NULL,
+  idempotency_key TEXT UNIQUE,
+  max_attempts BIGINT NOT NULL,
+  backoff_ms BIGINT NOT NULL,
+  state TEXT NOT NULL,
+  attempts BIGINT NOT NULL DEFAULT 0,
+  cancel_requested BOOLEAN NOT NULL DEFAULT false,
+  created_us BIGINT NOT NULL,
+  updated_us BIGINT NOT NULL,
+  not_before_us BIGINT NOT NULL,
+  lease_until_us BIGINT,
+  finished_us BIGINT,
+  runner TEXT,
+  error_code TEXT,
+  error_message TEXT,
+  input BYTEA NOT NULL,
+  result BYTEA
+);
+CREATE INDEX IF NOT EXISTS keel_jobs_ready ON keel_jobs (not_before_us, seq)
+  WHERE state = 'queued';
+CREATE INDEX IF NOT EXISTS keel_jobs_leased ON keel_jobs (lease_until_us)
+  WHERE state = 'running';
+CREATE INDEX IF NOT EXISTS keel_jobs_finished ON keel_jobs (finished_us)
+  WHERE finished_us IS NOT NULL;
+CREATE INDEX IF NOT EXISTS keel_jobs_state ON keel_jobs (state, seq);
+-- The server's clock in microseconds, fixed for one statement.
+CREATE OR REPLACE FUNCTION keel_now_us() RETURNS BIGINT LANGUAGE sql STABLE
+  AS 'SELECT (extract(epoch FROM statement_timestamp()) * 1000000)::bigint';
+)sql";
+
+// Version 2: claims and starts are separate. `claims` counts claims and
+// names the current lease (a claim may now end without an attempt, so the
+// attempt count can no longer name it); `started_us` is when the current
+// claim started running (NULL: claimed, not started). A job running under
+// version 1 was started when it was claimed.
+constexpr char kSqliteV2[] = R"sql(
+ALTER TABLE keel_jobs ADD COLUMN claims INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE keel_jobs ADD COLUMN started_us INTEGER;
+UPDATE keel_jobs SET claims = attempts,
+  started_us = CASE WHEN state = 'running' THEN updated_us END;
+)sql";
+
+constexpr char kPostgresV2[] = R"sql(
+ALTER TABLE keel_jobs ADD COLUMN claims BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE keel_jobs ADD COLUMN started_us BIGINT;
+UPDATE keel_jobs SET claims = attempts,
+  started_us = CASE WHEN state = 'running' THEN updated_us END;
+)sql";
+
+constexpr Migration kSqliteMigrations[] = {
+    {1, "job queue: keel_modules, keel_jobs", kSqliteV1},
+    {2, "keel_jobs: claims name leases; started_us", kSqliteV2},
+};
+constexpr Migration kPostgresMigrations[] = {
+    {1, "job queue: keel_modules, keel_jobs, keel_now_us()", kPostgresV1},
+    {2, "keel_jobs: claims name leases; started_us", kPostgresV2},
+};
+static_assert(std::size(kSqliteMigrations) == kSchemaVersion);
+static_assert(std::size(kPostgresMigrations) == kSchemaVersion);
+
+constexpr char kSqliteVersionTable[] =
+    "CREATE TABLE IF NOT EXISTS keel_schema_migrations (version INTEGER PRIMARY KEY, "
+    "summary TEXT NOT NULL, applied_us INTEGER NOT NULL)";
+constexpr char kPostgresVersionTable[] =
+    "CREATE TABLE IF NOT EXISTS keel_schema_migrations (version BIGINT PRIMARY KEY, "
+    "summary TEXT NOT NULL, applied_us BIGINT NOT NULL)";
+
+// The version `db` is at: recorded, else 1 if keel's tables exist, else 0.
+Result<int> FoundVersion(Database& db) {
+  Result<std::optional<int>> recorded = db.RecordedVersion();
+  if (!recorded) return tl::unexpected(recorded.error());
+  if (*recorded) return **recorded;
+  Result<bool> v1 = db.TableExists("keel_jobs");
+  if (!v1) return tl::unexpected(v1.error());
+  if (!*v1) return 0;
+  if (Result<void> noted = db.Record(1, "found: tables made before schema versions"); !noted) {
+    return tl::unexpected(noted.error());
+  }
+  return 1;
+}
+
+}  // namespace
+
+std::span<const Migration> Migrations(Dialect dialect) {
+  if (dialect == Dialect::kSqlite) return kSqliteMigrations;
+  return kPostgresMigrations;
+}
+
+Result<int> Migrate(Dialect dialect, Database& db) {
+  const char* table = dialect == Dialect::kSqlite ? kSqliteVersionTable : kPostgresVersionTable;
+  if (Result<void> made = db.Exec(table); !made) return tl::unexpected(made.error());
+  Result<int> found = FoundVersion(db);
+  if (!found) return found;
+  if (*found > kSchemaVersion) {
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "the database has schema version " + std::to_string(*found) +
+                         ", newer than this keel's " + std::to_string(kSchemaVersion) +
+                         ": upgrade keel to use it");
+  }
+  for (const Migration& migration : Migrations(dialect)) {
+    if (migration.version <= *found) continue;
+    if (Result<void> done = db.Exec(migration.sql); !done) {
+      Error error = done.error();
+      error.message = "schema migration to version " + std::to_string(migration.version) +
+                      " failed: " + error.message;
+      return tl::unexpected(std::move(error));
+    }
+    if (Result<void> noted = db.Record(migration.version, migration.summary); !noted) {
+      return tl::unexpected(noted.error());
+    }
+  }
+  return *found;
+}
+
+}  // namespace keel::jobs::schema
