@@ -63,6 +63,8 @@ struct CallRecord {
   std::atomic<bool> resolved_flag{false};  // mirrors `resolved` for lock-free reads
   CallResult result;                       // immutable once resolved
   std::vector<std::function<void(const CallResult&)>> callbacks;  // guarded by mu
+  // Run by Resolve() itself, on the resolving thread (OnCompleteInline).
+  std::vector<std::function<void(const CallResult&)>> inline_callbacks;  // guarded by mu
   std::optional<std::stop_callback<std::function<void()>>> stop_callback;
 };
 
