@@ -36,6 +36,8 @@ int StatusForCallError(const Error& error);
 Response ErrorResponse(int status, const Error& error, boost::json::object extra = {},
                        std::chrono::seconds retry_after = std::chrono::seconds(1));
 Response ErrorResponse(const Error& error, boost::json::object extra = {});
+// `body` goes out as valid UTF-8: bytes that are not (from names or text a
+// client sent, quoted in a message) are replaced by U+FFFD.
 Response JsonResponse(int status, const boost::json::value& body);
 Response JsonResponse(int status, std::string body);
 
@@ -48,8 +50,10 @@ bool BearerMatches(std::string_view authorization, std::string_view token);
 
 // "%41b" -> "Ab"; nullopt for malformed escapes.
 std::optional<std::string> PercentDecode(std::string_view text);
-// The value of `key` in a query string ("a=1&b=2"), percent-decoded.
-std::optional<std::string> QueryParam(std::string_view query, std::string_view key);
+// The value of `key` in a query string ("a=1&b=2"), percent-decoded;
+// nullopt if absent; kInvalidArgument naming the parameter for a malformed
+// escape (in any parameter: a query that cannot be read is not guessed at).
+[[nodiscard]] Result<std::optional<std::string>> QueryParam(std::string_view query, std::string_view key);
 
 // Standard base64 (RFC 4648, with padding; whitespace not allowed).
 [[nodiscard]] Result<std::vector<uint8_t>> DecodeBase64(std::string_view text);
