@@ -43,10 +43,9 @@ class ServeProcess {
   ServeProcess(const std::string& dir, std::vector<std::string> extra, std::vector<std::string> launcher = {})
       : log_(dir + "/serve.log") {
     std::vector<std::string> argv = std::move(launcher);
-    for (std::string arg : {KEEL_BIN, "serve", "--listen", "127.0.0.1:0", "--data", (dir + "/data").c_str(),
-                            "--modules", KEEL_GUEST_DIR, "--workers", "2"}) {
-      argv.push_back(std::move(arg));
-    }
+    std::vector<std::string> keel = {KEEL_BIN,    "serve",        "--listen",  "127.0.0.1:0", "--data",
+                                     dir + "/data", "--modules", KEEL_GUEST_DIR, "--workers", "2"};
+    argv.insert(argv.end(), keel.begin(), keel.end());
     argv.insert(argv.end(), extra.begin(), extra.end());
     pid_ = keel::testing::SpawnProcess(argv, log_);
   }
