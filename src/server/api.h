@@ -69,8 +69,18 @@ struct PendingCall {
 // Never blocks and never waits: the connection waits for `call`.
 std::variant<Response, PendingCall> StartCall(Service& service, RequestContext& ctx, std::string module,
                                               std::string export_name);
-// The answer of a call that resolved with `result`.
-Response FinishCall(Service& service, const PendingCall& pending, const CallResult& result);
+// The answer of a call that succeeded: its body, sent with this content type
+// and the call's id (X-Keel-Call-Id). Kept apart from Response, whose
+// fields cost allocations on the hottest path.
+struct CallAnswer {
+  std::string_view content_type;
+  std::string body;
+  CallId id = 0;
+};
+// The answer of a call that resolved with `result`: a CallAnswer, or an
+// error Response.
+std::variant<Response, CallAnswer> FinishCall(Service& service, const PendingCall& pending,
+                                              const CallResult& result);
 // The client went away before `pending` resolved: a queued call is
 // withdrawn, a running one detached (never interrupted); counted and
 // recorded. The call then resolves at once (kCancelled).

@@ -139,7 +139,8 @@ void AbandonCall(Service& service, PendingCall& pending) {
                                       : "client disconnected before the call started"});
 }
 
-Response FinishCall(Service& service, const PendingCall& pending, const CallResult& result) {
+std::variant<Response, CallAnswer> FinishCall(Service& service, const PendingCall& pending,
+                                              const CallResult& result) {
   CallId id = pending.call.id();
   if (!result) {
     const Error& error = result.error();
@@ -148,16 +149,18 @@ Response FinishCall(Service& service, const PendingCall& pending, const CallResu
     json::object extra{{"call_id", id}};
     return ErrorResponse(StatusForCallError(error), error, std::move(extra), RetryAfter(error, *pending.entry->pool));
   }
-  Response res;
+  CallAnswer answer;
+  answer.id = id;
   if (pending.json) {
-    res = JsonResponse(200, "{\"results\":" + FormatResults(result->values) + "}");
+    answer.content_type = "application/json";
+    answer.body = "{\"results\":";
+    answer.body += FormatResults(result->values);
+    answer.body += "}\n";
   } else {
-    res.result(http::status::ok);
-    res.set(http::field::content_type, "application/octet-stream");
-    res.body().assign(result->bytes.begin(), result->bytes.end());
+    answer.content_type = "application/octet-stream";
+    answer.body.assign(result->bytes.begin(), result->bytes.end());
   }
-  res.set("X-Keel-Call-Id", std::to_string(id));
-  return res;
+  return answer;
 }
 
 }  // namespace keel::server

@@ -1,5 +1,7 @@
 #include "server/call_args.h"
 
+#include <optional>
+
 #include <boost/json/basic_parser_impl.hpp>
 
 #include "server/json_text.h"
@@ -159,6 +161,98 @@ class ArgsHandler {
   std::string text_;
 };
 
+// Reads the common body, {"args": [...]} holding exactly the parameters'
+// values as plain JSON numbers or as ASCII strings without escapes, in one
+// pass and without allocating beyond the result. Anything else (other
+// members, escapes, a wrong count, a value that does not convert) is left
+// to the full parser, which also words the errors: nullopt.
+class SimpleArgs {
+ public:
+  SimpleArgs(std::string_view text, const FuncType& type) : text_(text), type_(type) {}
+
+  std::optional<std::vector<Value>> Parse() {
+    std::vector<Value> values;
+    values.reserve(type_.params.size());
+    if (!Take('{') || !Take("\"args\"") || !Take(':') || !Take('[')) return std::nullopt;
+    Skip();
+    if (!Peek(']')) {
+      do {
+        if (values.size() == type_.params.size()) return std::nullopt;
+        auto value = Element(type_.params[values.size()]);
+        if (!value) return std::nullopt;
+        values.push_back(*value);
+      } while (Take(','));
+    }
+    if (!Take(']') || !Take('}')) return std::nullopt;
+    Skip();
+    if (at_ != text_.size() || values.size() != type_.params.size()) return std::nullopt;
+    return values;
+  }
+
+ private:
+  void Skip() {
+    while (at_ < text_.size() && (text_[at_] == ' ' || text_[at_] == '\t' || text_[at_] == '\n' || text_[at_] == '\r')) {
+      ++at_;
+    }
+  }
+  bool Peek(char c) const { return at_ < text_.size() && text_[at_] == c; }
+  bool Take(std::string_view token) {
+    Skip();
+    if (text_.substr(at_, token.size()) != token) return false;
+    at_ += token.size();
+    return true;
+  }
+  bool Take(char c) { return Take(std::string_view(&c, 1)); }
+  bool Digits() {
+    size_t from = at_;
+    while (at_ < text_.size() && text_[at_] >= '0' && text_[at_] <= '9') ++at_;
+    return at_ > from;
+  }
+
+  std::optional<Value> Element(ValType type) {
+    Skip();
+    bool integer = type == ValType::kI32 || type == ValType::kI64;
+    size_t from = at_;
+    if (Peek('"')) {
+      size_t end = text_.find('"', at_ + 1);
+      if (end == std::string_view::npos) return std::nullopt;
+      std::string_view inner = text_.substr(at_ + 1, end - at_ - 1);
+      for (char c : inner) {
+        if (c == '\\' || static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) >= 0x80) {
+          return std::nullopt;
+        }
+      }
+      at_ = end + 1;
+      return ParseValue(type, inner);
+    }
+    // A JSON number: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?
+    if (Peek('-')) ++at_;
+    if (Peek('0')) {
+      ++at_;
+    } else if (!Digits()) {
+      return std::nullopt;
+    }
+    bool fraction = false;
+    if (Peek('.')) {
+      ++at_;
+      if (!Digits()) return std::nullopt;
+      fraction = true;
+    }
+    if (Peek('e') || Peek('E')) {
+      ++at_;
+      if (Peek('+') || Peek('-')) ++at_;
+      if (!Digits()) return std::nullopt;
+      fraction = true;
+    }
+    if (integer && fraction) return std::nullopt;
+    return ParseValue(type, text_.substr(from, at_ - from));
+  }
+
+  std::string_view text_;
+  const FuncType& type_;
+  size_t at_ = 0;
+};
+
 void AppendQuoted(std::string& out, std::string_view text) {
   out += '"';
   out += text;
@@ -173,6 +267,7 @@ Result<std::vector<Value>> ParseCallArgs(std::string_view text, const FuncType& 
     return MakeError(ErrorCode::kInvalidArgument,
                      "expected " + std::to_string(type.params.size()) + " arguments " + type.ToString() + ", got 0");
   }
+  if (auto values = SimpleArgs(text, type).Parse()) return std::move(*values);
   json::basic_parser<ArgsHandler> parser(json::parse_options{}, type);
   json::error_code ec;
   size_t used = parser.write_some(false, text.data(), text.size(), ec);

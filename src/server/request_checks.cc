@@ -43,10 +43,9 @@ Refusal Bad(std::string message) { return {400, ErrorCode::kInvalidArgument, std
 
 std::string Quoted(std::string_view text) { return "'" + ToValidUtf8(text) + "'"; }
 
-std::optional<Refusal> CheckHostFields(const Request& req) {
-  size_t hosts = req.count(http::field::host);
-  if (hosts > 1) return Bad("more than one Host header");
-  if (hosts == 0 && req.version() >= 11) return Bad("an HTTP/1.1 request needs a Host header");
+std::optional<Refusal> CheckHostFields(const Request& req, const HeaderScan& scan) {
+  if (scan.hosts > 1) return Bad("more than one Host header");
+  if (scan.hosts == 0 && req.version() >= 11) return Bad("an HTTP/1.1 request needs a Host header");
   return std::nullopt;
 }
 
@@ -62,13 +61,31 @@ bool LoopbackAddress(std::string_view text) {
 
 }  // namespace
 
-std::optional<Refusal> CheckFraming(const Request& req) {
-  if (auto refusal = CheckHostFields(req)) return refusal;
-  if (req.count(http::field::transfer_encoding) == 0) return std::nullopt;
-  if (req.version() < 11) return Bad("Transfer-Encoding is not allowed in an HTTP/1.0 request");
-  if (req.count(http::field::content_length) > 0) {
-    return Bad("a request must not carry both Transfer-Encoding and Content-Length");
+HeaderScan ScanHeader(const Request& req) {
+  HeaderScan scan;
+  for (const auto& field : req) {
+    switch (field.name()) {
+      case http::field::host:
+        if (scan.hosts++ == 0) scan.host = View(field.value());
+        break;
+      case http::field::transfer_encoding: scan.transfer_encoding = true; break;
+      case http::field::content_length: scan.content_length = true; break;
+      case http::field::expect: scan.expect = true; break;
+      case http::field::origin:
+        scan.origin = true;
+        scan.origin_value = View(field.value());
+        break;
+      default: break;
+    }
   }
+  return scan;
+}
+
+std::optional<Refusal> CheckFraming(const Request& req, const HeaderScan& scan) {
+  if (auto refusal = CheckHostFields(req, scan)) return refusal;
+  if (!scan.transfer_encoding) return std::nullopt;
+  if (req.version() < 11) return Bad("Transfer-Encoding is not allowed in an HTTP/1.0 request");
+  if (scan.content_length) return Bad("a request must not carry both Transfer-Encoding and Content-Length");
   std::vector<std::string_view> codings = ListMembers(req, http::field::transfer_encoding);
   if (codings.empty()) return Bad("empty Transfer-Encoding");
   for (size_t i = 0; i + 1 < codings.size(); ++i) {
@@ -85,7 +102,8 @@ std::optional<Refusal> CheckFraming(const Request& req) {
   return std::nullopt;
 }
 
-std::optional<Refusal> CheckExpect(const Request& req) {
+std::optional<Refusal> CheckExpect(const Request& req, const HeaderScan& scan) {
+  if (!scan.expect) return std::nullopt;
   for (std::string_view member : ListMembers(req, http::field::expect)) {
     if (!iequals(member, "100-continue")) {
       return Refusal{417, ErrorCode::kInvalidArgument,
@@ -123,14 +141,15 @@ bool IsLoopbackAuthority(std::string_view host, uint16_t port) {
     for (char c : port_text) given = given * 10 + static_cast<unsigned>(c - '0');
   }
   if (given != port) return false;
-  if (iequals(name, "localhost")) return true;
+  bool bracketed = host.starts_with('[');
+  if (!bracketed && iequals(name, "localhost")) return true;
   // A bracketed name is IPv6; an unbracketed one must not be.
-  if (host.starts_with('[') != (name.find(':') != std::string_view::npos)) return false;
-  return LoopbackAddress(name);
+  if (bracketed != (name.find(':') != std::string_view::npos)) return false;
+  return name == "127.0.0.1" || name == "::1" || LoopbackAddress(name);
 }
 
-std::optional<Refusal> CheckLocalRequest(const Request& req, uint16_t port) {
-  std::string_view host = View(req[http::field::host]);
+std::optional<Refusal> CheckLocalRequest(const Request& req, const HeaderScan& scan, uint16_t port) {
+  std::string_view host = scan.host;
   // HTTP/1.0 clients may leave Host out; browsers never do.
   if (!(host.empty() && req.version() < 11) && !IsLoopbackAuthority(host, port)) {
     return Refusal{403, ErrorCode::kInvalidArgument,
@@ -139,8 +158,8 @@ std::optional<Refusal> CheckLocalRequest(const Request& req, uint16_t port) {
   }
   http::verb method = req.method();
   bool safe = method == http::verb::get || method == http::verb::head || method == http::verb::options;
-  if (safe || req.count(http::field::origin) == 0) return std::nullopt;
-  std::string_view origin = View(req[http::field::origin]);
+  if (safe || !scan.origin) return std::nullopt;
+  std::string_view origin = scan.origin_value;
   constexpr std::string_view kScheme = "http://";
   bool own = !host.empty() && origin.size() == kScheme.size() + host.size() &&
              iequals(origin.substr(0, kScheme.size()), kScheme) && iequals(origin.substr(kScheme.size()), host);

@@ -22,15 +22,27 @@ struct Refusal {
   std::string message;
 };
 
+// The fields the checks read, found in one pass over the header.
+struct HeaderScan {
+  size_t hosts = 0;
+  std::string_view host;  // the first
+  bool transfer_encoding = false;
+  bool content_length = false;
+  bool expect = false;
+  bool origin = false;
+  std::string_view origin_value;
+};
+HeaderScan ScanHeader(const Request& req);
+
 // Transfer-Encoding is accepted only on HTTP/1.1, without Content-Length,
 // with `chunked` as its final coding and only once: anything else cannot be
 // framed reliably (400). Codings before `chunked` (e.g. gzip) are not
 // implemented (501). HTTP/1.1 needs exactly one Host (400).
-std::optional<Refusal> CheckFraming(const Request& req);
+std::optional<Refusal> CheckFraming(const Request& req, const HeaderScan& scan);
 
 // Only `Expect: 100-continue` is understood (417 otherwise); HTTP/1.0
 // requests have it ignored.
-std::optional<Refusal> CheckExpect(const Request& req);
+std::optional<Refusal> CheckExpect(const Request& req, const HeaderScan& scan);
 
 // True if `host` (a Host header, or an origin's host[:port]) names this
 // machine's loopback interface: a 127.0.0.0/8 or ::1 literal, or
@@ -42,7 +54,7 @@ bool IsLoopbackAuthority(std::string_view host, uint16_t port);
 // otherwise: DNS rebinding), and state-changing requests (other than GET,
 // HEAD and OPTIONS) with an Origin must come from the service's own origin
 // (403 otherwise: a web page posting to localhost).
-std::optional<Refusal> CheckLocalRequest(const Request& req, uint16_t port);
+std::optional<Refusal> CheckLocalRequest(const Request& req, const HeaderScan& scan, uint16_t port);
 
 }  // namespace keel::server
 

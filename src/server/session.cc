@@ -270,7 +270,8 @@ bool Session::OnHeader() {
   version_ = req.version();
   head_ = req.method() == http::verb::head;
   keep_alive_ = req.keep_alive();
-  if (auto refusal = CheckFraming(req)) {
+  scan_ = ScanHeader(req);
+  if (auto refusal = CheckFraming(req, scan_)) {
     RefuseAndClose(ToResponse(*refusal));
     return false;
   }
@@ -299,9 +300,9 @@ bool Session::OnHeader() {
 std::optional<Response> Session::Admit(const Request& req, std::string_view path, size_t limit) {
   const std::string& token = options_.token;
   if (token.empty()) {
-    if (auto refusal = CheckLocalRequest(req, port_)) return ToResponse(*refusal);
+    if (auto refusal = CheckLocalRequest(req, scan_, port_)) return ToResponse(*refusal);
   }
-  if (auto refusal = CheckExpect(req)) return ToResponse(*refusal);
+  if (auto refusal = CheckExpect(req, scan_)) return ToResponse(*refusal);
   if (service_.draining()) return ErrorResponse(Error(ErrorCode::kShuttingDown, "the service is shutting down"));
   if (!token.empty() && NeedsAuth(options_, path)) {
     auto auth = req[http::field::authorization];
@@ -321,7 +322,7 @@ std::optional<Response> Session::Admit(const Request& req, std::string_view path
 // Answers `Expect: 100-continue` (HTTP/1.1 only; CheckExpect refused any
 // other expectation). False if the client does not take it.
 bool Session::SendContinue() {
-  if (version_ != 11 || !parser_->get().count(http::field::expect)) return true;
+  if (version_ != 11 || !scan_.expect) return true;
   static constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
   // The previous answer was written in full, so the socket has room for
   // these few bytes unless the client stopped reading: then give up on it.
@@ -387,7 +388,12 @@ void Session::OnCallDone() {
     End();
     return;
   }
-  Respond(FinishCall(service_, pending, pending.call.Wait()));
+  auto answer = FinishCall(service_, pending, pending.call.Wait());
+  if (auto* res = std::get_if<Response>(&answer)) {
+    Respond(std::move(*res));
+  } else {
+    Respond(std::move(std::get<CallAnswer>(answer)));
+  }
 }
 
 void Session::RefuseAndClose(Response res) {
@@ -397,21 +403,49 @@ void Session::RefuseAndClose(Response res) {
   Respond(std::move(res));
 }
 
+void Session::UpdateKeepAlive() {
+  keep_alive_ = keep_alive_ && !close_after_ && !peer_closed_ && !closed_ && !service_.draining();
+}
+
 void Session::Respond(Response res) {
   if (phase_ == Phase::kEnded) return;
-  keep_alive_ = keep_alive_ && !close_after_ && !peer_closed_ && !closed_ && !service_.draining();
+  UpdateKeepAlive();
   status_ = res.result_int();
   res.version(version_);
   res.keep_alive(keep_alive_);
   res.prepare_payload();
   SerializeHead(res, head_text_);
-  response_.emplace(std::move(res));
+  body_ = std::move(res.body());
+  with_body_ = !head_ && HasBody(status_);
+  Send();
+}
+
+void Session::Respond(CallAnswer answer) {
+  if (phase_ == Phase::kEnded) return;
+  UpdateKeepAlive();
+  status_ = 200;
+  head_text_.clear();
+  head_text_ += version_ == 10 ? "HTTP/1.0 200 OK\r\nContent-Type: " : "HTTP/1.1 200 OK\r\nContent-Type: ";
+  head_text_ += answer.content_type;
+  head_text_ += "\r\nX-Keel-Call-Id: ";
+  head_text_ += std::to_string(answer.id);
+  head_text_ += "\r\nContent-Length: ";
+  head_text_ += std::to_string(answer.body.size());
+  if (version_ == 10 && keep_alive_) head_text_ += "\r\nConnection: keep-alive";
+  if (version_ != 10 && !keep_alive_) head_text_ += "\r\nConnection: close";
+  head_text_ += "\r\n\r\n";
+  body_ = std::move(answer.body);
+  with_body_ = true;
+  Send();
+}
+
+// Writes head_text_ and body_ (unless this answers HEAD).
+void Session::Send() {
   phase_ = Phase::kWriting;
-  const std::string& body = response_->body();
-  bool with_body = !head_ && HasBody(status_) && !body.empty();
+  bool with_body = with_body_ && !body_.empty();
   std::array<asio::const_buffer, 2> buffers{asio::buffer(head_text_),
-                                            with_body ? asio::buffer(body) : asio::const_buffer()};
-  size_t total = head_text_.size() + (with_body ? body.size() : 0);
+                                            with_body ? asio::buffer(body_) : asio::const_buffer()};
+  size_t total = head_text_.size() + (with_body ? body_.size() : 0);
   // Most answers fit the socket's buffer: written here, without a round
   // through the reactor.
   beast::error_code ec;
@@ -436,7 +470,7 @@ void Session::OnWritten(const boost::system::error_code& ec) {
   if (phase_ == Phase::kEnded) return;
   if (ec && timed_out_ && ec == asio::error::operation_aborted) service_.http().timeouts++;
   service_.http().CountResponse(status_, Clock::now() - received_);
-  response_.reset();
+  body_.clear();
   ctx_.reset();
   parser_.reset();
   if (ec) {

@@ -116,6 +116,9 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // Answering.
   void Respond(Response res);
+  void Respond(CallAnswer answer);
+  void UpdateKeepAlive();
+  void Send();
   void RefuseAndClose(Response res);
   void OnWritten(const boost::system::error_code& ec);
   void Linger();
@@ -145,6 +148,7 @@ class Session : public std::enable_shared_from_this<Session> {
   bool close_after_ = false;      // close once answered (framing errors, refusals)
   bool linger_after_ = false;     // ...after half-closing and draining (unread input)
   bool header_checked_ = false;
+  HeaderScan scan_;  // of the request's header (views into parser_'s fields)
   size_t body_limit_ = 0;
 
   // A synchronous call in flight.
@@ -153,8 +157,9 @@ class Session : public std::enable_shared_from_this<Session> {
   bool client_gone_ = false;
 
   // The answer being written.
-  std::optional<Response> response_;
   std::string head_text_;
+  std::string body_;
+  bool with_body_ = false;
   int status_ = 0;
   size_t lingered_ = 0;
 };
