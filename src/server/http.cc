@@ -127,6 +127,7 @@ int HexValue(char c) {
 }  // namespace
 
 std::optional<std::string> PercentDecode(std::string_view text) {
+  if (text.find('%') == std::string_view::npos) return std::string(text);
   std::string out;
   out.reserve(text.size());
   for (size_t i = 0; i < text.size(); ++i) {

@@ -222,7 +222,7 @@ bool Session::ParseSome() {
     phase_ = Phase::kRequest;
     received_ = Clock::now();
     Expect(options_.header_timeout);
-    parser_.emplace();
+    parser_.emplace(std::piecewise_construct, std::make_tuple(), std::make_tuple(FieldsAllocator(&arena_)));
     parser_->header_limit(static_cast<uint32_t>(options_.max_header_bytes));
     // The route's own limit is set once the header is known.
     body_limit_ = std::max(options_.max_body_bytes, options_.max_module_bytes);
@@ -473,6 +473,7 @@ void Session::OnWritten(const boost::system::error_code& ec) {
   body_.clear();
   ctx_.reset();
   parser_.reset();
+  arena_.release();
   if (ec) {
     End();
     return;

@@ -11,7 +11,9 @@
 #define KEEL_SERVER_SESSION_H_
 
 #include <chrono>
+#include <cstddef>
 #include <memory>
+#include <memory_resource>
 #include <optional>
 #include <string>
 #include <thread>
@@ -138,8 +140,11 @@ class Session : public std::enable_shared_from_this<Session> {
   bool peer_closed_ = false;
   Clock::time_point deadline_ = Clock::time_point::max();
 
-  // The request being read or handled.
-  std::optional<http::request_parser<http::vector_body<uint8_t>>> parser_;
+  // The request being read or handled; its fields live in arena_, which is
+  // released after each request.
+  alignas(std::max_align_t) char arena_bytes_[2048];
+  std::pmr::monotonic_buffer_resource arena_{arena_bytes_, sizeof arena_bytes_};
+  std::optional<http::request_parser<http::vector_body<uint8_t>, FieldsAllocator>> parser_;
   std::optional<RequestContext> ctx_;
   Clock::time_point received_;  // when its header was complete
   unsigned version_ = 11;
