@@ -241,16 +241,7 @@ bool Session::ParseSome() {
     }
   }
   if (ec) {
-    if (ec == http::error::header_limit || ec == http::error::buffer_overflow) {
-      RefuseAndClose(ErrorResponse(431, Error(ErrorCode::kResourceExhausted, "request header too large")));
-    } else if (ec == http::error::body_limit) {
-      RefuseAndClose(ErrorResponse(413, Error(ErrorCode::kResourceExhausted, "request body over the limit of " +
-                                                                                std::to_string(body_limit_) +
-                                                                                " bytes")));
-    } else {
-      std::string what = header_done ? "malformed body: " : "malformed request: ";
-      RefuseAndClose(ErrorResponse(400, Error(ErrorCode::kInvalidArgument, what + ec.message())));
-    }
+    ParseFailed(ec, header_done);
     return false;
   }
   if (header_done && !header_checked_) return OnHeader();
@@ -260,6 +251,18 @@ bool Session::ParseSome() {
     return false;
   }
   return true;
+}
+
+void Session::ParseFailed(const beast::error_code& ec, bool header_done) {
+  if (ec == http::error::header_limit || ec == http::error::buffer_overflow) {
+    RefuseAndClose(ErrorResponse(431, Error(ErrorCode::kResourceExhausted, "request header too large")));
+  } else if (ec == http::error::body_limit) {
+    RefuseAndClose(ErrorResponse(413, Error(ErrorCode::kResourceExhausted, "request body over the limit of " +
+                                                                              std::to_string(body_limit_) + " bytes")));
+  } else {
+    std::string what = header_done ? "malformed body: " : "malformed request: ";
+    RefuseAndClose(ErrorResponse(400, Error(ErrorCode::kInvalidArgument, what + ec.message())));
+  }
 }
 
 // Checks a complete header; false if the request was refused.

@@ -108,6 +108,7 @@ class Session : public std::enable_shared_from_this<Session> {
   void OnReadFailed(const boost::system::error_code& ec);
   void Advance();
   bool ParseSome();
+  void ParseFailed(const boost::system::error_code& ec, bool header_done);
   bool OnHeader();
   std::optional<Response> Admit(const Request& req, std::string_view path, size_t limit);
   bool SendContinue();
