@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <charconv>
 #include <cstring>
 
 #include <boost/asio/co_spawn.hpp>
@@ -50,6 +51,12 @@ void SerializeHead(const Response& res, std::string& out) {
     out += "\r\n";
   }
   out += "\r\n";
+}
+
+void AppendNumber(std::string& out, uint64_t n) {
+  char digits[20];
+  auto end = std::to_chars(digits, digits + sizeof digits, n).ptr;
+  out.append(digits, end);
 }
 
 Response ToResponse(const Refusal& refusal) {
@@ -431,9 +438,9 @@ void Session::Respond(CallAnswer answer) {
   head_text_ += version_ == 10 ? "HTTP/1.0 200 OK\r\nContent-Type: " : "HTTP/1.1 200 OK\r\nContent-Type: ";
   head_text_ += answer.content_type;
   head_text_ += "\r\nX-Keel-Call-Id: ";
-  head_text_ += std::to_string(answer.id);
+  AppendNumber(head_text_, answer.id);
   head_text_ += "\r\nContent-Length: ";
-  head_text_ += std::to_string(answer.body.size());
+  AppendNumber(head_text_, answer.body.size());
   if (version_ == 10 && keep_alive_) head_text_ += "\r\nConnection: keep-alive";
   if (version_ != 10 && !keep_alive_) head_text_ += "\r\nConnection: close";
   head_text_ += "\r\n\r\n";
