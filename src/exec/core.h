@@ -174,6 +174,8 @@ class Worker {
   bool Instantiate(Slot& slot);
   void Retire(Slot& slot);
   bool HasWork() const;
+  // Yields the CPU for a short while; true as soon as work comes in.
+  bool YieldForWork();
   Clock::time_point Maintenance();
 
   RuntimeCore* core_;
