@@ -65,9 +65,9 @@ int main(int argc, char** argv) {
   char body[128];
   snprintf(body, sizeof body, "{\"args\":[%s]}", args);
   snprintf(request, sizeof request,
-           "POST /v1/modules/add/call/%s HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+           "POST /v1/modules/add/call/%s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
            "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
-           fn, strlen(body), body);
+           fn, port, strlen(body), body);
   pthread_t tids[64];
   if (threads > 64) threads = 64;
   for (int i = 0; i < threads; i++) pthread_create(&tids[i], NULL, Client, (void*)(uintptr_t)(i + 1));

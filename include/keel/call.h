@@ -119,6 +119,15 @@ class Call {
   // call has resolved): `fn` then runs at once on the calling thread.
   void OnComplete(std::function<void(const CallResult&)> fn) const;
 
+  // Runs `fn` exactly once with the result on the thread that resolves the
+  // call (the worker that ran it, the deadline watchdog, or a thread calling
+  // Cancel() or shutting the runtime down), or at once on this thread if the
+  // call has already resolved. For handing the result to the caller's own
+  // event loop without a hop through the callback threads: `fn` must only
+  // do that (e.g. post to an executor) and return. It must not block, wait
+  // for a call, or submit, cancel or wait on calls itself.
+  void OnCompleteInline(std::function<void(const CallResult&)> fn) const;
+
   // `co_await call` suspends until the call resolves and resumes on a keel
   // callback thread with a copy of the result.
   struct Awaiter {

@@ -39,7 +39,8 @@ Result<std::chrono::nanoseconds> ParseDuration(std::string_view text) {
     return bad(unit.empty() ? "missing unit (ns, us, ms, s, m, h)" : "unknown unit (ns, us, ms, s, m, h)");
   }
   double ns = value * scale;
-  if (ns > static_cast<double>(std::numeric_limits<int64_t>::max())) return bad("too large");
+  // 2^63 itself (the double nearest INT64_MAX) does not fit either.
+  if (ns >= static_cast<double>(std::numeric_limits<int64_t>::max())) return bad("too large");
   return std::chrono::nanoseconds(static_cast<int64_t>(std::llround(ns)));
 }
 

@@ -50,7 +50,8 @@ CLI::App* AddServeCommand(CLI::App& app, ServeArgs& args) {
   cmd->add_option("--data", o.data_dir, "Data directory: uploaded modules and the SQLite job store")->required();
   cmd->add_option("--store", o.store, "Job store: a directory or postgresql:// URL (default: --data)");
   cmd->add_option("--workers", o.workers, "WebAssembly worker threads (default: one per core)");
-  cmd->add_option("--token-file", args.token_file, "File holding the bearer token every /v1 route needs");
+  cmd->add_option("--token-file", args.token_file, "File holding the bearer token every /v1 route and /metrics need");
+  cmd->add_flag("--public-metrics", o.public_metrics, "With --token-file: serve /metrics without the token");
   cmd->add_option("--modules", o.module_dirs, "Load every *.wasm here under its stem (repeatable; skips hostile_*)");
   cmd->add_option("--io-threads", o.io_threads, "HTTP threads")->capture_default_str();
   cmd->add_option("--instances", o.instances, "Instances per module (default: one per worker)");

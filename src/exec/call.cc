@@ -93,6 +93,21 @@ void Call::OnComplete(std::function<void(const CallResult&)> fn) const {
   record_->pool->core().executor->Post([record, fn = std::move(fn)] { fn(record->result); });
 }
 
+void Call::OnCompleteInline(std::function<void(const CallResult&)> fn) const {
+  if (!record_) {
+    fn(Wait());
+    return;
+  }
+  {
+    MutexLock lock(record_->mu);
+    if (!record_->resolved) {
+      record_->inline_callbacks.push_back(std::move(fn));
+      return;
+    }
+  }
+  fn(record_->result);
+}
+
 void Call::Awaiter::await_suspend(std::coroutine_handle<> handle) const {
   call->OnComplete([handle](const CallResult&) { handle.resume(); });
 }
@@ -104,6 +119,7 @@ namespace keel::exec {
 bool RuntimeCore::Resolve(const std::shared_ptr<CallRecord>& record, CallResult&& result,
                           Cause cause, TrapKind trap, bool detach) {
   std::vector<std::function<void(const CallResult&)>> callbacks;
+  std::vector<std::function<void(const CallResult&)>> inline_callbacks;
   {
     MutexLock lock(record->mu);
     if (record->resolved) return false;
@@ -111,6 +127,7 @@ bool RuntimeCore::Resolve(const std::shared_ptr<CallRecord>& record, CallResult&
     record->detached = detach;
     record->result = std::move(result);
     callbacks.swap(record->callbacks);
+    inline_callbacks.swap(record->inline_callbacks);
     // Counted before anyone can see the resolution, so that a caller that
     // wakes up finds the metrics consistent.
     metrics.CountResolution(cause, trap);
@@ -118,6 +135,7 @@ bool RuntimeCore::Resolve(const std::shared_ptr<CallRecord>& record, CallResult&
     record->resolved_flag.store(true, std::memory_order_release);
   }
   record->cv.SignalAll();
+  for (auto& fn : inline_callbacks) fn(record->result);
   for (auto& fn : callbacks) {
     executor->Post([record, fn = std::move(fn)] { fn(record->result); });
   }

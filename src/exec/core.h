@@ -63,6 +63,8 @@ struct CallRecord {
   // Written once under `mu` before `resolved_flag` is set; immutable after.
   CallResult result;
   std::vector<std::function<void(const CallResult&)>> callbacks GUARDED_BY(mu);
+  // Run by Resolve() itself, on the resolving thread (OnCompleteInline).
+  std::vector<std::function<void(const CallResult&)>> inline_callbacks GUARDED_BY(mu);
   std::optional<std::stop_callback<std::function<void()>>> stop_callback;
 };
 
@@ -243,6 +245,8 @@ class Worker {
   void DropTemporarySlot(Slot& slot);
   void RetireTemporarySlots(Clock::time_point now);
   bool HasWork() const;
+  // Yields the CPU for a short while; true as soon as work comes in.
+  bool YieldForWork();
   Clock::time_point Maintenance();
   bool Lingered(Clock::time_point now);
   void Teardown();

@@ -101,6 +101,11 @@ class TestHost {
     std::lock_guard<std::mutex> lock(mu_);
     return entered_[id];
   }
+  // The thread that last entered gate `id` (a worker's).
+  std::thread::id GateThread(int id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return gate_thread_[id];
+  }
   int Ran(int id) const { return ran_[id]; }
   void SetStartOk(bool ok) { start_ok_ = ok; }
   // Instantiation blocks on gate `id` (0: does not block).
@@ -122,6 +127,7 @@ class TestHost {
     });
     std::unique_lock<std::mutex> lock(mu_);
     entered_[id]++;
+    gate_thread_[id] = std::this_thread::get_id();
     cv_.notify_all();
     cv_.wait(lock, [&] { return open_[id] || caller.interrupted(); });
     if (!open_[id]) return MakeError(ErrorCode::kInterrupted, "gate interrupted");
@@ -182,6 +188,7 @@ class TestHost {
   std::condition_variable cv_;
   std::map<int, bool> open_;
   std::map<int, int> entered_;
+  std::map<int, std::thread::id> gate_thread_;
   std::unique_ptr<std::atomic<uint8_t>[]> ran_;
   std::atomic<bool> start_ok_{true};
   std::atomic<int> start_gate_{0};

@@ -387,6 +387,59 @@ TEST_F(ExecTest, CompletionCallbackRunsExactlyOnceOffTheCallerThread) {
   EXPECT_FALSE(on_caller.load());
 }
 
+TEST_F(ExecTest, InlineCompletionRunsOnTheResolvingThread) {
+  auto pool = MakePool();
+  std::mutex mu;
+  std::condition_variable cv;
+  std::thread::id inline_thread, callback_thread;
+  int inline_runs = 0;
+  // Resolved by the worker that ran it, not by a callback thread.
+  Call call = Submit(*pool, "gated", {Value::I32(7)});
+  ASSERT_TRUE(host_.WaitEntered(7));
+  call.OnCompleteInline([&](const CallResult& r) {
+    EXPECT_EQ(r->values[0].i32(), 7);
+    std::lock_guard<std::mutex> lock(mu);
+    inline_thread = std::this_thread::get_id();
+    inline_runs++;
+    cv.notify_all();
+  });
+  call.OnComplete([&](const CallResult&) {
+    std::lock_guard<std::mutex> lock(mu);
+    callback_thread = std::this_thread::get_id();
+    cv.notify_all();
+  });
+  host_.Open(7);
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, 20s, [&] { return inline_runs == 1 && callback_thread != std::thread::id(); }));
+    EXPECT_EQ(inline_thread, host_.GateThread(7));
+    EXPECT_NE(inline_thread, callback_thread);
+    EXPECT_NE(inline_thread, std::this_thread::get_id());
+  }
+  // Registered after resolution: runs at once, here, once.
+  int late_runs = 0;
+  call.OnCompleteInline([&](const CallResult&) { late_runs++; });
+  EXPECT_EQ(late_runs, 1);
+
+  // A queued call cancelled here resolves here, before Cancel() returns.
+  Call blocker = Submit(*pool, "gated", {Value::I32(8)});
+  ASSERT_TRUE(host_.WaitEntered(8));
+  Call queued = Submit(*pool, "add", {Value::I32(1), Value::I32(2)});
+  std::thread::id cancel_thread;
+  ErrorCode code = ErrorCode::kInternal;
+  queued.OnCompleteInline([&](const CallResult& r) {
+    cancel_thread = std::this_thread::get_id();
+    code = r.error().code;
+  });
+  EXPECT_EQ(queued.Cancel(), CancelOutcome::kWithdrawn);
+  EXPECT_EQ(cancel_thread, std::this_thread::get_id());
+  EXPECT_EQ(code, ErrorCode::kCancelled);
+  host_.Open(8);
+  ASSERT_TRUE(blocker.Wait());
+  EXPECT_EQ(inline_runs, 1);
+  ExpectSumRules();
+}
+
 struct Task {
   struct promise_type {
     Task get_return_object() { return {}; }

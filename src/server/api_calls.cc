@@ -1,4 +1,5 @@
-// POST /v1/modules/{name}/call/{export}: a synchronous call.
+// POST /v1/modules/{name}/call/{export}: a synchronous call. The connection
+// (session.cc) submits it with StartCall and answers with FinishCall.
 #include <boost/beast/core/string.hpp>
 #include <boost/json.hpp>
 
@@ -25,8 +26,9 @@ bool IsJson(const Request& req) {
 // The call's deadline from ?timeout=, within the service's maximum.
 Result<nanoseconds> CallTimeout(const ServerOptions& options, std::string_view query) {
   auto text = QueryParam(query, "timeout");
-  if (!text) return nanoseconds(options.default_call_timeout);
-  auto timeout = ParseDuration(*text);
+  if (!text) return MakeError(text.error());
+  if (!*text) return nanoseconds(options.default_call_timeout);
+  auto timeout = ParseDuration(**text);
   if (!timeout) return MakeError(timeout.error());
   if (timeout->count() <= 0) return MakeError(ErrorCode::kInvalidArgument, "timeout must be positive");
   return std::min(*timeout, nanoseconds(options.max_call_timeout));
@@ -54,75 +56,111 @@ std::chrono::seconds RetryAfter(const Error& error, const Pool& pool) {
 
 }  // namespace
 
-boost::asio::awaitable<Response> HandleCall(Service& service, RequestContext& ctx, const std::string& module,
-                                            const std::string& export_name) {
-  auto timeout = CallTimeout(service.options(), ctx.query);
-  if (!timeout) co_return ErrorResponse(timeout.error());
-  bool json_call = IsJson(ctx.request);
+std::optional<std::pair<std::string, std::string>> CallTarget(std::string_view path) {
+  constexpr std::string_view kPrefix = "/v1/modules/";
+  if (!path.starts_with(kPrefix)) return std::nullopt;
+  std::string_view rest = path.substr(kPrefix.size());
+  size_t slash = rest.find('/');
+  if (slash == std::string_view::npos || rest.substr(slash, 6) != "/call/") return std::nullopt;
+  std::string_view export_text = rest.substr(slash + 6);
+  if (slash == 0 || export_text.empty() || export_text.find('/') != std::string_view::npos) return std::nullopt;
+  auto module = PercentDecode(rest.substr(0, slash));
+  auto export_name = PercentDecode(export_text);
+  if (!module || !export_name) return std::nullopt;
+  return std::pair{std::move(*module), std::move(*export_name)};
+}
 
-  auto entry = service.registry().Find(module);
-  if (!entry) co_return ErrorResponse(Error(ErrorCode::kNotFound, "no module named '" + module + "'"));
-  const Module::Export* exp = entry->module->FindExport(export_name);
+std::optional<std::string> InternalExportReason(std::string_view name) {
+  if (name == "_initialize") {
+    return "'_initialize' is internal: it initialises a WASI reactor once, before any call";
+  }
+  if (name.starts_with("cabi_")) {
+    return "'" + std::string(name) + "' is internal: names starting with cabi_ belong to the byte calling convention";
+  }
+  if (name.starts_with("__")) {
+    return "'" + std::string(name) + "' is internal: names starting with __ belong to the toolchain";
+  }
+  return std::nullopt;
+}
+
+std::variant<Response, PendingCall> StartCall(Service& service, RequestContext& ctx, std::string module,
+                                              std::string export_name) {
+  auto timeout = CallTimeout(service.options(), ctx.query);
+  if (!timeout) return ErrorResponse(timeout.error());
+  PendingCall pending;
+  pending.json = IsJson(ctx.request);
+  pending.entry = service.registry().Find(module);
+  if (!pending.entry) return ErrorResponse(Error(ErrorCode::kNotFound, "no module named '" + module + "'"));
+  const Module::Export* exp = pending.entry->module->FindExport(export_name);
   if (!exp || exp->kind != "func") {
-    co_return ErrorResponse(
+    return ErrorResponse(
         Error(ErrorCode::kNotFound, "module '" + module + "' has no function export '" + export_name + "'"));
+  }
+  if (auto why = InternalExportReason(export_name)) {
+    return ErrorResponse(Error(ErrorCode::kNotFound, "module '" + module + "' export " + *why));
   }
   // The entry keeps its pool open: the registry closes a replaced module's
   // pool only after it has been idle for a long while.
   CallOptions options;
   options.timeout = *timeout;
+  Pool& pool = *pending.entry->pool;
   Result<Call> call;
-  if (json_call) {
+  if (pending.json) {
     const auto& body = ctx.request.body();
     auto args = ParseCallArgs(std::string_view(reinterpret_cast<const char*>(body.data()), body.size()), exp->type);
-    if (!args) co_return ErrorResponse(args.error());
-    call = entry->pool->Submit(export_name, std::move(*args), options);
+    if (!args) return ErrorResponse(args.error());
+    call = pool.Submit(export_name, std::move(*args), options);
   } else {
-    call = entry->pool->SubmitBytes(export_name, std::move(ctx.request.body()), options);
+    call = pool.SubmitBytes(export_name, std::move(ctx.request.body()), options);
   }
   if (!call) {
     const Error& error = call.error();
-    co_return ErrorResponse(StatusForError(error), error, {}, RetryAfter(error, *entry->pool));
+    return ErrorResponse(StatusForError(error), error, {}, RetryAfter(error, pool));
   }
+  pending.call = std::move(*call);
+  pending.module = std::move(module);
+  pending.export_name = std::move(export_name);
+  return pending;
+}
 
-  service.http().calls_in_flight++;
-  bool client_stayed = co_await ctx.waiter.Await(*call);
-  service.http().calls_in_flight--;
-  if (!client_stayed) {
-    // Running calls are detached, never interrupted: the instance stays
-    // healthy and the result goes to the detached sink.
-    service.NoteDetaching(call->id(), module, export_name);
-    CancelOutcome outcome = call->Cancel();
-    if (outcome != CancelOutcome::kDetached) service.ForgetDetaching(call->id());
-    if (outcome != CancelOutcome::kTooLate) {
-      bool detached = outcome == CancelOutcome::kDetached;
-      (detached ? service.http().disconnect_detached : service.http().disconnect_withdrawn)++;
-      service.RecordTermination({std::chrono::system_clock::now(), call->id(), module, export_name,
-                                 detached ? "detached" : "withdrawn",
-                                 detached ? "client disconnected; the call runs on, detached"
-                                          : "client disconnected before the call started"});
-    }
-    co_return ErrorResponse(499, Error(ErrorCode::kCancelled, "client disconnected"));
-  }
+void AbandonCall(Service& service, PendingCall& pending) {
+  CallId id = pending.call.id();
+  // Running calls are detached, never interrupted: the instance stays
+  // healthy and the result goes to the detached sink.
+  service.NoteDetaching(id, pending.module, pending.export_name);
+  CancelOutcome outcome = pending.call.Cancel();
+  if (outcome != CancelOutcome::kDetached) service.ForgetDetaching(id);
+  if (outcome == CancelOutcome::kTooLate) return;
+  bool detached = outcome == CancelOutcome::kDetached;
+  (detached ? service.http().disconnect_detached : service.http().disconnect_withdrawn)++;
+  service.RecordTermination({std::chrono::system_clock::now(), id, pending.module, pending.export_name,
+                             detached ? "detached" : "withdrawn",
+                             detached ? "client disconnected; the call runs on, detached"
+                                      : "client disconnected before the call started"});
+}
 
-  const CallResult& result = call->Wait();  // resolved: returns at once
+std::variant<Response, CallAnswer> FinishCall(Service& service, const PendingCall& pending,
+                                              const CallResult& result) {
+  CallId id = pending.call.id();
   if (!result) {
     const Error& error = result.error();
     service.RecordTermination(
-        {std::chrono::system_clock::now(), call->id(), module, export_name, CauseOf(error), error.ToString()});
-    json::object extra{{"call_id", call->id()}};
-    co_return ErrorResponse(StatusForCallError(error), error, std::move(extra), RetryAfter(error, *entry->pool));
+        {std::chrono::system_clock::now(), id, pending.module, pending.export_name, CauseOf(error), error.ToString()});
+    json::object extra{{"call_id", id}};
+    return ErrorResponse(StatusForCallError(error), error, std::move(extra), RetryAfter(error, *pending.entry->pool));
   }
-  Response res;
-  if (json_call) {
-    res = JsonResponse(200, "{\"results\":" + FormatResults(result->values) + "}");
+  CallAnswer answer;
+  answer.id = id;
+  if (pending.json) {
+    answer.content_type = "application/json";
+    answer.body = "{\"results\":";
+    answer.body += FormatResults(result->values);
+    answer.body += "}\n";
   } else {
-    res.result(http::status::ok);
-    res.set(http::field::content_type, "application/octet-stream");
-    res.body().assign(result->bytes.begin(), result->bytes.end());
+    answer.content_type = "application/octet-stream";
+    answer.body.assign(result->bytes.begin(), result->bytes.end());
   }
-  res.set("X-Keel-Call-Id", std::to_string(call->id()));
-  co_return res;
+  return answer;
 }
 
 }  // namespace keel::server

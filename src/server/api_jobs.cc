@@ -5,6 +5,7 @@
 #include <boost/json.hpp>
 
 #include "server/api.h"
+#include "server/json_text.h"
 
 namespace keel::server {
 
@@ -44,9 +45,9 @@ json::object JobJson(const jobs::Job& job) {
 // name, resolved to its current digest) or `module_digest`.
 Result<jobs::JobSpec> ParseJobSpec(Service& service, std::string_view body) {
   auto bad = [](std::string m) { return MakeError(ErrorCode::kInvalidArgument, std::move(m)); };
-  json::error_code ec;
-  json::value doc = json::parse(body, ec);
-  if (ec) return bad("malformed JSON body: " + ec.message());
+  auto parsed = ParseJson(body);
+  if (!parsed) return MakeError(parsed.error());
+  const json::value& doc = *parsed;
   if (!doc.is_object()) return bad("the body must be a JSON object");
   jobs::JobSpec spec;
   std::string module_name;
@@ -102,6 +103,7 @@ Result<jobs::JobSpec> ParseJobSpec(Service& service, std::string_view body) {
     if (!ok) return MakeError(ok.error());
   }
   if (spec.export_name.empty()) return bad("\"export\" is required");
+  if (auto why = InternalExportReason(spec.export_name)) return MakeError(ErrorCode::kNotFound, *why);
   if (module_name.empty() == spec.module_digest.empty()) return bad("give one of \"module\" or \"module_digest\"");
   if (!module_name.empty()) {
     auto entry = service.registry().Find(module_name);
@@ -146,21 +148,28 @@ boost::asio::awaitable<Response> Submit(Service& service, RequestContext& ctx) {
 
 boost::asio::awaitable<Response> List(Service& service, RequestContext& ctx) {
   jobs::ListFilter filter;
-  if (auto state = QueryParam(ctx.query, "state"); state && !state->empty()) {
-    filter.state = jobs::ParseJobState(*state);
-    if (!filter.state) co_return BadRequest("unknown job state '" + *state + "'");
+  auto state = QueryParam(ctx.query, "state");
+  auto limit = QueryParam(ctx.query, "limit");
+  auto order = QueryParam(ctx.query, "order");
+  for (const auto* param : {&state, &limit, &order}) {
+    if (!*param) co_return ErrorResponse(param->error());
   }
-  if (auto limit = QueryParam(ctx.query, "limit")) {
+  if (*state && !(*state)->empty()) {
+    filter.state = jobs::ParseJobState(**state);
+    if (!filter.state) co_return BadRequest("unknown job state '" + **state + "'");
+  }
+  if (*limit) {
+    const std::string& text = **limit;
     size_t n = 0;
-    auto [end, ec] = std::from_chars(limit->data(), limit->data() + limit->size(), n);
-    if (ec != std::errc() || end != limit->data() + limit->size() || n == 0 || n > kMaxListLimit) {
+    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
+    if (ec != std::errc() || end != text.data() + text.size() || n == 0 || n > kMaxListLimit) {
       co_return BadRequest("limit must be 1.." + std::to_string(kMaxListLimit));
     }
     filter.limit = n;
   }
-  if (auto order = QueryParam(ctx.query, "order")) {
-    if (*order != "newest" && *order != "oldest") co_return BadRequest("order must be newest or oldest");
-    filter.newest_first = *order == "newest";
+  if (*order) {
+    if (**order != "newest" && **order != "oldest") co_return BadRequest("order must be newest or oldest");
+    filter.newest_first = **order == "newest";
   }
   auto query = [&service, filter] { return service.store().List(filter); };
   auto list = co_await OffThread(service, std::move(query));

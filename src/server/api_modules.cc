@@ -20,13 +20,15 @@ json::object ModuleJson(const ModuleEntry& entry, bool detail) {
   json::array exports;
   for (const Module::Export& e : module.exports()) {
     if (e.kind != "func") continue;  // memories and globals cannot be called
-    exports.push_back({
+    json::object exp{
         {"name", e.name},
         {"type", e.type.ToString()},
         {"params", Types(e.type.params)},
         {"results", Types(e.type.results)},
         {"byte_callable", e.byte_callable},
-    });
+    };
+    if (InternalExportReason(e.name)) exp["internal"] = true;
+    exports.push_back(std::move(exp));
   }
   json::object out{
       {"name", entry.name},
@@ -80,7 +82,8 @@ boost::asio::awaitable<Response> HandleModules(Service& service, RequestContext&
     }
     case http::verb::put: {
       std::vector<uint8_t> bytes = std::move(ctx.request.body());
-      // Compiling and committing the bytes can take a while.
+      // Compiling and committing the bytes can take a while: on the
+      // compile threads, so that queries are not held up.
       auto put = [&registry, name, bytes = std::move(bytes)]() -> Response {
         auto added = registry.Put(name, bytes, /*persist=*/true);
         if (!added) {
@@ -90,7 +93,7 @@ boost::asio::awaitable<Response> HandleModules(Service& service, RequestContext&
         }
         return JsonResponse(added->created ? 201 : 200, ModuleJson(*added->entry, /*detail=*/true));
       };
-      co_return co_await OffThread(service, std::move(put));
+      co_return co_await OffThread(service.compiling(), std::move(put));
     }
     case http::verb::delete_: {
       auto entry = registry.Find(name);

@@ -1,7 +1,9 @@
 // JSON for numeric calls, exact both ways.
 //
-// Request: {"args": [...]} (other members are ignored; "args" may be
-// omitted for exports without parameters). Per parameter type:
+// Request: {"args": [...]} (other members are ignored, but no object may
+// repeat a key; "args" may be omitted for exports without parameters).
+// Arguments are converted while the body is parsed, and parsing stops at
+// the first argument too many. Per parameter type:
 //   i32, i64  a JSON integer, or a string in decimal or 0x hex; i32 takes
 //             -2^31..2^32-1 (the unsigned spelling of the same bits)
 //   f32, f64  a JSON number, or a string: any number text (rounded once,
@@ -25,7 +27,8 @@
 namespace keel::server {
 
 // kInvalidArgument naming the problem: malformed JSON, no object, a
-// wrong count, or an argument that is not a value of its parameter's type.
+// repeated key, a wrong count, or an argument that is not a value of its
+// parameter's type.
 [[nodiscard]] Result<std::vector<Value>> ParseCallArgs(std::string_view json, const FuncType& type);
 
 // The JSON array of `values`, e.g. [3,"-9223372036854775808",0.1,"nan"].

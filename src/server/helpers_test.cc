@@ -7,7 +7,9 @@
 
 #include "server/call_args.h"
 #include "server/http.h"
+#include "server/json_text.h"
 #include "server/metrics_text.h"
+#include "server/request_checks.h"
 
 namespace keel::server {
 namespace {
@@ -55,6 +57,54 @@ TEST(CallArgsTest, RejectsWithReasons) {
   EXPECT_THAT(why(R"({"args": ["12abc"]})"), HasSubstr("not a value of this type"));
   EXPECT_THAT(why(R"({"args": [-2147483649]})"), HasSubstr("argument 0 (i32)"));
   EXPECT_TRUE(ParseCallArgs("", FuncType{}));
+}
+
+TEST(CallArgsTest, StopsAtTheFirstArgumentTooMany) {
+  const FuncType two{{ValType::kI32, ValType::kI32}, {}};
+  // What follows the third argument is never read: not even its syntax.
+  auto v = ParseCallArgs(R"({"args": [1, 2, 3, this is not JSON)", two);
+  ASSERT_FALSE(v);
+  EXPECT_THAT(v.error().message, HasSubstr("expected 2 arguments (i32, i32) -> (), got more"));
+  v = ParseCallArgs(R"({"args": [1, 2], "x": {"k": 1, "k": 2}})", two);
+  ASSERT_FALSE(v);
+  EXPECT_THAT(v.error().message, HasSubstr("the key \"k\" appears twice"));
+  v = ParseCallArgs(R"({"args": [1, ")" + std::string(2000, '1') + "\"]}", two);
+  ASSERT_FALSE(v);
+  EXPECT_THAT(v.error().message, HasSubstr("argument 1 is longer than"));
+  EXPECT_TRUE(ParseCallArgs(R"({"a": {"k": 1}, "b": {"k": 2}, "args": [1, 2]})", two));
+}
+
+TEST(JsonTextTest, RefusesDuplicateKeysAndWritesValidUtf8) {
+  EXPECT_TRUE(ParseJson(R"({"a": 1, "b": {"a": 2}, "c": [{"a": 3}, {"a": 4}]})"));
+  for (const char* text : {R"({"a": 1, "a": 2})", R"({"b": {"a": 1, "a": 2}})", R"([{"x": 1, "x": 1}])",
+                           R"({"": 1, "": 2})", R"({"ab": 1, "ab": 2})"}) {
+    auto v = ParseJson(text);
+    ASSERT_FALSE(v) << text;
+    EXPECT_THAT(v.error().message, HasSubstr("appears twice")) << text;
+  }
+  EXPECT_THAT(ParseJson("{").error().message, HasSubstr("malformed JSON"));
+  EXPECT_EQ(ToValidUtf8("ok \xC3\xA9 \xF0\x9F\x98\x80"), "ok \xC3\xA9 \xF0\x9F\x98\x80");
+  EXPECT_EQ(ToValidUtf8("a\xFF" "b"), "a\xEF\xBF\xBD" "b");
+  EXPECT_EQ(ToValidUtf8("\xC0\xAF"), "\xEF\xBF\xBD\xEF\xBF\xBD");          // overlong
+  EXPECT_EQ(ToValidUtf8("\xED\xA0\x80"), "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");  // surrogate
+  EXPECT_EQ(ToValidUtf8("\xE2\x82"), "\xEF\xBF\xBD\xEF\xBF\xBD");          // truncated
+  EXPECT_FALSE(IsValidUtf8("\xF4\x90\x80\x80"));                            // past U+10FFFF
+  Response res = JsonResponse(400, std::string("{\"m\":\"\xFF\"}"));
+  EXPECT_EQ(res.body(), "{\"m\":\"\xEF\xBF\xBD\"}\n");
+}
+
+TEST(RequestChecksTest, LoopbackAuthorities) {
+  EXPECT_TRUE(IsLoopbackAuthority("127.0.0.1:8080", 8080));
+  EXPECT_TRUE(IsLoopbackAuthority("localhost:8080", 8080));
+  EXPECT_TRUE(IsLoopbackAuthority("[::1]:8080", 8080));
+  EXPECT_TRUE(IsLoopbackAuthority("localhost", 80));
+  EXPECT_FALSE(IsLoopbackAuthority("localhost", 8080));
+  EXPECT_FALSE(IsLoopbackAuthority("localhost:", 8080));
+  EXPECT_FALSE(IsLoopbackAuthority("127.0.0.1:8080:8080", 8080));
+  EXPECT_FALSE(IsLoopbackAuthority("[::1:8080", 8080));
+  EXPECT_FALSE(IsLoopbackAuthority("[127.0.0.1]:8080", 8080));
+  EXPECT_FALSE(IsLoopbackAuthority("10.0.0.1:8080", 8080));
+  EXPECT_FALSE(IsLoopbackAuthority("", 8080));
 }
 
 TEST(CallArgsTest, FormatsResults) {
@@ -126,10 +176,14 @@ TEST(HttpTest, QueryAndEscapes) {
   EXPECT_EQ(PercentDecode("a%20b%2Fc"), "a b/c");
   EXPECT_FALSE(PercentDecode("%2"));
   EXPECT_FALSE(PercentDecode("%zz"));
-  EXPECT_EQ(QueryParam("a=1&timeout=250ms", "timeout"), "250ms");
-  EXPECT_EQ(QueryParam("timeoutx=1&timeout=2s", "timeout"), "2s");
-  EXPECT_EQ(QueryParam("state=timed%5Fout", "state"), "timed_out");
-  EXPECT_FALSE(QueryParam("a=1", "timeout"));
+  EXPECT_EQ(QueryParam("a=1&timeout=250ms", "timeout").value(), "250ms");
+  EXPECT_EQ(QueryParam("timeoutx=1&timeout=2s", "timeout").value(), "2s");
+  EXPECT_EQ(QueryParam("state=timed%5Fout", "state").value(), "timed_out");
+  EXPECT_EQ(QueryParam("a=1", "timeout").value(), std::nullopt);
+  // A malformed escape anywhere in the query is an error, not "absent".
+  EXPECT_FALSE(QueryParam("timeout=%ZZ", "timeout"));
+  EXPECT_FALSE(QueryParam("state=%ZZ", "state"));
+  EXPECT_FALSE(QueryParam("a=%4&timeout=1s", "timeout"));
 }
 
 TEST(HttpTest, Base64) {

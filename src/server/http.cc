@@ -10,6 +10,8 @@
 #include <boost/json/serialize.hpp>
 #include <boost/json/value.hpp>
 
+#include "server/json_text.h"
+
 namespace keel::server {
 
 namespace json = boost::json;
@@ -43,7 +45,9 @@ int StatusForCallError(const Error& error) {
 Response JsonResponse(int status, std::string body) {
   Response res(static_cast<http::status>(status), 11);
   res.set(http::field::content_type, "application/json");
-  res.body() = std::move(body);
+  // Serialized JSON holds raw bytes >= 0x80 only inside strings, so
+  // replacing invalid sequences keeps it JSON.
+  res.body() = IsValidUtf8(body) ? std::move(body) : ToValidUtf8(body);
   res.body() += '\n';
   return res;
 }
@@ -123,6 +127,7 @@ int HexValue(char c) {
 }  // namespace
 
 std::optional<std::string> PercentDecode(std::string_view text) {
+  if (text.find('%') == std::string_view::npos) return std::string(text);
   std::string out;
   out.reserve(text.size());
   for (size_t i = 0; i < text.size(); ++i) {
@@ -139,19 +144,24 @@ std::optional<std::string> PercentDecode(std::string_view text) {
   return out;
 }
 
-std::optional<std::string> QueryParam(std::string_view query, std::string_view key) {
+Result<std::optional<std::string>> QueryParam(std::string_view query, std::string_view key) {
+  std::optional<std::string> found;
   while (!query.empty()) {
     size_t amp = query.find('&');
     std::string_view pair = query.substr(0, amp);
     query = amp == std::string_view::npos ? std::string_view() : query.substr(amp + 1);
     size_t eq = pair.find('=');
-    if (pair.substr(0, eq) != key) continue;
-    if (eq == std::string_view::npos) return std::string();
-    std::string value(pair.substr(eq + 1));
-    std::replace(value.begin(), value.end(), '+', ' ');
-    return PercentDecode(value);
+    std::string text(pair.substr(eq == std::string_view::npos ? pair.size() : eq + 1));
+    std::replace(text.begin(), text.end(), '+', ' ');
+    auto value = PercentDecode(text);
+    auto name = PercentDecode(pair.substr(0, eq));
+    if (!value || !name) {
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "malformed percent-escape in query parameter '" + ToValidUtf8(pair.substr(0, eq)) + "'");
+    }
+    if (*name == key && !found) found = std::move(*value);
   }
-  return std::nullopt;
+  return found;
 }
 
 Result<std::vector<uint8_t>> DecodeBase64(std::string_view text) {

@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <memory_resource>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -19,7 +20,10 @@
 namespace keel::server {
 
 namespace http = boost::beast::http;
-using Request = http::request<http::vector_body<uint8_t>>;
+// A request's fields are allocated from its connection's arena (one
+// allocation per field otherwise, on the hottest path).
+using FieldsAllocator = std::pmr::polymorphic_allocator<char>;
+using Request = http::request<http::vector_body<uint8_t>, http::basic_fields<FieldsAllocator>>;
 using Response = http::response<http::string_body>;
 
 // The HTTP status for an error returned when a request is refused (bad
@@ -36,6 +40,8 @@ int StatusForCallError(const Error& error);
 Response ErrorResponse(int status, const Error& error, boost::json::object extra = {},
                        std::chrono::seconds retry_after = std::chrono::seconds(1));
 Response ErrorResponse(const Error& error, boost::json::object extra = {});
+// `body` goes out as valid UTF-8: bytes that are not (from names or text a
+// client sent, quoted in a message) are replaced by U+FFFD.
 Response JsonResponse(int status, const boost::json::value& body);
 Response JsonResponse(int status, std::string body);
 
@@ -48,8 +54,10 @@ bool BearerMatches(std::string_view authorization, std::string_view token);
 
 // "%41b" -> "Ab"; nullopt for malformed escapes.
 std::optional<std::string> PercentDecode(std::string_view text);
-// The value of `key` in a query string ("a=1&b=2"), percent-decoded.
-std::optional<std::string> QueryParam(std::string_view query, std::string_view key);
+// The value of `key` in a query string ("a=1&b=2"), percent-decoded;
+// nullopt if absent; kInvalidArgument naming the parameter for a malformed
+// escape (in any parameter: a query that cannot be read is not guessed at).
+[[nodiscard]] Result<std::optional<std::string>> QueryParam(std::string_view query, std::string_view key);
 
 // Standard base64 (RFC 4648, with padding; whitespace not allowed).
 [[nodiscard]] Result<std::vector<uint8_t>> DecodeBase64(std::string_view text);

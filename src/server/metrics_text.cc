@@ -56,6 +56,7 @@ class Writer {
     Sample(std::string(name) + "_sum", "", h.sum_seconds);
     Sample(std::string(name) + "_count", "", h.count);
   }
+  void Raw(std::string_view text) { out_ += text; }
   std::string Take() { return std::move(out_); }
 
  private:
@@ -158,28 +159,10 @@ std::string RenderPrometheus(const MetricsInput& in) {
   w.Histogram("keel_call_seconds", "Time from submit to resolution.", m.end_to_end);
 
   // Pools.
-  w.Family("keel_pool_instances", "gauge", "Instances of a module's pool, by state.");
-  for (const PoolMetrics& p : in.pools) {
-    std::string labels = Label("module", p.module) + "," + Label("digest", p.digest);
-    size_t idle = p.stats.healthy_instances > p.stats.busy_instances
-                      ? p.stats.healthy_instances - p.stats.busy_instances
-                      : 0;
-    size_t missing = p.stats.target_instances > p.stats.healthy_instances
-                         ? p.stats.target_instances - p.stats.healthy_instances
-                         : 0;
-    w.Sample("keel_pool_instances", labels + "," + Label("state", "idle"), uint64_t{idle});
-    w.Sample("keel_pool_instances", labels + "," + Label("state", "busy"), uint64_t{p.stats.busy_instances});
-    w.Sample("keel_pool_instances", labels + "," + Label("state", "starting"), uint64_t{missing});
-  }
-  w.Family("keel_pool_queued", "gauge", "Calls waiting in a module's pool.");
-  for (const PoolMetrics& p : in.pools) {
-    w.Sample("keel_pool_queued", Label("module", p.module) + "," + Label("digest", p.digest),
-             uint64_t{p.stats.queued});
-  }
-  w.Family("keel_pool_quarantined", "gauge", "1 while a module is quarantined after crash loops.");
-  for (const PoolMetrics& p : in.pools) {
-    w.Sample("keel_pool_quarantined", Label("module", p.module) + "," + Label("digest", p.digest),
-             uint64_t{p.stats.quarantined ? 1u : 0u});
+  if (in.pool_families) {
+    w.Raw(*in.pool_families);
+  } else {
+    w.Raw(RenderPoolFamilies(in.pools));
   }
 
   // Jobs.
@@ -234,6 +217,34 @@ std::string RenderPrometheus(const MetricsInput& in) {
 
   w.One("keel_draining", "gauge", "1 while the service drains before stopping.", uint64_t{in.draining ? 1u : 0u});
   w.One("keel_uptime_seconds", "gauge", "Seconds since the service started.", in.uptime_seconds);
+  return w.Take();
+}
+
+std::string RenderPoolFamilies(const std::vector<PoolMetrics>& pools) {
+  Writer w;
+  w.Family("keel_pool_instances", "gauge", "Instances of a module's pool, by state.");
+  for (const PoolMetrics& p : pools) {
+    std::string labels = Label("module", p.module) + "," + Label("digest", p.digest);
+    size_t idle = p.stats.healthy_instances > p.stats.busy_instances
+                      ? p.stats.healthy_instances - p.stats.busy_instances
+                      : 0;
+    size_t missing = p.stats.target_instances > p.stats.healthy_instances
+                         ? p.stats.target_instances - p.stats.healthy_instances
+                         : 0;
+    w.Sample("keel_pool_instances", labels + "," + Label("state", "idle"), uint64_t{idle});
+    w.Sample("keel_pool_instances", labels + "," + Label("state", "busy"), uint64_t{p.stats.busy_instances});
+    w.Sample("keel_pool_instances", labels + "," + Label("state", "starting"), uint64_t{missing});
+  }
+  w.Family("keel_pool_queued", "gauge", "Calls waiting in a module's pool.");
+  for (const PoolMetrics& p : pools) {
+    w.Sample("keel_pool_queued", Label("module", p.module) + "," + Label("digest", p.digest),
+             uint64_t{p.stats.queued});
+  }
+  w.Family("keel_pool_quarantined", "gauge", "1 while a module is quarantined after crash loops.");
+  for (const PoolMetrics& p : pools) {
+    w.Sample("keel_pool_quarantined", Label("module", p.module) + "," + Label("digest", p.digest),
+             uint64_t{p.stats.quarantined ? 1u : 0u});
+  }
   return w.Take();
 }
 

@@ -24,6 +24,9 @@ struct PoolMetrics {
 struct MetricsInput {
   MetricsSnapshot runtime;
   std::vector<PoolMetrics> pools;
+  // The pool families already rendered (RenderPoolFamilies); when set,
+  // `pools` is not used.
+  const std::string* pool_families = nullptr;
   HttpSnapshot http;
   std::optional<jobs::StateCounts> job_states;  // nullopt: store unavailable
   std::optional<jobs::RunnerStats> runner;
@@ -33,6 +36,9 @@ struct MetricsInput {
 };
 
 std::string RenderPrometheus(const MetricsInput& in);
+// The per-pool families (keel_pool_*): O(pools), so the service renders
+// them at most once a second.
+std::string RenderPoolFamilies(const std::vector<PoolMetrics>& pools);
 
 // `text` escaped for a label value (backslash, quote, newline).
 std::string EscapeLabel(std::string_view text);

@@ -27,6 +27,8 @@ struct ServerOptions {
   // The bearer token every /v1 route requires; empty: no auth, and then
   // only loopback addresses may be listened on.
   std::string token;
+  // With a token: /metrics is served without it too (it names every module).
+  bool public_metrics = false;
   // Directories whose *.wasm are loaded at start under their file stem
   // (names starting with "hostile_" are skipped).
   std::vector<std::string> module_dirs;
@@ -34,7 +36,8 @@ struct ServerOptions {
   // Threads.
   int workers = 0;     // WebAssembly worker threads; 0: one per core
   int io_threads = 1;  // HTTP threads, one io_context each
-  int blocking_threads = 2;  // store commits and compilation, off the HTTP threads
+  int blocking_threads = 2;  // store queries and commits, off the HTTP threads
+  int compile_threads = 2;   // module uploads (validation, compilation), off the HTTP and store threads
 
   // Pools (one per module).
   size_t instances = 0;     // per module; 0: one per worker

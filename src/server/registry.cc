@@ -91,7 +91,7 @@ Result<PutResult> Registry::Put(std::string_view name, std::span<const uint8_t> 
                      "invalid module name '" + std::string(name) +
                          "': use 1-128 of A-Z a-z 0-9 . _ -, not starting with . or -");
   }
-  std::lock_guard<std::mutex> write_lock(write_mu_);
+  MutexLock write_lock(write_mu_);
   std::shared_ptr<const ModuleEntry> previous = Find(name);
   // A --modules file does not override an uploaded name.
   if (previous && previous->persisted && !persist) return PutResult{previous, false};
@@ -104,7 +104,7 @@ Result<PutResult> Registry::Put(std::string_view name, std::span<const uint8_t> 
   // Reuse the pool of identical bytes (another name, or a job's module).
   std::shared_ptr<Pool> pool;
   {
-    std::shared_lock lock(mu_);
+    MutexLock lock(mu_);
     if (auto it = digests_.find(digest); it != digests_.end()) pool = it->second.pool;
   }
   bool new_pool = !pool;
@@ -130,7 +130,7 @@ Result<PutResult> Registry::Put(std::string_view name, std::span<const uint8_t> 
   entry->persisted = persist;
   entry->loaded_at = std::chrono::system_clock::now();
   {
-    std::unique_lock lock(mu_);
+    MutexLock lock(mu_);
     // A job may have built a pool for these bytes in the meantime: keep one.
     if (!Reference(digest, pool) && new_pool) {
       pool->Close();
@@ -150,13 +150,13 @@ Result<void> Registry::PersistName(const std::string& name, const std::string& d
 }
 
 std::shared_ptr<const ModuleEntry> Registry::Find(std::string_view name) const {
-  std::shared_lock lock(mu_);
+  MutexLock lock(mu_);
   auto it = names_.find(name);
   return it == names_.end() ? nullptr : it->second;
 }
 
 std::vector<std::shared_ptr<const ModuleEntry>> Registry::List() const {
-  std::shared_lock lock(mu_);
+  MutexLock lock(mu_);
   std::vector<std::shared_ptr<const ModuleEntry>> out;
   out.reserve(names_.size());
   for (const auto& [name, entry] : names_) out.push_back(entry);
@@ -164,7 +164,7 @@ std::vector<std::shared_ptr<const ModuleEntry>> Registry::List() const {
 }
 
 Result<void> Registry::Remove(std::string_view name) {
-  std::lock_guard<std::mutex> write_lock(write_mu_);
+  MutexLock write_lock(write_mu_);
   auto entry = Find(name);
   if (!entry) return MakeError(ErrorCode::kNotFound, "no module named '" + std::string(name) + "'");
   if (entry->persisted) {
@@ -173,7 +173,7 @@ Result<void> Registry::Remove(std::string_view name) {
       return MakeError(ErrorCode::kInternal, ErrnoText("cannot remove " + path.string(), errno));
     }
   }
-  std::unique_lock lock(mu_);
+  MutexLock lock(mu_);
   names_.erase(entry->name);
   Unreference(entry->module->digest());
   return {};
@@ -181,7 +181,7 @@ Result<void> Registry::Remove(std::string_view name) {
 
 Result<std::shared_ptr<Pool>> Registry::PoolForDigest(const std::string& digest) {
   {
-    std::unique_lock lock(mu_);
+    MutexLock lock(mu_);
     if (auto it = digests_.find(digest); it != digests_.end()) {
       if (it->second.names == 0) it->second.idle_since = std::chrono::steady_clock::now();
       return it->second.pool;
@@ -194,7 +194,7 @@ Result<std::shared_ptr<Pool>> Registry::PoolForDigest(const std::string& digest)
   if (!module) return MakeError(module.error());
   auto pool = MakePool(*module);
   if (!pool) return MakeError(pool.error());
-  std::unique_lock lock(mu_);
+  MutexLock lock(mu_);
   auto [it, added] = digests_.try_emplace(digest, DigestPool{*pool, 0, std::chrono::steady_clock::now()});
   if (!added) (*pool)->Close();  // lost a race with another caller
   return it->second.pool;
@@ -204,7 +204,7 @@ void Registry::Reap(std::chrono::steady_clock::duration idle) {
   auto now = std::chrono::steady_clock::now();
   std::vector<std::shared_ptr<Pool>> closing;
   {
-    std::unique_lock lock(mu_);
+    MutexLock lock(mu_);
     for (auto it = digests_.begin(); it != digests_.end();) {
       DigestPool& entry = it->second;
       if (entry.names > 0) {
@@ -227,14 +227,17 @@ void Registry::Reap(std::chrono::steady_clock::duration idle) {
 }
 
 std::vector<Registry::PoolView> Registry::Pools() const {
-  std::shared_lock lock(mu_);
+  MutexLock lock(mu_);
   std::vector<PoolView> out;
+  out.reserve(digests_.size());
+  std::map<std::string_view, size_t> index;  // digest -> position in `out`
   for (const auto& [digest, entry] : digests_) {
-    PoolView view{entry.pool, {}};
-    for (const auto& [name, module] : names_) {
-      if (module->module->digest() == digest) view.names.push_back(name);
-    }
-    out.push_back(std::move(view));
+    index.emplace(digest, out.size());
+    out.push_back({entry.pool, {}});
+  }
+  // names_ is sorted, so each pool's names come out sorted too.
+  for (const auto& [name, module] : names_) {
+    if (auto it = index.find(module->module->digest()); it != index.end()) out[it->second].names.push_back(name);
   }
   return out;
 }

@@ -13,12 +13,11 @@
 #include <chrono>
 #include <map>
 #include <memory>
-#include <mutex>
-#include <shared_mutex>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "base/mutex.h"
 #include "jobs/store.h"
 #include "keel/runtime.h"
 
@@ -78,7 +77,8 @@ class Registry {
   // `idle`. Call periodically.
   void Reap(std::chrono::steady_clock::duration idle);
 
-  // Every pool alive, with the names that refer to it (possibly none).
+  // Every pool alive, with the names that refer to it (possibly none), in
+  // O(modules log modules).
   struct PoolView {
     std::shared_ptr<Pool> pool;
     std::vector<std::string> names;
@@ -94,20 +94,20 @@ class Registry {
   [[nodiscard]] Result<std::shared_ptr<Pool>> MakePool(std::shared_ptr<const Module> module);
   [[nodiscard]] Result<void> PersistName(const std::string& name, const std::string& digest);
   // Takes a reference to `digest`'s pool, adding `pool` if there is none
-  // yet (then true); guarded by mu_.
-  bool Reference(const std::string& digest, const std::shared_ptr<Pool>& pool);
-  void Unreference(const std::string& digest);  // guarded by mu_
+  // yet (then true).
+  bool Reference(const std::string& digest, const std::shared_ptr<Pool>& pool) REQUIRES(mu_);
+  void Unreference(const std::string& digest) REQUIRES(mu_);
 
   Runtime* runtime_;
   jobs::JobStore* store_;
   std::string modules_dir_;
   PoolOptions pool_options_;
 
-  // Serializes Put/Remove so that disk and memory agree.
-  std::mutex write_mu_;
-  mutable std::shared_mutex mu_;
-  std::map<std::string, std::shared_ptr<const ModuleEntry>, std::less<>> names_;  // guarded by mu_
-  std::map<std::string, DigestPool, std::less<>> digests_;                        // guarded by mu_
+  // Serializes Put/Remove so that disk and memory agree; taken before mu_.
+  Mutex write_mu_ ACQUIRED_BEFORE(mu_);
+  mutable Mutex mu_;
+  std::map<std::string, std::shared_ptr<const ModuleEntry>, std::less<>> names_ GUARDED_BY(mu_);
+  std::map<std::string, DigestPool, std::less<>> digests_ GUARDED_BY(mu_);
 };
 
 }  // namespace keel::server

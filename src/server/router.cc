@@ -15,7 +15,10 @@ std::pair<std::string_view, std::string_view> SplitTarget(std::string_view targe
   return {target.substr(0, q), target.substr(q + 1)};
 }
 
-bool NeedsAuth(std::string_view path) { return path == "/v1" || path.starts_with("/v1/"); }
+bool NeedsAuth(const ServerOptions& options, std::string_view path) {
+  if (path == "/metrics") return !options.public_metrics;
+  return path == "/v1" || path.starts_with("/v1/");
+}
 
 size_t BodyLimit(const ServerOptions& options, http::verb method, std::string_view path) {
   bool module_upload = method == http::verb::put && path.starts_with("/v1/modules/") &&
@@ -24,9 +27,10 @@ size_t BodyLimit(const ServerOptions& options, http::verb method, std::string_vi
 }
 
 Response MethodNotAllowed(std::string_view allowed) {
-  Response res = ErrorResponse(
-      405, Error(ErrorCode::kInvalidArgument, "method not allowed; use " + std::string(allowed)));
-  res.set(http::field::allow, allowed);
+  std::string methods(allowed);
+  if (methods.starts_with("GET")) methods.insert(3, ", HEAD");
+  Response res = ErrorResponse(405, Error(ErrorCode::kInvalidArgument, "method not allowed; use " + methods));
+  res.set(http::field::allow, methods);
   return res;
 }
 
@@ -58,10 +62,13 @@ boost::asio::awaitable<Response> HandleOps(Service& service, RequestContext& ctx
     }
     co_return JsonResponse(200, json::value{{"status", "ready"}});
   }
+  std::shared_ptr<const Service::PoolsRendering> pools = co_await service.CachedPools();
   if (path == "/metrics") {
-    co_return Text("text/plain; version=0.0.4; charset=utf-8", RenderPrometheus(service.CollectMetrics()));
+    MetricsInput in = service.CollectMetrics();
+    in.pool_families = &pools->metrics;
+    co_return Text("text/plain; version=0.0.4; charset=utf-8", RenderPrometheus(in));
   }
-  Response res = JsonResponse(200, service.StatusJson());  // /v1/status
+  Response res = JsonResponse(200, service.StatusJson(pools->status_json));  // /v1/status
   res.set(http::field::cache_control, "no-store");
   co_return res;
 }
@@ -87,10 +94,8 @@ boost::asio::awaitable<Response> Route(Service& service, RequestContext& ctx) {
   std::string family = segments.front();
   segments.erase(segments.begin());
   if (family == "modules") {
-    if (segments.size() == 3 && segments[1] == "call") {
-      if (ctx.request.method() != http::verb::post) co_return MethodNotAllowed("POST");
-      co_return co_await HandleCall(service, ctx, segments[0], segments[2]);
-    }
+    // POST is taken by the session (StartCall) before routing.
+    if (segments.size() == 3 && segments[1] == "call") co_return MethodNotAllowed("POST");
     if (segments.size() <= 1) co_return co_await HandleModules(service, ctx, segments);
   } else if (family == "jobs") {
     if (segments.size() <= 1 || (segments.size() == 2 && segments[1] == "result")) {

@@ -39,9 +39,13 @@ std::string Slurp(const std::string& path) {
 // A `keel serve` child process.
 class ServeProcess {
  public:
-  ServeProcess(const std::string& dir, std::vector<std::string> extra) : log_(dir + "/serve.log") {
-    std::vector<std::string> argv = {KEEL_BIN, "serve", "--listen", "127.0.0.1:0", "--data", dir + "/data",
-                                     "--modules", KEEL_GUEST_DIR, "--workers", "2"};
+  // `launcher` goes before keel's argv (e.g. a shell that sets limits).
+  ServeProcess(const std::string& dir, std::vector<std::string> extra, std::vector<std::string> launcher = {})
+      : log_(dir + "/serve.log") {
+    std::vector<std::string> argv = std::move(launcher);
+    std::vector<std::string> keel = {KEEL_BIN,    "serve",        "--listen",  "127.0.0.1:0", "--data",
+                                     dir + "/data", "--modules", KEEL_GUEST_DIR, "--workers", "2"};
+    argv.insert(argv.end(), keel.begin(), keel.end());
     argv.insert(argv.end(), extra.begin(), extra.end());
     pid_ = keel::testing::SpawnProcess(argv, log_);
   }
@@ -121,6 +125,40 @@ TEST(ServeProcessTest, TokenFile) {
   EXPECT_EQ(Client(port).Get("/v1/modules").status, 401);
   EXPECT_EQ(Client(port, "from-a-file").Get("/v1/modules").status, 200);
   ASSERT_EQ(serve.Signal(SIGINT), 0);
+  EXPECT_EQ(serve.Wait(), 0);
+}
+
+// Started with a soft open-file limit of 64 and a hard one of 256, keel
+// raises the soft limit to 256 and lowers --max-connections to what fits
+// (256 less 128 kept for everything else), saying so. Connections past that
+// are answered 503; none is left waiting on an accept that cannot succeed.
+TEST(ServeProcessTest, MaxConnectionsFitTheFileLimit) {
+  TempDir dir;
+  ServeProcess serve(dir.path(), {"--max-connections", "4096"},
+                     {"/bin/sh", "-c", "ulimit -S -n 64 && ulimit -H -n 256 && exec \"$0\" \"$@\""});
+  uint16_t port = serve.WaitListening();
+  ASSERT_NE(port, 0) << serve.log();
+  EXPECT_THAT(serve.log(), HasSubstr("--max-connections lowered from 4096 to 128"));
+  std::vector<std::unique_ptr<testing::RawSocket>> sockets;
+  int ok = 0, refused = 0, other = 0;
+  for (int i = 0; i < 160; ++i) {
+    auto s = std::make_unique<testing::RawSocket>(port);
+    s->Write("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:" + std::to_string(port) + "\r\n\r\n");
+    std::string answer = s->ReadUntil("\r\n\r\n", 10s);
+    if (answer.starts_with("HTTP/1.1 200")) {
+      ++ok;
+    } else if (answer.starts_with("HTTP/1.1 503")) {
+      ++refused;
+    } else {
+      ++other;
+    }
+    sockets.push_back(std::move(s));  // kept open
+  }
+  EXPECT_EQ(ok, 128);
+  EXPECT_EQ(refused, 32);
+  EXPECT_EQ(other, 0);
+  sockets.clear();
+  ASSERT_EQ(serve.Signal(SIGTERM), 0);
   EXPECT_EQ(serve.Wait(), 0);
 }
 

@@ -1,8 +1,9 @@
 #include "server/server.h"
 
+#include <sys/resource.h>
+
 #include <atomic>
 #include <thread>
-#include <unordered_set>
 
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
@@ -11,6 +12,7 @@
 
 #include "server/api.h"
 #include "server/service.h"
+#include "server/session.h"
 
 namespace keel::server {
 
@@ -22,15 +24,10 @@ using std::chrono::milliseconds;
 namespace {
 
 constexpr auto kNoThrow = asio::as_tuple(asio::use_awaitable);
-// Bytes read at a time while waiting for a request or watching a client.
-constexpr size_t kReadChunk = 8192;
-// Reading a request body, Beast asks for up to 64 KiB of buffer at once.
-constexpr size_t kBodyReadSpace = 64 << 10;
-// A refused connection or request still gets its answer read: the rest of
-// what the client sends is discarded for at most this long.
-constexpr milliseconds kLingerTime{1000};
-constexpr size_t kLingerBytes = 1 << 20;
 constexpr std::chrono::seconds kReapIdle{60};
+// Descriptors kept for everything but connections: the store, the
+// io_contexts, the engine, module files, refused connections in flight.
+constexpr rlim_t kReservedDescriptors = 128;
 
 // What a refused connection (over the limit) is told.
 constexpr std::string_view kTooManyConnections =
@@ -41,13 +38,6 @@ constexpr std::string_view kTooManyConnections =
     "Content-Length: 85\r\n\r\n"
     "{\"error\":{\"code\":\"unavailable\",\"message\":\"too many connections; retry later\"}}\n";
 
-// Errors of the HTTP parser itself (malformed requests), as opposed to
-// errors of the connection.
-bool IsParseError(const beast::error_code& ec) {
-  return ec.category() == http::make_error_code(http::error::bad_target).category() &&
-         ec != http::error::end_of_stream && ec != http::error::partial_message;
-}
-
 void LogException(std::exception_ptr e) {
   if (!e) return;
   try {
@@ -57,19 +47,26 @@ void LogException(std::exception_ptr e) {
   }
 }
 
+// Raises the open-file limit to its hard limit and lowers
+// `max_connections` to what then fits, so that accept never runs out of
+// descriptors (it would fail in a loop while clients wait).
+void FitConnectionsToFileLimit(ServerOptions& options) {
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return;
+  if (limit.rlim_cur < limit.rlim_max) {
+    rlimit raised = limit;
+    raised.rlim_cur = limit.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &raised) == 0) limit = raised;
+  }
+  if (limit.rlim_cur == RLIM_INFINITY) return;
+  rlim_t fit = limit.rlim_cur > 2 * kReservedDescriptors ? limit.rlim_cur - kReservedDescriptors : limit.rlim_cur / 2;
+  if (options.max_connections <= fit) return;
+  spdlog::warn("--max-connections lowered from {} to {}: the open-file limit (RLIMIT_NOFILE) is {}",
+               options.max_connections, fit, limit.rlim_cur);
+  options.max_connections = static_cast<size_t>(fit);
+}
+
 }  // namespace
-
-class Session;
-
-// One io_context and its thread; connections live on one shard for good,
-// so a connection's handlers never run concurrently and need no strand.
-struct Shard {
-  asio::io_context ctx{1};
-  std::unordered_set<Session*> sessions;  // touched on ctx's thread only
-  // Enforces the sessions' deadlines (see Session::Expect).
-  asio::steady_timer sweeper{ctx};
-  std::thread thread;
-};
 
 class Server::Impl {
  public:
@@ -93,272 +90,9 @@ class Server::Impl {
   size_t next_shard_ = 0;
   std::atomic<bool> stopping_{false};
   std::atomic<bool> refreshing_jobs_{false};
-  std::mutex shutdown_mu_;
-  bool shut_down_ = false;  // guarded by shutdown_mu_
+  Mutex shutdown_mu_;
+  bool shut_down_ GUARDED_BY(shutdown_mu_) = false;
 };
-
-// One client connection: reads requests, routes them, writes responses;
-// while a synchronous call runs it watches the socket so that a client that
-// goes away detaches its call.
-class Session : public CallWaiter, public std::enable_shared_from_this<Session> {
- public:
-  using Clock = std::chrono::steady_clock;
-
-  Session(Server::Impl& server, Shard& shard, tcp::socket socket)
-      : service_(*server.service_),
-        options_(server.options_),
-        shard_(shard),
-        socket_(std::move(socket)),
-        buffer_(options_.max_header_bytes + kBodyReadSpace) {
-    // Synchronous reads (see Await) must never block the thread.
-    beast::error_code ec;
-    socket_.non_blocking(true, ec);
-  }
-
-  asio::awaitable<void> Run();
-  void Close() {
-    beast::error_code ec;
-    socket_.close(ec);
-  }
-  // Called by the shard's sweeper: a session past its deadline has its
-  // socket operation cancelled, which then reads as a timeout.
-  void ExpireIfLate(Clock::time_point now) {
-    if (now < deadline_) return;
-    timed_out_ = true;
-    deadline_ = Clock::time_point::max();
-    beast::error_code ec;
-    socket_.cancel(ec);
-  }
-  asio::awaitable<bool> Await(const Call& call) override;
-
- private:
-  // The next socket operation must finish within `limit`. A plain field
-  // checked by a sweeper, rather than a timer per operation: arming and
-  // cancelling timers on every read and write costs syscalls.
-  void Expect(milliseconds limit) { deadline_ = Clock::now() + limit; }
-  void NoDeadline() { deadline_ = Clock::time_point::max(); }
-  // True if `ec` ended an operation because the deadline passed (counted).
-  bool TimedOut(const beast::error_code& ec) {
-    if (!timed_out_ || ec != asio::error::operation_aborted) return false;
-    service_.http().timeouts++;
-    return true;
-  }
-
-  asio::awaitable<void> Serve();
-  asio::awaitable<bool> Write(Response& res, unsigned version, bool keep_alive);
-  // Answers and closes without reading the rest of the request.
-  asio::awaitable<void> Refuse(Response& res, unsigned version);
-  // Refuse() with a JSON error; counts the response.
-  asio::awaitable<void> RefuseWith(int status, ErrorCode code, std::string message, unsigned version,
-                                   Clock::time_point received);
-
-  Service& service_;
-  const ServerOptions& options_;
-  Shard& shard_;
-  tcp::socket socket_;
-  beast::flat_buffer buffer_;
-  Clock::time_point deadline_ = Clock::time_point::max();
-  bool timed_out_ = false;
-  bool client_gone_ = false;
-};
-
-asio::awaitable<void> Session::Run() {
-  shard_.sessions.insert(this);
-  co_await Serve();
-  shard_.sessions.erase(this);
-  Close();
-  service_.http().connections_open--;
-}
-
-asio::awaitable<bool> Session::Write(Response& res, unsigned version, bool keep_alive) {
-  res.version(version);
-  res.keep_alive(keep_alive);
-  res.prepare_payload();
-  Expect(options_.write_timeout);
-  auto [ec, n] = co_await http::async_write(socket_, res, kNoThrow);
-  TimedOut(ec);
-  co_return !ec;
-}
-
-asio::awaitable<void> Session::RefuseWith(int status, ErrorCode code, std::string message, unsigned version,
-                                          Clock::time_point received) {
-  Response res = ErrorResponse(status, Error(code, std::move(message)));
-  co_await Refuse(res, version);
-  service_.http().CountResponse(status, Clock::now() - received);
-}
-
-asio::awaitable<void> Session::Refuse(Response& res, unsigned version) {
-  if (!co_await Write(res, version, /*keep_alive=*/false)) co_return;
-  // Closing with unread data would reset the connection and could destroy
-  // the answer before the client reads it: half-close, then drain a little.
-  beast::error_code ec;
-  socket_.shutdown(tcp::socket::shutdown_send, ec);
-  Expect(kLingerTime);
-  size_t drained = 0;
-  while (drained < kLingerBytes) {
-    buffer_.clear();
-    auto [read_ec, n] = co_await socket_.async_read_some(buffer_.prepare(kReadChunk), kNoThrow);
-    if (read_ec) break;
-    drained += n;
-  }
-}
-
-asio::awaitable<void> Session::Serve() {
-  const std::string& token = options_.token;
-  for (;;) {
-    if (buffer_.size() == 0) {
-      Expect(options_.idle_timeout);
-      auto [ec, n] = co_await socket_.async_read_some(buffer_.prepare(kReadChunk), kNoThrow);
-      if (ec) {
-        TimedOut(ec);
-        co_return;
-      }
-      buffer_.commit(n);
-    }
-    http::request_parser<http::vector_body<uint8_t>> parser;
-    parser.header_limit(static_cast<uint32_t>(options_.max_header_bytes));
-    // The route's own limit is set once the header is known.
-    parser.body_limit(std::max(options_.max_body_bytes, options_.max_module_bytes));
-    Expect(options_.header_timeout);
-    auto [ec, n] = co_await http::async_read_header(socket_, buffer_, parser, kNoThrow);
-    auto received = Clock::now();
-    if (ec) {
-      if (ec == http::error::header_limit || ec == http::error::buffer_overflow) {
-        co_await RefuseWith(431, ErrorCode::kResourceExhausted, "request header too large", 11, received);
-      } else if (ec == http::error::body_limit) {
-        co_await RefuseWith(413, ErrorCode::kResourceExhausted, "request body too large", 11, received);
-      } else if (IsParseError(ec)) {
-        co_await RefuseWith(400, ErrorCode::kInvalidArgument, "malformed request: " + ec.message(), 11, received);
-      } else {
-        TimedOut(ec);
-      }
-      co_return;  // end of stream, reset, timeout, or a response already sent
-    }
-    Request& req = parser.get();
-    unsigned version = req.version();
-    auto [path, query] = SplitTarget(std::string_view(req.target().data(), req.target().size()));
-
-    std::optional<Response> refusal;
-    size_t limit = BodyLimit(options_, req.method(), path);
-    if (service_.draining()) {
-      refusal = ErrorResponse(Error(ErrorCode::kShuttingDown, "the service is shutting down"));
-    } else if (!token.empty() && NeedsAuth(path)) {
-      auto auth = req[http::field::authorization];
-      if (!BearerMatches(std::string_view(auth.data(), auth.size()), token)) {
-        refusal = ErrorResponse(401, Error(ErrorCode::kInvalidArgument, "missing or wrong bearer token"));
-        refusal->set(http::field::www_authenticate, "Bearer");
-      }
-    }
-    if (!refusal && parser.content_length() && *parser.content_length() > limit) {
-      refusal = ErrorResponse(413, Error(ErrorCode::kResourceExhausted,
-                                         "request body over the limit of " + std::to_string(limit) + " bytes"));
-    }
-    if (refusal) {
-      int status = refusal->result_int();
-      if (parser.is_done()) {
-        // Nothing left to read: the connection can go on.
-        bool keep_alive = req.keep_alive() && !service_.draining();
-        bool written = co_await Write(*refusal, version, keep_alive);
-        service_.http().CountResponse(status, Clock::now() - received);
-        if (written && keep_alive) continue;
-        co_return;
-      }
-      co_await Refuse(*refusal, version);
-      service_.http().CountResponse(status, Clock::now() - received);
-      co_return;
-    }
-    parser.body_limit(limit);
-    if (!parser.is_done()) {
-      auto expect = req[http::field::expect];
-      if (beast::iequals(std::string_view(expect.data(), expect.size()), "100-continue")) {
-        static constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
-        Expect(options_.write_timeout);
-        auto [write_ec, written] = co_await asio::async_write(socket_, asio::buffer(kContinue), kNoThrow);
-        if (write_ec) {
-          TimedOut(write_ec);
-          co_return;
-        }
-      }
-      Expect(options_.body_timeout);
-      auto [body_ec, body_n] = co_await http::async_read(socket_, buffer_, parser, kNoThrow);
-      if (body_ec) {
-        if (body_ec == http::error::body_limit) {
-          co_await RefuseWith(413, ErrorCode::kResourceExhausted,
-                              "request body over the limit of " + std::to_string(limit) + " bytes", version, received);
-        } else if (IsParseError(body_ec)) {
-          co_await RefuseWith(400, ErrorCode::kInvalidArgument, "malformed body: " + body_ec.message(), version,
-                              received);
-        } else {
-          TimedOut(body_ec);
-        }
-        co_return;
-      }
-    }
-    NoDeadline();  // a call is bounded by its own deadline
-
-    bool keep_alive = req.keep_alive();
-    RequestContext ctx{req, path, query, *this};
-    Response res = co_await Route(service_, ctx);
-    if (client_gone_) {
-      service_.http().CountResponse(499, Clock::now() - received);
-      co_return;
-    }
-    keep_alive = keep_alive && !service_.draining();
-    int status = res.result_int();
-    bool written = co_await Write(res, version, keep_alive);
-    service_.http().CountResponse(status, Clock::now() - received);
-    if (!written || !keep_alive) co_return;
-  }
-}
-
-asio::awaitable<bool> Session::Await(const Call& call) {
-  if (call.ready()) co_return true;
-  // `done` is set on this connection's thread once the call resolved; the
-  // wait that watches the client is then cancelled.
-  struct Waiter {
-    explicit Waiter(const asio::any_io_executor& ex) : timer(ex) {}
-    bool done = false;
-    asio::steady_timer timer;
-  };
-  auto executor = co_await asio::this_coro::executor;
-  auto waiter = std::make_shared<Waiter>(executor);
-  // The session may end (client gone) before the call resolves.
-  call.OnComplete([waiter, executor, self = shared_from_this()](const CallResult&) {
-    asio::post(executor, [waiter, self] {
-      waiter->done = true;
-      beast::error_code ec;
-      self->socket_.cancel(ec);
-      waiter->timer.cancel();
-    });
-  });
-  while (!waiter->done) {
-    if (buffer_.size() + kReadChunk > buffer_.max_size()) {
-      // The client sent more requests ahead than we keep: stop watching
-      // and just wait for the call.
-      waiter->timer.expires_at(asio::steady_timer::time_point::max());
-      co_await waiter->timer.async_wait(kNoThrow);
-      continue;
-    }
-    // Waiting for readability re-arms the socket in epoll, which also
-    // reports an end of stream that came before the wait; a read would
-    // first try the socket, and mostly find nothing.
-    auto [ec] = co_await socket_.async_wait(tcp::socket::wait_read, kNoThrow);
-    if (waiter->done) break;
-    beast::error_code read_ec = ec;
-    if (!ec) {
-      size_t n = socket_.read_some(buffer_.prepare(kReadChunk), read_ec);
-      if (!read_ec) {
-        buffer_.commit(n);  // a pipelined request: kept for later
-        continue;
-      }
-      if (read_ec == asio::error::would_block) continue;
-    }
-    // End of stream or an error: the client is gone.
-    client_gone_ = true;
-    co_return false;
-  }
-  co_return true;
-}
 
 Result<void> Server::Impl::Listen(const tcp::endpoint& endpoint) {
   int threads = std::max(1, options_.io_threads);
@@ -386,7 +120,12 @@ void Server::Impl::Run() {
   asio::co_spawn(shards_[0]->ctx, Tick(), LogException);
   for (auto& shard : shards_) {
     asio::co_spawn(shard->ctx, Sweep(*shard), LogException);
-    shard->thread = std::thread([ctx = &shard->ctx] { ctx->run(); });
+    shard->thread = std::thread([s = shard.get()] {
+      s->ctx.run();
+      MutexLock lock(s->mu);
+      s->ended = true;
+      s->ended_cv.SignalAll();
+    });
   }
 }
 
@@ -430,9 +169,8 @@ asio::awaitable<void> Server::Impl::Accept() {
     stats.connections_open++;
     beast::error_code opt_ec;
     socket.set_option(tcp::no_delay(true), opt_ec);
-    auto session = std::make_shared<Session>(*this, shard, std::move(socket));
-    asio::co_spawn(
-        shard.ctx, [session]() -> asio::awaitable<void> { co_await session->Run(); }, LogException);
+    auto session = std::make_shared<Session>(*service_, shard, std::move(socket), endpoint_.port());
+    asio::post(shard.ctx, [session] { session->Start(); });
   }
 }
 
@@ -459,7 +197,7 @@ asio::awaitable<void> Server::Impl::Tick() {
 }
 
 void Server::Impl::Shutdown(milliseconds grace) {
-  std::lock_guard<std::mutex> lock(shutdown_mu_);
+  MutexLock lock(shutdown_mu_);
   if (shut_down_) return;
   shut_down_ = true;
   auto until = std::chrono::steady_clock::now() + grace;
@@ -471,17 +209,11 @@ void Server::Impl::Shutdown(milliseconds grace) {
     ticker_->cancel();
   });
   // Calls in flight get the grace period; new requests are refused (503).
-  HttpStats& stats = service_->http();
-  while (stats.calls_in_flight.load() > 0 && std::chrono::steady_clock::now() < until) {
-    std::this_thread::sleep_for(milliseconds(5));
-  }
+  service_->WaitCallsDone(until);
   auto left = std::chrono::duration_cast<milliseconds>(until - std::chrono::steady_clock::now());
   service_->Stop(std::max(left, milliseconds(0)));
   // Every call has resolved now; let their connections write the answers.
-  auto flush_until = std::chrono::steady_clock::now() + milliseconds(500);
-  while (stats.calls_in_flight.load() > 0 && std::chrono::steady_clock::now() < flush_until) {
-    std::this_thread::sleep_for(milliseconds(5));
-  }
+  service_->WaitCallsDone(std::chrono::steady_clock::now() + milliseconds(500));
   for (auto& shard : shards_) {
     asio::post(shard->ctx, [s = shard.get()] {
       s->sweeper.cancel();
@@ -493,15 +225,17 @@ void Server::Impl::Shutdown(milliseconds grace) {
   // one for long.
   auto join_until = std::chrono::steady_clock::now() + milliseconds(2000);
   for (auto& shard : shards_) {
-    while (!shard->ctx.stopped() && std::chrono::steady_clock::now() < join_until) {
-      std::this_thread::sleep_for(milliseconds(5));
+    {
+      MutexLock shard_lock(shard->mu);
+      while (!shard->ended && shard->ended_cv.WaitUntil(shard->mu, join_until)) {
+      }
     }
     shard->ctx.stop();
     if (shard->thread.joinable()) shard->thread.join();
   }
   // Blocking work still running completes into the stopped contexts, which
   // must outlive it.
-  service_->blocking().join();
+  service_->JoinThreads();
   spdlog::info("stopped");
 }
 
@@ -519,6 +253,7 @@ Result<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
                      "refusing to listen on " + options.listen +
                          " without a token: only loopback addresses may be served without --token-file");
   }
+  FitConnectionsToFileLimit(options);
   auto service = Service::Create(std::move(options));
   if (!service) return MakeError(service.error());
   auto impl = std::make_unique<Impl>(std::move(*service));

@@ -35,34 +35,7 @@ namespace http = boost::beast::http;
 // A JSON string's text ("" for anything else).
 std::string S(const json::value& v) { return v.is_string() ? std::string(v.as_string()) : ""; }
 
-class ServerTest : public ::testing::Test {
- protected:
-  // Starts a server; `tweak` adjusts the options first.
-  void Start(const std::function<void(ServerOptions&)>& tweak = {}) {
-    ServerOptions options = TestOptions(dir_.path());
-    options.extend_linker = [this](Linker& linker) { gate_.Define(linker); };
-    if (tweak) tweak(options);
-    auto server = Server::Start(std::move(options));
-    ASSERT_TRUE(server) << server.error().ToString();
-    server_ = std::move(*server);
-  }
-  void TearDown() override {
-    gate_.Open();
-    if (server_) server_->Shutdown(2s);
-  }
-  uint16_t port() const { return server_->port(); }
-  MetricsSnapshot Metrics() { return server_->service().runtime().Metrics(); }
-  HttpSnapshot Http() { return server_->service().http().Snapshot(); }
-  // Uploads a module under `name`; asserts success.
-  void Upload(const std::string& name, const std::string& path) {
-    Reply r = Client(port()).Put("/v1/modules/" + name, ReadBytes(path));
-    ASSERT_TRUE(r.status == 201 || r.status == 200) << r.status << " " << r.body;
-  }
-
-  TempDir dir_;
-  Gate gate_;
-  std::unique_ptr<Server> server_;
-};
+using ServerTest = testing::ServerTestBase;
 
 TEST_F(ServerTest, HealthReadyAndUnknownRoutes) {
   Start();
@@ -302,13 +275,14 @@ TEST_F(ServerTest, MethodNotAllowed) {
     std::string target;
     std::string allow;
   };
-  for (const Case& k : {Case{http::verb::post, "/v1/modules", "GET"},
-                        Case{http::verb::patch, "/v1/modules/add", "GET, PUT, DELETE"},
+  for (const Case& k : {Case{http::verb::post, "/v1/modules", "GET, HEAD"},
+                        Case{http::verb::patch, "/v1/modules/add", "GET, HEAD, PUT, DELETE"},
                         Case{http::verb::get, "/v1/modules/add/call/add", "POST"},
-                        Case{http::verb::delete_, "/v1/jobs", "GET, POST"},
-                        Case{http::verb::put, "/v1/jobs/x", "GET, DELETE"},
-                        Case{http::verb::post, "/v1/jobs/x/result", "GET"},
-                        Case{http::verb::post, "/metrics", "GET"}}) {
+                        Case{http::verb::head, "/v1/modules/add/call/add", "POST"},
+                        Case{http::verb::delete_, "/v1/jobs", "GET, HEAD, POST"},
+                        Case{http::verb::put, "/v1/jobs/x", "GET, HEAD, DELETE"},
+                        Case{http::verb::post, "/v1/jobs/x/result", "GET, HEAD"},
+                        Case{http::verb::post, "/metrics", "GET, HEAD"}}) {
     Reply r = c.Send(k.method, k.target);
     EXPECT_EQ(r.status, 405) << k.target;
     EXPECT_EQ(r.header(http::field::allow), k.allow) << k.target;
@@ -330,7 +304,7 @@ TEST_F(ServerTest, BodyOverLimitIs413) {
   std::string chunk(1500, 'y');
   char size[16];
   std::snprintf(size, sizeof size, "%zx", chunk.size());
-  s.Write("POST /v1/modules/add/call/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" +
+  s.Write("POST /v1/modules/add/call/echo HTTP/1.1\r\n" + HostLine() + "Transfer-Encoding: chunked\r\n\r\n" +
           std::string(size) + "\r\n" + chunk + "\r\n0\r\n\r\n");
   EXPECT_THAT(s.ReadAll(), StartsWith("HTTP/1.1 413"));
   // Module uploads have their own limit.
@@ -368,7 +342,7 @@ TEST_F(ServerTest, KeepAliveAndPipelining) {
   // Two requests in one write: both answered, in order.
   RawSocket s(port());
   std::string body = "{\"args\":[2,3]}";
-  std::string one = "POST /v1/modules/add/call/add HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+  std::string one = "POST /v1/modules/add/call/add HTTP/1.1\r\n" + HostLine() + "Content-Type: application/json\r\n"
                     "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
   s.Write(one + one);
   std::string out = s.ReadUntil("{\"results\":[5]}\n", 5s);
@@ -381,7 +355,7 @@ TEST_F(ServerTest, KeepAliveAndPipelining) {
 TEST_F(ServerTest, ExpectContinueAndHttp10) {
   Start();
   RawSocket s(port());
-  s.Write("POST /v1/modules/add/call/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n");
+  s.Write("POST /v1/modules/add/call/echo HTTP/1.1\r\n" + HostLine() + "Content-Length: 5\r\nExpect: 100-continue\r\n\r\n");
   EXPECT_THAT(s.ReadUntil("\r\n\r\n"), StartsWith("HTTP/1.1 100 Continue"));
   s.Write("hello");
   EXPECT_THAT(s.ReadUntil("hello"), ::testing::AllOf(StartsWith("HTTP/1.1 200"), HasSubstr("hello")));
@@ -407,10 +381,14 @@ TEST_F(ServerTest, BearerTokenGuardsV1) {
   r = Client(port()).Put("/v1/modules/x", ReadBytes(Guest("add")));
   EXPECT_EQ(r.status, 401);
   EXPECT_EQ(Client(port(), "s3cret-token").PostJson("/v1/modules/add/call/add", "{\"args\":[1,2]}").status, 200);
-  // Operational routes stay open.
+  // Health and the page itself stay open; the page's data and the metrics
+  // (which name every module) do not.
   EXPECT_EQ(Client(port()).Get("/healthz").status, 200);
-  EXPECT_EQ(Client(port()).Get("/metrics").status, 200);
+  EXPECT_EQ(Client(port()).Get("/readyz").status, 200);
   EXPECT_EQ(Client(port()).Get("/").status, 200);
+  EXPECT_EQ(Client(port()).Get("/v1/status").status, 401);
+  EXPECT_EQ(Client(port()).Get("/metrics").status, 401);
+  EXPECT_EQ(Client(port(), "s3cret-token").Get("/metrics").status, 200);
 }
 
 TEST_F(ServerTest, RefusesNonLoopbackWithoutToken) {
@@ -438,7 +416,7 @@ TEST_F(ServerTest, DisconnectDetachesRunningCall) {
   Upload("gate", Guest("hostile_gate"));
   {
     RawSocket s(port());
-    s.Write("POST /v1/modules/gate/call/gated_echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello");
+    s.Write("POST /v1/modules/gate/call/gated_echo HTTP/1.1\r\n" + HostLine() + "Content-Length: 5\r\n\r\nhello");
     ASSERT_TRUE(gate_.WaitEntered(1));
   }  // closed while the guest is inside phase one
   ASSERT_TRUE(Eventually([&] { return Http().disconnect_detached == 1; }));
@@ -471,7 +449,7 @@ TEST_F(ServerTest, DisconnectWithdrawsQueuedCall) {
   ASSERT_TRUE(gate_.WaitEntered(1));
   {
     RawSocket s(port());
-    s.Write("POST /v1/modules/gate/call/gated_echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nb");
+    s.Write("POST /v1/modules/gate/call/gated_echo HTTP/1.1\r\n" + HostLine() + "Content-Length: 1\r\n\r\nb");
     ASSERT_TRUE(Eventually([&] { return Metrics().queued == 1; }));
   }
   ASSERT_TRUE(Eventually([&] { return Http().disconnect_withdrawn == 1; }));
@@ -488,7 +466,7 @@ TEST_F(ServerTest, SlowClientsAreCutOff) {
     o.idle_timeout = 300ms;
   });
   RawSocket slow(port());
-  slow.Write("GET /healthz HTTP/1.1\r\nHost: x\r\n");  // never finishes the header
+  slow.Write("GET /healthz HTTP/1.1\r\n" + HostLine());  // never finishes the header
   EXPECT_TRUE(slow.WaitClosed(3s));
   RawSocket idle(port());
   EXPECT_TRUE(idle.WaitClosed(3s));

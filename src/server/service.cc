@@ -13,7 +13,9 @@ namespace keel::server {
 namespace json = boost::json;
 
 Service::Service(ServerOptions options)
-    : options_(std::move(options)), blocking_(static_cast<size_t>(std::max(1, options_.blocking_threads))) {}
+    : options_(std::move(options)),
+      blocking_(static_cast<size_t>(std::max(1, options_.blocking_threads))),
+      compiling_(static_cast<size_t>(std::max(1, options_.compile_threads))) {}
 
 Result<std::unique_ptr<Service>> Service::Create(ServerOptions options) {
   if (options.data_dir.empty()) return MakeError(ErrorCode::kInvalidArgument, "no data directory");
@@ -78,7 +80,7 @@ Result<std::unique_ptr<Service>> Service::Create(ServerOptions options) {
 
 Service::~Service() {
   Stop(std::chrono::milliseconds(0));
-  blocking_.join();
+  JoinThreads();
   registry_.reset();
   runtime_.reset();
   store_.reset();
@@ -94,6 +96,30 @@ void Service::Stop(std::chrono::milliseconds grace) {
   });
 }
 
+void Service::JoinThreads() {
+  compiling_.join();
+  blocking_.join();
+}
+
+void Service::CallStarted() { http_.calls_in_flight++; }
+
+void Service::CallEnded() {
+  if (--http_.calls_in_flight == 0 && draining()) {
+    MutexLock lock(calls_mu_);
+    calls_done_.SignalAll();
+  }
+}
+
+bool Service::WaitCallsDone(std::chrono::steady_clock::time_point deadline) {
+  MutexLock lock(calls_mu_);
+  while (http_.calls_in_flight.load() > 0) {
+    if (!calls_done_.WaitUntil(calls_mu_, deadline) && std::chrono::steady_clock::now() >= deadline) {
+      return http_.calls_in_flight.load() == 0;
+    }
+  }
+  return true;
+}
+
 void Service::RecordTermination(Termination t) {
   spdlog::warn("call ended abnormally call_id={} module={} export={} cause={} message={}", t.call_id,
                Quote(t.module), Quote(t.export_name), t.cause, Quote(t.message));
@@ -101,12 +127,12 @@ void Service::RecordTermination(Termination t) {
 }
 
 void Service::NoteDetaching(CallId id, std::string module, std::string export_name) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   detaching_[id] = {std::move(module), std::move(export_name)};
 }
 
 void Service::ForgetDetaching(CallId id) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   detaching_.erase(id);
 }
 
@@ -114,7 +140,7 @@ void Service::OnDetachedResult(CallId id, const CallResult& result) {
   http_.detached_results++;
   std::pair<std::string, std::string> names;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     if (auto it = detaching_.find(id); it != detaching_.end()) {
       names = std::move(it->second);
       detaching_.erase(it);
@@ -126,7 +152,7 @@ void Service::OnDetachedResult(CallId id, const CallResult& result) {
 
 void Service::RefreshJobCounts() {
   auto counts = store_->CountByState();
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   if (counts) {
     job_counts_ = *counts;
   } else {
@@ -155,12 +181,9 @@ std::string PoolLabel(const Registry::PoolView& view) {
 MetricsInput Service::CollectMetrics() {
   MetricsInput in;
   in.runtime = runtime_->Metrics();
-  for (const Registry::PoolView& view : registry_->Pools()) {
-    in.pools.push_back({PoolLabel(view), view.pool->module()->digest(), view.pool->Stats()});
-  }
   in.http = http_.Snapshot();
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     in.job_states = job_counts_;
   }
   if (runner_) in.runner = runner_->Stats();
@@ -170,7 +193,45 @@ MetricsInput Service::CollectMetrics() {
   return in;
 }
 
-json::value Service::StatusJson() {
+Service::PoolsRendering Service::RenderPools() {
+  std::vector<PoolMetrics> pools;
+  json::array status;
+  for (const Registry::PoolView& view : registry_->Pools()) {
+    PoolMetrics p{PoolLabel(view), view.pool->module()->digest(), view.pool->Stats()};
+    status.push_back({
+        {"module", p.module},
+        {"digest", p.digest},
+        {"target", p.stats.target_instances},
+        {"healthy", p.stats.healthy_instances},
+        {"busy", p.stats.busy_instances},
+        {"queued", p.stats.queued},
+        {"quarantined", p.stats.quarantined},
+        {"quarantine_reason", p.stats.quarantine_reason},
+        {"quarantine_remaining_ms", p.stats.quarantine_remaining.count()},
+    });
+    pools.push_back(std::move(p));
+  }
+  return {RenderPoolFamilies(pools), json::serialize(status)};
+}
+
+boost::asio::awaitable<std::shared_ptr<const Service::PoolsRendering>> Service::CachedPools() {
+  auto now = std::chrono::steady_clock::now();
+  {
+    MutexLock lock(pools_mu_);
+    // One rendering at a time; meanwhile the previous one is served.
+    if (pools_ && (now - pools_at_ < std::chrono::seconds(1) || rendering_pools_)) co_return pools_;
+    rendering_pools_ = true;
+  }
+  auto render = [this] { return std::make_shared<const PoolsRendering>(RenderPools()); };
+  std::shared_ptr<const PoolsRendering> pools = co_await OffThread(*this, std::move(render));
+  MutexLock lock(pools_mu_);
+  pools_ = pools;
+  pools_at_ = std::chrono::steady_clock::now();
+  rendering_pools_ = false;
+  co_return pools;
+}
+
+std::string Service::StatusJson(std::string_view pools_json) {
   MetricsInput m = CollectMetrics();
   const MetricsSnapshot& r = m.runtime;
   json::object out;
@@ -195,21 +256,6 @@ json::value Service::StatusJson() {
       {"p50_ms", r.end_to_end.Quantile(0.5) * 1e3},
       {"p99_ms", r.end_to_end.Quantile(0.99) * 1e3},
   };
-  json::array pools;
-  for (const PoolMetrics& p : m.pools) {
-    pools.push_back({
-        {"module", p.module},
-        {"digest", p.digest},
-        {"target", p.stats.target_instances},
-        {"healthy", p.stats.healthy_instances},
-        {"busy", p.stats.busy_instances},
-        {"queued", p.stats.queued},
-        {"quarantined", p.stats.quarantined},
-        {"quarantine_reason", p.stats.quarantine_reason},
-        {"quarantine_remaining_ms", p.stats.quarantine_remaining.count()},
-    });
-  }
-  out["pools"] = std::move(pools);
   json::object jobs;
   if (m.job_states) {
     for (size_t i = 0; i < jobs::kJobStateCount; ++i) {
@@ -253,7 +299,10 @@ json::value Service::StatusJson() {
     });
   }
   out["series"] = std::move(series);
-  return out;
+  // The pools, already serialized, go in as the last member.
+  std::string text = json::serialize(out);
+  text.insert(text.size() - 1, std::string(",\"pools\":").append(pools_json));
+  return text;
 }
 
 }  // namespace keel::server

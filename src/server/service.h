@@ -16,6 +16,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/json/value.hpp>
 
+#include "base/mutex.h"
 #include "jobs/runner.h"
 #include "jobs/store.h"
 #include "keel/runtime.h"
@@ -45,7 +46,12 @@ class Service {
   HttpStats& http() { return http_; }
   Sampler& sampler() { return sampler_; }
   RecentTerminations& recent() { return recent_; }
+  // Store queries and commits.
   boost::asio::thread_pool& blocking() { return blocking_; }
+  // Module uploads: compiling takes long, and must not hold up queries.
+  boost::asio::thread_pool& compiling() { return compiling_; }
+  // Waits for both pools' work to finish (shutdown).
+  void JoinThreads();
 
   // Where the service listens ("ADDR:PORT"), once bound; set before the
   // first request.
@@ -61,18 +67,36 @@ class Service {
   void NoteDetaching(CallId id, std::string module, std::string export_name);
   void ForgetDetaching(CallId id);
 
+  // Synchronous calls awaited by clients (HttpStats::calls_in_flight);
+  // WaitCallsDone() returns once there are none, or at `deadline` (false).
+  void CallStarted();
+  void CallEnded();
+  bool WaitCallsDone(std::chrono::steady_clock::time_point deadline);
+
   // Job counts by state, refreshed by RefreshJobCounts() (a store query,
   // so never on an HTTP thread).
   void RefreshJobCounts();
+  // Everything /metrics shows but the pools (O(1) in the modules).
   MetricsInput CollectMetrics();
-  // The status page's data: see status_page.h.
-  boost::json::value StatusJson();
+  // What /metrics and /v1/status show of every pool: O(modules), so it is
+  // rendered off the HTTP threads and at most once a second; requests in
+  // between get the last rendering.
+  struct PoolsRendering {
+    std::string metrics;      // RenderPoolFamilies
+    std::string status_json;  // the JSON array of /v1/status "pools"
+  };
+  boost::asio::awaitable<std::shared_ptr<const PoolsRendering>> CachedPools();
+  // The status page's data (see status_page.h), with `pools_json` as its
+  // "pools".
+  std::string StatusJson(std::string_view pools_json);
 
   double uptime_seconds() const;
 
  private:
   explicit Service(ServerOptions options);
   void OnDetachedResult(CallId id, const CallResult& result);
+
+  PoolsRendering RenderPools();
 
   ServerOptions options_;
   std::string address_;
@@ -82,6 +106,12 @@ class Service {
   Sampler sampler_;
   RecentTerminations recent_;
   boost::asio::thread_pool blocking_;
+  boost::asio::thread_pool compiling_;
+  // The last RenderPools().
+  Mutex pools_mu_;
+  std::shared_ptr<const PoolsRendering> pools_ GUARDED_BY(pools_mu_);
+  std::chrono::steady_clock::time_point pools_at_ GUARDED_BY(pools_mu_);
+  bool rendering_pools_ GUARDED_BY(pools_mu_) = false;
 
   std::unique_ptr<jobs::JobStore> store_;
   std::unique_ptr<Runtime> runtime_;
@@ -89,25 +119,31 @@ class Service {
   std::unique_ptr<jobs::Runner> runner_;
   std::once_flag stopped_;
 
-  std::mutex mu_;
-  std::unordered_map<CallId, std::pair<std::string, std::string>> detaching_;  // guarded by mu_
-  std::optional<jobs::StateCounts> job_counts_;                                // guarded by mu_
+  Mutex mu_;
+  std::unordered_map<CallId, std::pair<std::string, std::string>> detaching_ GUARDED_BY(mu_);
+  std::optional<jobs::StateCounts> job_counts_ GUARDED_BY(mu_);
+
+  Mutex calls_mu_;
+  CondVar calls_done_;  // signalled when calls_in_flight drops to 0 while draining
 };
 
-// Runs `fn` (which may block: store commits, compilation) on the service's
-// blocking threads; co_await the result, which resumes the coroutine on its
-// own executor.
+// Runs `fn` (which may block: store commits, compilation) on `pool` (the
+// service's blocking threads by default); co_await the result, which
+// resumes the coroutine on its own executor.
 //
 // GCC 12 destroys temporaries of a full-expression holding a co_await
 // twice; so pass a named function object (std::move(fn)), never a lambda
 // written in place.
 template <typename F>
-boost::asio::awaitable<std::invoke_result_t<std::decay_t<F>&>> OffThread(Service& service, F&& fn) {
+boost::asio::awaitable<std::invoke_result_t<std::decay_t<F>&>> OffThread(boost::asio::thread_pool& pool, F&& fn) {
   using R = std::invoke_result_t<std::decay_t<F>&>;
   return boost::asio::co_spawn(
-      service.blocking(),
-      [fn = std::forward<F>(fn)]() mutable -> boost::asio::awaitable<R> { co_return fn(); },
+      pool, [fn = std::forward<F>(fn)]() mutable -> boost::asio::awaitable<R> { co_return fn(); },
       boost::asio::use_awaitable);
+}
+template <typename F>
+boost::asio::awaitable<std::invoke_result_t<std::decay_t<F>&>> OffThread(Service& service, F&& fn) {
+  return OffThread(service.blocking(), std::forward<F>(fn));
 }
 
 }  // namespace keel::server

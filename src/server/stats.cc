@@ -27,13 +27,13 @@ HttpSnapshot HttpStats::Snapshot() const {
 }
 
 void RecentTerminations::Add(Termination t) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   items_.push_back(std::move(t));
   while (items_.size() > capacity_) items_.pop_front();
 }
 
 std::vector<Termination> RecentTerminations::Newest() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   return {items_.rbegin(), items_.rend()};
 }
 
@@ -56,7 +56,7 @@ HistogramSnapshot Delta(const HistogramSnapshot& now, const HistogramSnapshot& b
 
 void Sampler::Take(const MetricsSnapshot& now, uint64_t http_responses) {
   auto time = std::chrono::steady_clock::now();
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   if (has_previous_) {
     double seconds = std::chrono::duration<double>(time - previous_time_).count();
     if (seconds <= 0) return;
@@ -88,7 +88,7 @@ void Sampler::Take(const MetricsSnapshot& now, uint64_t http_responses) {
 }
 
 std::vector<Sample> Sampler::Samples() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   return {samples_.begin(), samples_.end()};
 }
 

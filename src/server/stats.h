@@ -9,10 +9,10 @@
 #include <chrono>
 #include <cstdint>
 #include <deque>
-#include <mutex>
 #include <string>
 #include <vector>
 
+#include "base/mutex.h"
 #include "exec/metrics.h"
 #include "keel/call.h"
 #include "keel/metrics.h"
@@ -66,8 +66,8 @@ class RecentTerminations {
 
  private:
   size_t capacity_;
-  mutable std::mutex mu_;
-  std::deque<Termination> items_;  // guarded by mu_
+  mutable Mutex mu_;
+  std::deque<Termination> items_ GUARDED_BY(mu_);
 };
 
 // One second of activity, from two consecutive metrics snapshots.
@@ -92,12 +92,12 @@ class Sampler {
 
  private:
   size_t capacity_;
-  mutable std::mutex mu_;
-  bool has_previous_ = false;                      // guarded by mu_
-  MetricsSnapshot previous_;                       // guarded by mu_
-  uint64_t previous_responses_ = 0;                // guarded by mu_
-  std::chrono::steady_clock::time_point previous_time_;  // guarded by mu_
-  std::deque<Sample> samples_;                     // guarded by mu_
+  mutable Mutex mu_;
+  bool has_previous_ GUARDED_BY(mu_) = false;
+  MetricsSnapshot previous_ GUARDED_BY(mu_);
+  uint64_t previous_responses_ GUARDED_BY(mu_) = 0;
+  std::chrono::steady_clock::time_point previous_time_ GUARDED_BY(mu_);
+  std::deque<Sample> samples_ GUARDED_BY(mu_);
 };
 
 }  // namespace keel::server

@@ -15,6 +15,9 @@
 #include <boost/beast/core.hpp>
 #include <boost/json.hpp>
 
+#include "keel/runtime.h"
+#include "server/service.h"
+
 namespace keel::server::testing {
 
 namespace beast = boost::beast;
@@ -73,7 +76,7 @@ Reply Client::Send(http::verb method, const std::string& target, const std::stri
   Reply reply;
   if (!stream_) return reply;
   http::request<http::string_body> req(method, target, 11);
-  req.set(http::field::host, "127.0.0.1");
+  req.set(http::field::host, "127.0.0.1:" + std::to_string(port_));
   if (!token_.empty()) req.set(http::field::authorization, "Bearer " + token_);
   if (!content_type.empty()) req.set(http::field::content_type, content_type);
   for (const auto& [name, value] : headers) req.set(name, value);
@@ -88,6 +91,7 @@ Reply Client::Send(http::verb method, const std::string& target, const std::stri
   }
   http::response_parser<http::string_body> parser;
   parser.body_limit(1 << 30);
+  parser.skip(method == http::verb::head);  // the answer to HEAD has no body
   http::read(stream_->socket(), buffer_, parser, ec);
   if (ec) {
     stream_.reset();
@@ -208,6 +212,29 @@ ServerOptions TestOptions(const std::string& data_dir) {
   o.io_threads = 2;
   o.module_dirs = {KEEL_GUEST_DIR};
   return o;
+}
+
+void ServerTestBase::Start(const std::function<void(ServerOptions&)>& tweak) {
+  ServerOptions options = TestOptions(dir_.path());
+  options.extend_linker = [this](Linker& linker) { gate_.Define(linker); };
+  if (tweak) tweak(options);
+  auto server = Server::Start(std::move(options));
+  ASSERT_TRUE(server) << server.error().ToString();
+  server_ = std::move(*server);
+}
+
+void ServerTestBase::TearDown() {
+  gate_.Open();
+  if (server_) server_->Shutdown(std::chrono::seconds(2));
+}
+
+MetricsSnapshot ServerTestBase::Metrics() { return server_->service().runtime().Metrics(); }
+
+HttpSnapshot ServerTestBase::Http() { return server_->service().http().Snapshot(); }
+
+void ServerTestBase::Upload(const std::string& name, const std::string& path) {
+  Reply r = Client(port()).Put("/v1/modules/" + name, ReadBytes(path));
+  ASSERT_TRUE(r.status == 201 || r.status == 200) << r.status << " " << r.body;
 }
 
 }  // namespace keel::server::testing

@@ -19,10 +19,13 @@
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/json/value.hpp>
+#include <gtest/gtest.h>
 
 #include "keel/host.h"
+#include "keel/metrics.h"
 #include "server/options.h"
 #include "server/server.h"
+#include "server/stats.h"
 
 namespace keel::server::testing {
 
@@ -125,6 +128,25 @@ bool Eventually(const std::function<bool()>& condition,
 // Options for a test server on 127.0.0.1 (free port) in `data_dir`, with
 // the example guests preloaded.
 ServerOptions TestOptions(const std::string& data_dir);
+
+// A fixture running one service in-process, with the gate host function.
+class ServerTestBase : public ::testing::Test {
+ protected:
+  // Starts a server; `tweak` adjusts the options first.
+  void Start(const std::function<void(ServerOptions&)>& tweak = {});
+  void TearDown() override;
+  uint16_t port() const { return server_->port(); }
+  // The Host line of a request for this service, for raw requests.
+  std::string HostLine() const { return "Host: 127.0.0.1:" + std::to_string(port()) + "\r\n"; }
+  MetricsSnapshot Metrics();
+  HttpSnapshot Http();
+  // Uploads a module under `name`; asserts success.
+  void Upload(const std::string& name, const std::string& path);
+
+  TempDir dir_;
+  Gate gate_;
+  std::unique_ptr<Server> server_;
+};
 
 }  // namespace keel::server::testing
 
