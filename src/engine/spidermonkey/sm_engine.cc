@@ -34,6 +34,7 @@
 #include <unordered_map>
 
 #include "engine/engine.h"
+#include "engine/spidermonkey/sm_engine.h"
 
 namespace keel::engine {
 namespace {
@@ -849,6 +850,10 @@ class SmEngine final : public Engine {
   Result<std::shared_ptr<const Module>> Compile(std::span<const uint8_t> bytes,
                                                 const CompileOptions& options) override {
     if (!init_error_.empty()) return MakeError(ErrorCode::kInternal, init_error_);
+    if (options.fuel != 0) {
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "the SpiderMonkey engine has no fuel metering (use the Wasmtime engine)");
+    }
     auto info = ReadModuleInfo(bytes);
     if (!info) return MakeError(info.error());
     auto capped = CapMemory(bytes, options.max_memory_pages);
@@ -880,6 +885,7 @@ class SmEngine final : public Engine {
   }
 
   std::string_view name() const override { return "spidermonkey-102"; }
+  EngineKind kind() const override { return EngineKind::kSpiderMonkey; }
 
  private:
   struct Job {
@@ -966,7 +972,7 @@ class SmEngine final : public Engine {
 
 }  // namespace
 
-Engine& DefaultEngine() {
+Engine& SpiderMonkeyEngine() {
   // Never destroyed: SpiderMonkey cannot be started again after JS_ShutDown,
   // and compiled modules may be released by any thread until process exit.
   static SmEngine* engine = [] {
