@@ -814,8 +814,9 @@ Result<std::unique_ptr<Instance>> WtContext::Instantiate(std::shared_ptr<const M
   if (auto linked = CheckImports(wt_module->info(), linker.get()); !linked) {
     return MakeError(linked.error());
   }
-  static const std::shared_ptr<const Linker> kNoImports = std::make_shared<Linker>();
-  if (!linker) linker = kNoImports;
+  static const auto* const kNoImports =
+      new std::shared_ptr<const Linker>(std::make_shared<Linker>());
+  if (!linker) linker = *kNoImports;
   auto pre = InstancePre(wt_module, linker);
   if (!pre) return MakeError(pre.error());
   auto instance = std::make_unique<WtInstance>(interrupt_, std::move(wt_module), std::move(linker),
@@ -829,15 +830,18 @@ Result<std::unique_ptr<Instance>> WtContext::Instantiate(std::shared_ptr<const M
 
 class WtEngine final : public Engine {
  public:
-  explicit WtEngine(std::shared_ptr<EngineSet> engines) : engines_(std::move(engines)) {}
+  // An engine whose wasm engines could not be made reports `engines`'
+  // error from every Compile and NewContext.
+  explicit WtEngine(Result<std::shared_ptr<EngineSet>> engines) : engines_(std::move(engines)) {}
 
   Result<std::shared_ptr<const Module>> Compile(std::span<const uint8_t> bytes,
                                                 const CompileOptions& options) override {
+    if (!engines_) return MakeError(engines_.error());
     auto info = ReadModuleInfo(bytes);
     if (!info) return MakeError(info.error());
     if (info->memory) {
-      // The store limiter enforces the cap at run time; refuse a module
-      // that could never be instantiated under it now.
+      // The store limiter enforces the cap at run time; refuse now a module
+      // that could never be instantiated under it.
       uint64_t cap = options.max_memory_pages;
       if (info->memory->min > cap) {
         return MakeError(ErrorCode::kResourceExhausted,
@@ -846,7 +850,8 @@ class WtEngine final : public Engine {
       }
       info->memory->max = std::min(info->memory->max.value_or(cap), cap);
     }
-    wasm_engine_t* engine = options.fuel ? engines_->fuel() : engines_->plain();
+    EngineSet& set = **engines_;
+    wasm_engine_t* engine = options.fuel ? set.fuel() : set.plain();
     if (!engine) return MakeError(ErrorCode::kInternal, "Wasmtime could not create an engine");
     wasmtime_module_t* module = nullptr;
     if (Owned<wasmtime_error_t> error(wasmtime_module_new(engine, bytes.data(), bytes.size(), &module));
@@ -854,24 +859,25 @@ class WtEngine final : public Engine {
       return MakeError(ErrorCode::kInvalidModule, JoinChain(ErrorChain(ErrorText(error.get()))));
     }
     return std::shared_ptr<const Module>(std::make_shared<WtModule>(
-        std::move(*info), options, engines_, engine, Owned<wasmtime_module_t>(module)));
+        std::move(*info), options, *engines_, engine, Owned<wasmtime_module_t>(module)));
   }
 
   Result<std::unique_ptr<Context>> NewContext(const ContextOptions& options) override {
+    if (!engines_) return MakeError(engines_.error());
     if (options.stack_quota_bytes < kMaxWasmStack) {
       return MakeError(ErrorCode::kInvalidArgument,
                        "stack quota of " + std::to_string(options.stack_quota_bytes) +
                            " bytes is below Wasmtime's guest stack of " +
                            std::to_string(kMaxWasmStack) + " bytes");
     }
-    return std::unique_ptr<Context>(std::make_unique<WtContext>(engines_));
+    return std::unique_ptr<Context>(std::make_unique<WtContext>(*engines_));
   }
 
   std::string_view name() const override { return "wasmtime-" WASMTIME_VERSION; }
   EngineKind kind() const override { return EngineKind::kWasmtime; }
 
  private:
-  std::shared_ptr<EngineSet> engines_;
+  Result<std::shared_ptr<EngineSet>> engines_;
 };
 
 }  // namespace
@@ -884,11 +890,7 @@ Result<std::unique_ptr<Engine>> NewWasmtimeEngine(const WasmtimeOptions& options
 
 Engine& WasmtimeEngine() {
   // Never destroyed: modules may be released by any thread until exit.
-  static Engine* engine = [] {
-    auto made = NewWasmtimeEngine({});
-    if (!made) std::abort();
-    return made->release();
-  }();
+  static Engine* const engine = new WtEngine(EngineSet::Create({}));
   return *engine;
 }
 

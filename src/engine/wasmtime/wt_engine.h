@@ -27,8 +27,8 @@ struct WasmtimeOptions {
 // first use; never destroyed.
 Engine& WasmtimeEngine();
 
-// A separate engine, e.g. to compare allocation strategies. It must
-// outlive every module and context made from it.
+// A separate engine, e.g. to compare allocation strategies. Its modules,
+// contexts and instances keep what they need of it alive.
 [[nodiscard]] Result<std::unique_ptr<Engine>> NewWasmtimeEngine(const WasmtimeOptions& options);
 
 }  // namespace keel::engine
