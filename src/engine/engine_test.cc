@@ -692,12 +692,14 @@ TEST_P(EngineTest, InterruptHookRunsWithoutEngineLocks) {
   uint64_t tag = NextTag();
   Signal entered;
   std::atomic<int> hook_runs{0};
+  // What the hook touches outlives the host function: a hook may still be
+  // running on the requesting thread when the host function returns.
+  Mutex mu;
+  CondVar woken;
+  bool wake = false;
   auto linker = std::make_shared<Linker>();
   linker->Define("host", "block", {{}, {}},
                  [&](Caller& caller, std::span<const Value>, std::span<Value>) -> Result<void> {
-                   Mutex mu;
-                   CondVar woken;
-                   bool wake = false;
                    caller.SetInterruptHook([&] {
                      // Re-entrant, once: it would deadlock under a lock.
                      if (hook_runs++ == 0) interrupter->Request(tag);

@@ -334,6 +334,7 @@ class InterruptState {
     ClearHook();
   }
 
+
   bool InterruptedNow() const {
     uint64_t running = running_tag_.load();
     return running != 0 && requested_tag_.load() == running;
@@ -372,10 +373,14 @@ class InterruptState {
       hook_ = hook;
       now = InterruptedNow();
     }
+    hook_set_ = true;
     if (now && hook) hook();
   }
 
+  // The guest thread. Returns once no Request runs the hook any more.
   void ClearHook() EXCLUDES(mu_) {
+    if (!hook_set_) return;
+    hook_set_ = false;
     std::function<void()> old;
     MutexLock lock(mu_);
     old = std::move(hook_);
@@ -392,6 +397,9 @@ class InterruptState {
   CondVar hooks_done_;
   std::function<void()> hook_ GUARDED_BY(mu_);
   int hooks_running_ GUARDED_BY(mu_) = 0;
+  // Whether hook_ may be set. Only the guest thread sets hooks and reads
+  // this, so a call that set none ends without taking mu_.
+  bool hook_set_ = false;
 };
 
 class WtInterrupter final : public Interrupter {
