@@ -1,5 +1,5 @@
 // The Wasmtime backend of keel's engine interface, through Wasmtime's C API.
-// With wt_engine.h, the only code in keel that sees Wasmtime.
+// The only file in keel that includes Wasmtime's headers.
 //
 // Shape: one wasm_engine_t per keel engine (plus a fuel-metered one, made
 // on first use of CompileOptions::fuel, since metering changes the compiled
@@ -334,15 +334,15 @@ class InterruptState {
     ClearHook();
   }
 
-
   bool InterruptedNow() const {
     uint64_t running = running_tag_.load();
     return running != 0 && requested_tag_.load() == running;
   }
 
-  // Any thread. Runs the host's hook without holding the lock; ClearHook
-  // waits for such a run to finish, so the hook never outlives the host
-  // function that set it.
+  // Any thread. Runs the host's hook without holding the lock. ClearHook,
+  // right after the host function returns, waits for such a run to finish:
+  // a hook never runs once its host call is over, but what it touches must
+  // outlive the host function's own frame.
   void Request(uint64_t tag) EXCLUDES(mu_) {
     if (tag == 0) return;
     uint64_t prev = requested_tag_.load();
