@@ -46,6 +46,7 @@ enum class TrapKind : uint8_t {
   kOutOfMemory,
   kHostError,
   kExit,
+  kOutOfFuel,  // the call used up its fuel budget (CompileOptions::fuel)
   kOther,
 };
 

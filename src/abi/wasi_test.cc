@@ -44,7 +44,8 @@ struct Outcome {
   bool out_truncated = false;
 };
 
-class WasiTest : public ::testing::Test {
+// Every test runs on every engine of the build.
+class WasiTest : public ::testing::TestWithParam<engine::EngineKind> {
  protected:
   static void SetUpTestSuite() {
     auto linker = std::make_shared<engine::Linker>();
@@ -53,7 +54,7 @@ class WasiTest : public ::testing::Test {
   }
 
   void SetUp() override {
-    auto ctx = engine::DefaultEngine().NewContext();
+    auto ctx = engine().NewContext();
     ASSERT_TRUE(ctx) << ctx.error().ToString();
     ctx_ = std::move(*ctx);
   }
@@ -63,10 +64,12 @@ class WasiTest : public ::testing::Test {
     if (!root_.empty()) fs::remove_all(root_);
   }
 
-  static std::shared_ptr<const engine::Module> Compile(const std::string& name) {
+  engine::Engine& engine() { return **engine::GetEngine(GetParam()); }
+
+  std::shared_ptr<const engine::Module> Compile(const std::string& name) {
     auto bytes = ReadFile(std::string(KEEL_GUEST_DIR) + "/" + name + ".wasm");
     EXPECT_FALSE(bytes.empty()) << name;
-    auto module = engine::DefaultEngine().Compile(bytes);
+    auto module = engine().Compile(bytes);
     EXPECT_TRUE(module) << module.error().ToString();
     return module ? *module : nullptr;
   }
@@ -184,7 +187,7 @@ struct Pipe {
   int fds[2] = {-1, -1};
 };
 
-TEST_F(WasiTest, LinkerDefinesEveryPreview1FunctionWithItsSignature) {
+TEST_P(WasiTest, LinkerDefinesEveryPreview1FunctionWithItsSignature) {
   constexpr ValType I = ValType::kI32, L = ValType::kI64;
   const std::vector<std::pair<std::string, FuncType>> expected = {
       {"args_get", {{I, I}, {I}}},
@@ -248,7 +251,7 @@ TEST_F(WasiTest, LinkerDefinesEveryPreview1FunctionWithItsSignature) {
   }
 }
 
-TEST_F(WasiTest, ArgsEnvClocksRandomStdioPollSocketsAndBadPointers) {
+TEST_P(WasiTest, ArgsEnvClocksRandomStdioPollSocketsAndBadPointers) {
   WasiConfig config = Captured({"wasi_basics", "basics",
                                 "\xce\xb1-\xce\xb2"
                                 "eta",
@@ -264,7 +267,7 @@ TEST_F(WasiTest, ArgsEnvClocksRandomStdioPollSocketsAndBadPointers) {
   EXPECT_EQ(o.err, "to-stderr\nvia-renumber\n");
 }
 
-TEST_F(WasiTest, ProcExitEndsTheCallWithItsCode) {
+TEST_P(WasiTest, ProcExitEndsTheCallWithItsCode) {
   Outcome o = Run("wasi_basics", Captured({"wasi_basics", "exit", "7"}));
   ASSERT_TRUE(o.status) << o.status.error().ToString();
   EXPECT_EQ(o.exit_code, 7);
@@ -275,7 +278,7 @@ TEST_F(WasiTest, ProcExitEndsTheCallWithItsCode) {
   EXPECT_EQ(o.exit_code, 0);
 }
 
-TEST_F(WasiTest, CapturedOutputIsCappedAndMarkedTruncated) {
+TEST_P(WasiTest, CapturedOutputIsCappedAndMarkedTruncated) {
   WasiConfig config = Captured({"wasi_basics", "capture"});
   config.stdout_io = WasiStdio::Capture(100);
   Outcome o = Run("wasi_basics", config);
@@ -286,7 +289,7 @@ TEST_F(WasiTest, CapturedOutputIsCappedAndMarkedTruncated) {
   EXPECT_TRUE(o.out_truncated);
 }
 
-TEST_F(WasiTest, NullStdioReadsEofAndDiscardsWrites) {
+TEST_P(WasiTest, NullStdioReadsEofAndDiscardsWrites) {
   WasiConfig config;
   config.args = {"wasi_basics", "cat"};
   Outcome o = Run("wasi_basics", config);
@@ -295,7 +298,7 @@ TEST_F(WasiTest, NullStdioReadsEofAndDiscardsWrites) {
   EXPECT_EQ(o.out, "");
 }
 
-TEST_F(WasiTest, InheritedPipesCarryStdinAndStdout) {
+TEST_P(WasiTest, InheritedPipesCarryStdinAndStdout) {
   Pipe in, out;
   const std::string text(100000, 'k');  // more than a pipe holds: both sides block
   std::thread writer([&] {
@@ -328,7 +331,7 @@ TEST_F(WasiTest, InheritedPipesCarryStdinAndStdout) {
   EXPECT_EQ(received, text);
 }
 
-TEST_F(WasiTest, PollSeesAPipeReadableAndNonblockingReadsSayAgain) {
+TEST_P(WasiTest, PollSeesAPipeReadableAndNonblockingReadsSayAgain) {
   Pipe in;
   ASSERT_EQ(write(in.fds[1], "ping", 4), 4);
   WasiConfig config = Captured({"wasi_basics", "poll_stdin"});
@@ -338,7 +341,7 @@ TEST_F(WasiTest, PollSeesAPipeReadableAndNonblockingReadsSayAgain) {
   EXPECT_EQ(o.exit_code, 0) << o.err;
 }
 
-TEST_F(WasiTest, WritingToABrokenPipeIsEpipeNotSigpipe) {
+TEST_P(WasiTest, WritingToABrokenPipeIsEpipeNotSigpipe) {
   Pipe out;
   out.CloseRead();
   WasiConfig config;
@@ -349,7 +352,7 @@ TEST_F(WasiTest, WritingToABrokenPipeIsEpipeNotSigpipe) {
   EXPECT_EQ(o.exit_code, wasi::kPipe);
 }
 
-TEST_F(WasiTest, InterruptWakesASleepingGuest) {
+TEST_P(WasiTest, InterruptWakesASleepingGuest) {
   const auto start = steady_clock::now();
   Outcome o = Run("wasi_basics", Captured({"wasi_basics", "sleep"}), [](auto interrupt) {
     std::this_thread::sleep_for(milliseconds(200));
@@ -363,7 +366,7 @@ TEST_F(WasiTest, InterruptWakesASleepingGuest) {
   EXPECT_LT(elapsed, milliseconds(5000));
 }
 
-TEST_F(WasiTest, InterruptWakesAGuestBlockedReadingStdin) {
+TEST_P(WasiTest, InterruptWakesAGuestBlockedReadingStdin) {
   Pipe in;  // never written, never closed while the guest runs
   WasiConfig config = Captured({"wasi_basics", "cat"});
   config.stdin_io = WasiStdio::Inherit(in.fds[0]);
@@ -378,7 +381,7 @@ TEST_F(WasiTest, InterruptWakesAGuestBlockedReadingStdin) {
   EXPECT_LT(elapsed, milliseconds(5000));
 }
 
-TEST_F(WasiTest, FilesystemInPreopensAndEveryRefusal) {
+TEST_P(WasiTest, FilesystemInPreopensAndEveryRefusal) {
   Outcome o = Run("wasi_fs", FsConfig({"wasi_fs", "fs"}));
   ASSERT_TRUE(o.status) << o.status.error().ToString();
   EXPECT_EQ(o.exit_code, 0) << o.err;
@@ -392,7 +395,7 @@ TEST_F(WasiTest, FilesystemInPreopensAndEveryRefusal) {
   EXPECT_EQ(left, (std::vector<std::string>{"abs_link", "out_link"}));
 }
 
-TEST_F(WasiTest, FilesystemWithTheComponentWalkInsteadOfOpenat2) {
+TEST_P(WasiTest, FilesystemWithTheComponentWalkInsteadOfOpenat2) {
   wasi::ForcePathWalkForTesting(true);
   Outcome o = Run("wasi_fs", FsConfig({"wasi_fs", "fs"}));
   wasi::ForcePathWalkForTesting(false);
@@ -402,7 +405,7 @@ TEST_F(WasiTest, FilesystemWithTheComponentWalkInsteadOfOpenat2) {
   ExpectHostUntouched();
 }
 
-TEST_F(WasiTest, OpenDescriptorsAreLimited) {
+TEST_P(WasiTest, OpenDescriptorsAreLimited) {
   WasiConfig config = FsConfig({"wasi_fs", "fdlimit"});
   config.max_open_fds = 8;
   Outcome o = Run("wasi_fs", config);
@@ -410,7 +413,7 @@ TEST_F(WasiTest, OpenDescriptorsAreLimited) {
   EXPECT_EQ(o.exit_code, 0) << o.err;
 }
 
-TEST_F(WasiTest, FifosInPreopensNeverBlockTheOpen) {
+TEST_P(WasiTest, FifosInPreopensNeverBlockTheOpen) {
   WasiConfig config = FsConfig({"wasi_fs", "fifo"});
   ASSERT_EQ(mkfifo((root_ / "rw" / "fifo").c_str(), 0600), 0);
   Outcome o = Run("wasi_fs", config);
@@ -418,7 +421,7 @@ TEST_F(WasiTest, FifosInPreopensNeverBlockTheOpen) {
   EXPECT_EQ(o.exit_code, 0) << o.err;
 }
 
-TEST_F(WasiTest, InterruptWakesAGuestBlockedReadingAFifo) {
+TEST_P(WasiTest, InterruptWakesAGuestBlockedReadingAFifo) {
   WasiConfig config = FsConfig({"wasi_fs", "fifo_block"});
   const fs::path fifo = root_ / "rw" / "fifo";
   ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
@@ -435,7 +438,7 @@ TEST_F(WasiTest, InterruptWakesAGuestBlockedReadingAFifo) {
   EXPECT_LT(steady_clock::now() - start, milliseconds(5000));
 }
 
-TEST_F(WasiTest, ResolversAgreeOnEveryPath) {
+TEST_P(WasiTest, ResolversAgreeOnEveryPath) {
   // Both resolvers, path by path: same result, and never outside.
   (void)FsConfig({});
   fs::create_directories(root_ / "rw" / "a" / "b");
@@ -484,7 +487,7 @@ TEST_F(WasiTest, ResolversAgreeOnEveryPath) {
   wasi::ForcePathWalkForTesting(false);
 }
 
-TEST_F(WasiTest, ConfigErrorsAreReported) {
+TEST_P(WasiTest, ConfigErrorsAreReported) {
   WasiConfig config;
   config.preopens = {{"/nonexistent/keel", "/x", true}};
   auto ctx = WasiContext::Create(config);
@@ -505,7 +508,7 @@ TEST_F(WasiTest, ConfigErrorsAreReported) {
   EXPECT_EQ(WasiContext::Create(config).error().code, ErrorCode::kInvalidArgument);
 }
 
-TEST_F(WasiTest, WasiWithoutAWasiContextFailsTheCallNotTheHost) {
+TEST_P(WasiTest, WasiWithoutAWasiContextFailsTheCallNotTheHost) {
   auto module = Compile("wasi_basics");
   ASSERT_TRUE(module);
   auto instance = ctx_->Instantiate(module, linker_, std::make_unique<engine::HostState>(), ++tag_);
@@ -516,6 +519,9 @@ TEST_F(WasiTest, WasiWithoutAWasiContextFailsTheCallNotTheHost) {
   EXPECT_NE(result.error().message.find("without a WASI context"), std::string::npos)
       << result.error().ToString();
 }
+
+INSTANTIATE_TEST_SUITE_P(Engines, WasiTest, ::testing::ValuesIn(engine::AvailableEngines()),
+                         [](const auto& info) { return std::string(engine::ToString(info.param)); });
 
 }  // namespace
 }  // namespace keel::abi

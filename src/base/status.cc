@@ -38,6 +38,7 @@ std::string_view ToString(TrapKind kind) {
     case TrapKind::kOutOfMemory: return "out_of_memory";
     case TrapKind::kHostError: return "host_error";
     case TrapKind::kExit: return "exit";
+    case TrapKind::kOutOfFuel: return "out_of_fuel";
     case TrapKind::kOther: return "other";
   }
   return "unknown";

@@ -100,6 +100,36 @@ Result<Func> LookupFunc(const ModuleInfo& info, std::string_view name) {
   return MakeError(ErrorCode::kNotFound, "no export named " + MessageName(name));
 }
 
+Result<const ExportInfo*> CheckCall(const ModuleInfo& info, const Func& func,
+                                   std::span<const Value> args, size_t result_count) {
+  if (func.export_index >= info.exports.size() ||
+      info.exports[func.export_index].kind != ExternKind::kFunc) {
+    return MakeError(ErrorCode::kInvalidArgument, "not a function of this instance");
+  }
+  const ExportInfo& exp = info.exports[func.export_index];
+  const FuncType& type = exp.func;
+  if (args.size() != type.params.size()) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "export '" + exp.name + "' takes " + std::to_string(type.params.size()) +
+                         " argument(s) " + type.ToString() + ", got " +
+                         std::to_string(args.size()));
+  }
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i].type() != type.params[i]) {
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "export '" + exp.name + "' argument " + std::to_string(i + 1) + " is " +
+                           std::string(ToString(type.params[i])) + ", got " +
+                           std::string(ToString(args[i].type())));
+    }
+  }
+  if (result_count != type.results.size()) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "export '" + exp.name + "' returns " + std::to_string(type.results.size()) +
+                         " value(s), space for " + std::to_string(result_count) + " given");
+  }
+  return &exp;
+}
+
 Result<void> CheckImports(const ModuleInfo& info, const Linker* linker) {
   for (const ImportInfo& imp : info.imports) {
     std::string name = MessageName(imp.module) + "." + MessageName(imp.name);
@@ -125,6 +155,21 @@ Result<void> CheckImports(const ModuleInfo& info, const Linker* linker) {
     }
   }
   return {};
+}
+
+std::string_view ToString(EngineKind kind) {
+  switch (kind) {
+    case EngineKind::kSpiderMonkey: return "spidermonkey";
+    case EngineKind::kWasmtime: return "wasmtime";
+  }
+  return "unknown";
+}
+
+std::optional<EngineKind> ParseEngineKind(std::string_view name) {
+  for (EngineKind kind : {EngineKind::kSpiderMonkey, EngineKind::kWasmtime}) {
+    if (name == ToString(kind)) return kind;
+  }
+  return std::nullopt;
 }
 
 }  // namespace keel::engine

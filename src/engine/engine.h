@@ -1,6 +1,7 @@
 // The WebAssembly engine as the rest of keel sees it: modules, per-thread
 // contexts, instances, host functions, values and traps. No engine type
-// appears here; a backend (src/engine/spidermonkey/) implements it.
+// appears here; each backend (src/engine/spidermonkey/, src/engine/wasmtime/)
+// implements it, and GetEngine picks one.
 #ifndef KEEL_ENGINE_ENGINE_H_
 #define KEEL_ENGINE_ENGINE_H_
 
@@ -8,6 +9,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -33,6 +35,13 @@ struct CompileOptions {
   // Every instance's linear memory is capped at this many 64 KiB pages:
   // instantiation fails above it and memory.grow past it returns -1.
   uint32_t max_memory_pages = 16384;  // 1 GiB
+  // Fuel metering. When nonzero, every call and every instantiation (start
+  // function, _initialize) starts with exactly this much fuel (about one
+  // unit per wasm instruction) and a guest that uses it up traps with
+  // TrapKind::kOutOfFuel: a deterministic budget, unlike a deadline. 0: off.
+  // Engines without metering (SpiderMonkey) refuse a nonzero value with
+  // kInvalidArgument.
+  uint64_t fuel = 0;
 };
 
 // A compiled module. Immutable and thread-safe; instantiate it in any
@@ -164,6 +173,8 @@ struct MemoryStats {
 
 struct ContextOptions {
   // Native stack the guest may use on this thread before kStackOverflow.
+  // Engines whose guest stack limit is engine-wide (Wasmtime: 1 MiB) use
+  // their own limit and refuse a quota below it (kInvalidArgument).
   size_t stack_quota_bytes = 1 << 20;
 };
 
@@ -197,12 +208,26 @@ class Context {
 // keel cannot pass (v128, references).
 [[nodiscard]] Result<Func> LookupFunc(const ModuleInfo& info, std::string_view name);
 
+// Checks a call of `func` on an instance of `info`: a function export of
+// the module, `args` of its parameter types, room for exactly its results.
+// Returns the export; kInvalidArgument naming what is wrong.
+[[nodiscard]] Result<const ExportInfo*> CheckCall(const ModuleInfo& info, const Func& func,
+                                                  std::span<const Value> args,
+                                                  size_t result_count);
+
 // Checks that `linker` provides every import of `info` with the exact type
 // and that all imports are functions. kLinkError naming the first import
 // that is missing or mistyped.
 [[nodiscard]] Result<void> CheckImports(const ModuleInfo& info, const Linker* linker);
 
-// The process-wide engine. Thread-safe. Never destroyed.
+enum class EngineKind : uint8_t { kSpiderMonkey, kWasmtime };
+
+// "spidermonkey", "wasmtime".
+std::string_view ToString(EngineKind kind);
+// Parses the names ToString gives; nullopt otherwise.
+std::optional<EngineKind> ParseEngineKind(std::string_view name);
+
+// A process-wide engine. Thread-safe. Never destroyed.
 class Engine {
  public:
   virtual ~Engine() = default;
@@ -215,7 +240,9 @@ class Engine {
   [[nodiscard]] virtual Result<std::unique_ptr<Context>> NewContext(
       const ContextOptions& options = {}) = 0;
 
+  // The engine and its version, e.g. "wasmtime-48.0.8".
   virtual std::string_view name() const = 0;
+  virtual EngineKind kind() const = 0;
 
   // Process-wide; thread-safe.
   virtual MemoryStats memory_stats() const = 0;
@@ -223,6 +250,13 @@ class Engine {
   // Thread-safe. The default: no snapshots.
   virtual ResetSupport reset_support() const { return {}; }
 };
+
+// The engines this build includes, the default first.
+std::span<const EngineKind> AvailableEngines();
+
+// The process-wide engine of `kind`, started on first use; kUnavailable
+// when this build does not include it.
+[[nodiscard]] Result<Engine*> GetEngine(EngineKind kind);
 
 // The default engine (SpiderMonkey), started on first use.
 Engine& DefaultEngine();

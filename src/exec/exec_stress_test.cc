@@ -41,7 +41,7 @@ std::vector<uint8_t> ModuleWithMemory(uint32_t n) {
 TEST_F(ExecTest, CallsSubmittedTogetherReachEveryIdleWorkerAtOnce) {
   auto pool = MakePool({.instances = 2});
   ASSERT_EQ(runtime_->workers(), 2);
-  ASSERT_TRUE(Eventually([&] { return runtime_->Metrics().running == 0; }));
+  ASSERT_TRUE(Eventually([&] { return exec::IdleWorkers(*runtime_) == 2; }));
   Call first = Submit(*pool, "gated", {Value::I32(30)});
   Call second = Submit(*pool, "gated", {Value::I32(31)});
   // Both start without waiting for the other call or a timer (a lost
@@ -60,6 +60,8 @@ TEST_F(ExecTest, AClaimedWorkerThatRunsAnotherCallFirstPassesTheWakeUpOn) {
   auto pool = MakePool({.instances = 2});
   uint64_t key = 0;
   while (exec::AffinitySlot(*pool, key) != 0) ++key;
+  // Asleep, so that the first call wakes (claims) a worker.
+  ASSERT_TRUE(Eventually([&] { return exec::IdleWorkers(*runtime_) == 2; }));
   std::latch woken(1), go(1);
   std::atomic<int> claims{0};
   exec::SetTestHook(*runtime_, [&](exec::TestPoint point) {

@@ -196,6 +196,12 @@ void SetTestHook(Runtime& runtime, std::function<void(TestPoint)> hook) {
 
 size_t QueueEntries(const Pool& pool) { return internal::RuntimeAccess::Impl(pool)->QueueEntries(); }
 
+int IdleWorkers(const Runtime& runtime) {
+  const RuntimeCore& core = *internal::RuntimeAccess::Core(runtime);
+  return static_cast<int>(std::count_if(core.workers.begin(), core.workers.end(),
+                                        [](const auto& worker) { return worker->idle(); }));
+}
+
 int AffinitySlot(const Pool& pool, uint64_t key) {
   return internal::RuntimeAccess::Impl(pool)->AffinitySlot(key);
 }

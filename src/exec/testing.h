@@ -20,6 +20,11 @@ void SetTestHook(Runtime& runtime, std::function<void(TestPoint)> hook);
 // included.
 size_t QueueEntries(const Pool& pool);
 
+// Core workers of `runtime` that are idle: asleep or about to sleep, so a
+// submitted call claims one (a worker that just ran out of calls first
+// looks for more for a moment, and is not idle then).
+int IdleWorkers(const Runtime& runtime);
+
 // The slot whose queue holds calls with affinity `key` in `pool`.
 int AffinitySlot(const Pool& pool, uint64_t key);
 

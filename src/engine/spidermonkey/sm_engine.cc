@@ -1337,6 +1337,10 @@ class SmEngine final : public Engine {
                                                     const CompileOptions& options,
                                                     RewriteOptions extra) {
     if (!init_error_.empty()) return MakeError(ErrorCode::kInternal, init_error_);
+    if (options.fuel != 0) {
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "the SpiderMonkey engine has no fuel metering (use the Wasmtime engine)");
+    }
     auto info = ReadModuleInfo(bytes);
     if (!info) return MakeError(info.error());
     extra.max_memory_pages = options.max_memory_pages;
@@ -1396,6 +1400,7 @@ class SmEngine final : public Engine {
   }
 
   std::string_view name() const override { return "spidermonkey-102"; }
+  EngineKind kind() const override { return EngineKind::kSpiderMonkey; }
 
   MemoryStats memory_stats() const override { return memory_counters.Snapshot(); }
 
@@ -1502,7 +1507,7 @@ SmEngine& TheEngine() {
 
 }  // namespace
 
-Engine& DefaultEngine() { return TheEngine(); }
+Engine& SpiderMonkeyEngine() { return TheEngine(); }
 
 namespace sm {
 

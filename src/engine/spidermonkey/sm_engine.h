@@ -1,4 +1,5 @@
-// SpiderMonkey-only entry points beyond engine.h: compiling with the
+// The SpiderMonkey backend's entry point, and what only it offers beyond
+// engine.h: compiling with the
 // rewriter's optional capabilities (module_rewrite.h: mutable globals
 // exported, memory.grow charged to a grant, code scanned), and reaching the
 // globals they export. For tests and for wiring those capabilities into
@@ -13,9 +14,17 @@
 #include "engine/engine.h"
 #include "engine/module_rewrite.h"
 
+namespace keel::engine {
+
+// The process-wide SpiderMonkey engine, started on first use; never
+// destroyed (SpiderMonkey cannot start again after shutting down).
+Engine& SpiderMonkeyEngine();
+
+}  // namespace keel::engine
+
 namespace keel::engine::sm {
 
-// DefaultEngine().Compile with `extra` on top of the rewrites the backend
+// SpiderMonkeyEngine().Compile with `extra` on top of the rewrites the backend
 // always applies (its memory cap, names and float options are overridden).
 [[nodiscard]] Result<std::shared_ptr<const Module>> CompileRewritten(
     std::span<const uint8_t> bytes, const CompileOptions& options, RewriteOptions extra);
