@@ -1,7 +1,9 @@
 # cmake --install: libkeel.so with its CMake package (keel::keel) and
 # pkg-config file, the public headers, the `keel` binary, the guest SDKs'
-# headers, and the docs. Everything is relative to the prefix, so
-# `cmake --install build --prefix DIR` gives a usable tree anywhere.
+# headers, the docs, and the systemd unit of `keel serve`. Everything is
+# relative to the prefix, so `cmake --install build --prefix DIR` gives a
+# usable tree anywhere; only the unit names the binary by its configured
+# path (CMAKE_INSTALL_PREFIX).
 include(CMakePackageConfigHelpers)
 
 set(KEEL_CMAKE_DIR ${CMAKE_INSTALL_LIBDIR}/cmake/keel)
@@ -39,3 +41,7 @@ install(DIRECTORY ${CMAKE_SOURCE_DIR}/docs/ DESTINATION ${CMAKE_INSTALL_DOCDIR} 
 install(FILES ${CMAKE_SOURCE_DIR}/guest/keel.h ${CMAKE_SOURCE_DIR}/guest/keel.hpp
               ${CMAKE_SOURCE_DIR}/guest/README.md
         DESTINATION ${KEEL_GUEST_INSTALL_DIR})
+
+# `keel serve` as a system service (dist/systemd/keel.service.in).
+configure_file(${CMAKE_SOURCE_DIR}/dist/systemd/keel.service.in ${CMAKE_BINARY_DIR}/package/keel.service @ONLY)
+install(FILES ${CMAKE_BINARY_DIR}/package/keel.service DESTINATION lib/systemd/system)
