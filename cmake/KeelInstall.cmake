@@ -1,9 +1,9 @@
 # cmake --install: libkeel.so with its CMake package (keel::keel) and
 # pkg-config file, the public headers, the `keel` binary, the guest SDKs'
-# headers, the docs, and the systemd unit of `keel serve`. Everything is
-# relative to the prefix, so `cmake --install build --prefix DIR` gives a
-# usable tree anywhere; only the unit names the binary by its configured
-# path (CMAKE_INSTALL_PREFIX).
+# headers, the docs with the embedding example, and the systemd unit of
+# `keel serve`. Everything is relative to the prefix, so
+# `cmake --install build --prefix DIR` gives a usable tree anywhere; only
+# the unit names the binary by its configured path (CMAKE_INSTALL_PREFIX).
 include(CMakePackageConfigHelpers)
 
 set(KEEL_CMAKE_DIR ${CMAKE_INSTALL_LIBDIR}/cmake/keel)
@@ -38,6 +38,7 @@ install(FILES ${CMAKE_BINARY_DIR}/package/keel.pc DESTINATION ${CMAKE_INSTALL_LI
 
 install(FILES ${CMAKE_SOURCE_DIR}/README.md DESTINATION ${CMAKE_INSTALL_DOCDIR})
 install(DIRECTORY ${CMAKE_SOURCE_DIR}/docs/ DESTINATION ${CMAKE_INSTALL_DOCDIR} FILES_MATCHING PATTERN "*.md")
+install(DIRECTORY ${CMAKE_SOURCE_DIR}/examples/embed DESTINATION ${CMAKE_INSTALL_DOCDIR}/examples)
 install(FILES ${CMAKE_SOURCE_DIR}/guest/keel.h ${CMAKE_SOURCE_DIR}/guest/keel.hpp
               ${CMAKE_SOURCE_DIR}/guest/README.md
         DESTINATION ${KEEL_GUEST_INSTALL_DIR})
