@@ -33,12 +33,10 @@ namespace keel {
 
 using Clock = std::chrono::steady_clock;
 
-namespace engine {
-class Module;
-}  // namespace engine
-
 namespace internal {
 struct RuntimeAccess;
+struct ModuleAccess;
+struct CompiledModule;
 }  // namespace internal
 
 // Receives the results of calls whose callers detached (cancelled while
@@ -90,20 +88,35 @@ struct ModuleOptions {
   std::function<std::unique_ptr<HostState>()> host_state_factory;
 };
 
-// A compiled module. Immutable; thread-safe; shared.
+// What a module imports or exports.
+enum class ExternKind : uint8_t { kFunc, kTable, kMemory, kGlobal, kTag };
+
+// "func", "table", "memory", "global", "tag".
+std::string_view ToString(ExternKind kind);
+
+// A compiled module, made by Runtime::Compile only. Immutable; thread-safe;
+// shared.
 class Module {
  public:
   struct Export {
     std::string name;
-    std::string kind;   // "func", "memory", "table", "global", "tag"
-    FuncType type;      // for functions
+    ExternKind kind = ExternKind::kFunc;
+    FuncType type;               // kind == kFunc
     bool byte_callable = false;  // usable with Pool::SubmitBytes
   };
   struct Import {
     std::string module;
     std::string name;
+    ExternKind kind = ExternKind::kFunc;
+    // kind == kFunc: the type a Linker must define it with (a function
+    // whose values keel cannot pass, v128 or references, has none: the
+    // description says what it is, and no linker can provide it).
+    FuncType type;
     std::string description;     // e.g. "func (i32) -> (i32)"
   };
+
+  Module(const Module&) = delete;
+  Module& operator=(const Module&) = delete;
 
   const std::string& name() const { return name_; }
   // Lowercase hex SHA-256 of the bytes as given.
@@ -113,17 +126,16 @@ class Module {
   const std::vector<Import>& imports() const { return imports_; }
   const Export* FindExport(std::string_view name) const;
 
-  // Internal: the engine's module.
-  const std::shared_ptr<const engine::Module>& engine_module() const { return engine_module_; }
-
  private:
   friend class Runtime;
+  friend struct internal::ModuleAccess;
+  Module() = default;
   std::string name_;
   std::string digest_;
   size_t size_bytes_ = 0;
   std::vector<Export> exports_;
   std::vector<Import> imports_;
-  std::shared_ptr<const engine::Module> engine_module_;
+  std::shared_ptr<const internal::CompiledModule> compiled_;
 };
 
 // When a pool retires a healthy instance and builds a fresh one.

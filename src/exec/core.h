@@ -76,6 +76,17 @@ struct RuntimeAccess {
   static const std::shared_ptr<PoolImpl>& Impl(const Pool& pool) { return pool.impl_; }
 };
 
+// What a Module hides from its users: the engine's module.
+struct CompiledModule {
+  std::shared_ptr<const engine::Module> engine;
+};
+
+struct ModuleAccess {
+  static const std::shared_ptr<const engine::Module>& Engine(const Module& module) {
+    return module.compiled_->engine;
+  }
+};
+
 }  // namespace internal
 
 namespace exec {

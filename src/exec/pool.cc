@@ -342,7 +342,7 @@ Pool::~Pool() = default;
 Result<Call> Pool::Submit(std::string_view export_name, std::vector<Value> args,
                           const CallOptions& options) {
   const Module& module = *impl_->module();
-  auto func = engine::LookupFunc(module.engine_module()->info(), export_name);
+  auto func = engine::LookupFunc(internal::ModuleAccess::Engine(module)->info(), export_name);
   if (!func) return MakeError(func.error());
   const FuncType& type = *func->type;
   if (args.size() != type.params.size()) {
@@ -369,7 +369,7 @@ Result<Call> Pool::Submit(std::string_view export_name, std::vector<Value> args,
 Result<Call> Pool::SubmitBytes(std::string_view export_name, std::vector<uint8_t> input,
                                const CallOptions& options) {
   const Module& module = *impl_->module();
-  if (auto ok = abi::CheckByteExport(module.engine_module()->info(), export_name); !ok) {
+  if (auto ok = abi::CheckByteExport(internal::ModuleAccess::Engine(module)->info(), export_name); !ok) {
     return MakeError(ok.error());
   }
   size_t limit = impl_->options().byte_limits.max_input_bytes;

@@ -167,7 +167,7 @@ Result<std::unique_ptr<engine::Instance>> Worker::TryInstantiate(PoolImpl& pool)
   uint64_t tag = core_->next_tag.fetch_add(1);
   core_->watchdog->WatchTag(Clock::now() + options.instantiate_timeout, interrupter_, tag);
   instantiating_tag_.store(tag);
-  auto instance = context_->Instantiate(pool.module()->engine_module(),
+  auto instance = context_->Instantiate(internal::ModuleAccess::Engine(*pool.module()),
                                         options.linker ? options.linker : EmptyLinker(),
                                         options.host_state_factory ? options.host_state_factory() : nullptr,
                                         tag);
@@ -266,7 +266,7 @@ CallResult Worker::RunInGuest(Slot& slot, CallRecord& record, uint64_t tag) {
     if (!out) return tl::unexpected(std::move(out.error()));
     return CallOutput{{}, std::move(*out)};
   }
-  const FuncType& type = pool.module()->engine_module()->info().exports[record.export_index].func;
+  const FuncType& type = internal::ModuleAccess::Engine(*pool.module())->info().exports[record.export_index].func;
   CallOutput out;
   out.values.resize(type.results.size());
   auto ok = instance.Call(engine::Func{record.export_index, &type}, record.args, out.values, tag);

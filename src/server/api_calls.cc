@@ -63,7 +63,7 @@ boost::asio::awaitable<Response> HandleCall(Service& service, RequestContext& ct
   auto entry = service.registry().Find(module);
   if (!entry) co_return ErrorResponse(Error(ErrorCode::kNotFound, "no module named '" + module + "'"));
   const Module::Export* exp = entry->module->FindExport(export_name);
-  if (!exp || exp->kind != "func") {
+  if (!exp || exp->kind != ExternKind::kFunc) {
     co_return ErrorResponse(
         Error(ErrorCode::kNotFound, "module '" + module + "' has no function export '" + export_name + "'"));
   }

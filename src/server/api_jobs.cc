@@ -103,7 +103,7 @@ Result<jobs::JobSpec> ParseJobSpec(Service& service, std::string_view body) {
     auto entry = service.registry().Find(module_name);
     if (!entry) return MakeError(ErrorCode::kNotFound, "no module named '" + module_name + "'");
     const Module::Export* exp = entry->module->FindExport(spec.export_name);
-    if (!exp || exp->kind != "func") {
+    if (!exp || exp->kind != ExternKind::kFunc) {
       return MakeError(ErrorCode::kNotFound,
                        "module '" + module_name + "' has no function export '" + spec.export_name + "'");
     }
