@@ -193,10 +193,7 @@ boost::asio::awaitable<Response> HandleJobs(Service& service, RequestContext& ct
     auto cancel = [&service, id] { return service.store().Cancel(id); };
     auto outcome = co_await OffThread(service, std::move(cancel));
     if (!outcome) co_return ErrorResponse(outcome.error());
-    std::string_view text = *outcome == jobs::CancelOutcome::kWithdrawn  ? "withdrawn"
-                            : *outcome == jobs::CancelOutcome::kDetached ? "detached"
-                                                                         : "too_late";
-    co_return JsonResponse(200, json::value{{"id", id}, {"outcome", text}});
+    co_return JsonResponse(200, json::value{{"id", id}, {"outcome", ToString(*outcome)}});
   }
   co_return MethodNotAllowed("GET, DELETE");
 }
