@@ -1,5 +1,8 @@
 // keel's runtime: worker threads that own the WebAssembly engine, pools of
 // instances per module, and submission of calls that are safe to cancel.
+// Every duration in the option structs is std::chrono::milliseconds (0
+// means none or the default, as each says); an absolute deadline
+// (CallOptions::deadline) is a Clock::time_point.
 //
 //   auto runtime = keel::Runtime::Create({.workers = 2});
 //   auto module = (*runtime)->Compile(bytes, {.name = "add"});
@@ -178,8 +181,9 @@ struct PoolOptions {
 struct CallOptions {
   // Relative deadline from Submit; covers queue time and both phases.
   // 0: the pool's default_timeout.
-  std::chrono::nanoseconds timeout{0};
-  // Absolute deadline; the earlier of this and `timeout` applies.
+  std::chrono::milliseconds timeout{0};
+  // Absolute deadline, at the clock's precision; the earlier of this and
+  // `timeout` applies.
   std::optional<Clock::time_point> deadline;
   // A stop request cancels the call, as Call::Cancel().
   std::stop_token stop_token;

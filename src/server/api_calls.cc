@@ -70,7 +70,7 @@ boost::asio::awaitable<Response> HandleCall(Service& service, RequestContext& ct
   // The entry keeps its pool open: the registry closes a replaced module's
   // pool only after it has been idle for a long while.
   CallOptions options;
-  options.timeout = *timeout;
+  options.timeout = std::chrono::ceil<std::chrono::milliseconds>(*timeout);
   Result<Call> call;
   if (json_call) {
     const auto& body = ctx.request.body();
