@@ -25,6 +25,10 @@
 //     while queued               kCancelled (withdrawn)  never touched: the call never runs
 //     while running/post_return  kCancelled (aborted),   interrupted at its next safe point,
 //                                at once                 then poisoned and replaced
+//   Detach() (fire-and-forget)   nothing (no handle); the as if the handle were kept
+//                                result goes to the
+//                                OnComplete callbacks,
+//                                else the detached sink
 //
 // Every handle resolves exactly once; every completion callback runs
 // exactly once. No caller thread ever runs guest code, and waiting on a
@@ -78,7 +82,8 @@ using CallResult = Result<CallOutput>;
 
 // Move-only. Thread-safe: Cancel, Wait, state and OnComplete may be called
 // from any thread, concurrently. Destroying a handle whose call has not
-// resolved cancels the call (withdrawn or detached, as Cancel()).
+// resolved cancels the call (withdrawn or detached, as Cancel()); Detach()
+// lets it go on instead.
 class Call {
  public:
   Call() = default;
@@ -104,6 +109,14 @@ class Call {
   // point and its instance replaced. Returns kWithdrawn, kAborted, or
   // kTooLate when the call had already ended.
   CancelOutcome Abort();
+
+  // Fire-and-forget: lets the call go on without this handle, which becomes
+  // invalid. The call waits, runs and meets its deadline as if the handle
+  // were kept, and is never cancelled for the handle's sake. Its result goes
+  // to the callbacks registered with OnComplete; a call that has none hands
+  // it to the runtime's detached sink (if one is set), so it is not lost.
+  // Releasing a call that has resolved just releases the handle.
+  void Detach();
 
   // Blocks until the call resolves; returns its result, which stays valid
   // as long as this handle.

@@ -206,10 +206,20 @@ struct PoolStats {
 class PoolImpl;
 
 // Instances of one module, spread over the runtime's workers, with one FIFO
-// queue. Thread-safe. Shared; the runtime keeps it alive until Close() or
-// shutdown.
+// queue. Thread-safe.
+//
+// Ownership: Runtime::CreatePool returns the pool as a shared_ptr<Pool>,
+// its only owner; share that pointer (the pool itself cannot be copied or
+// moved). When the last shared_ptr<Pool> goes, the pool closes as by
+// Close(): calls still queued resolve kCancelled, running ones finish (their
+// handles, or the detached sink, get the results), and its instances are
+// dropped. Call handles do not keep a pool open. Runtime shutdown closes
+// every pool.
 class Pool {
  public:
+  Pool(const Pool&) = delete;
+  Pool& operator=(const Pool&) = delete;
+  // Closes the pool (see above).
   ~Pool();
 
   // Queues a call of a numeric export. Fails at once, never blocking:
@@ -231,7 +241,7 @@ class Pool {
   const std::shared_ptr<const Module>& module() const;
 
   // Stops accepting calls; queued calls resolve kCancelled; running calls
-  // finish; instances are dropped. Idempotent.
+  // finish; instances are dropped. Idempotent; the destructor does it too.
   void Close();
 
  private:
@@ -260,7 +270,8 @@ class Runtime {
 
   // A pool of `module`. Checks now that every import is provided by the
   // linker with the right type (kLinkError otherwise); instances are built
-  // on the workers, off the caller's path.
+  // on the workers, off the caller's path. The pool closes when the last
+  // copy of the returned pointer goes (see Pool).
   [[nodiscard]] Result<std::shared_ptr<Pool>> CreatePool(std::shared_ptr<const Module> module,
                                                          PoolOptions options = {});
 

@@ -59,6 +59,9 @@ struct CallRecord {
   CondVar cv;
   bool resolved GUARDED_BY(mu) = false;
   bool detached GUARDED_BY(mu) = false;
+  // Call::Detach() let the handle go: a result no callback takes goes to
+  // the detached sink.
+  bool released GUARDED_BY(mu) = false;
   std::atomic<bool> resolved_flag{false};  // mirrors `resolved` for lock-free reads
   // Written once under `mu` before `resolved_flag` is set; immutable after.
   CallResult result;
@@ -338,6 +341,8 @@ struct RuntimeCore {
   // must resolve it).
   bool Withdraw(const std::shared_ptr<CallRecord>& record);
   CancelOutcome Cancel(const std::shared_ptr<CallRecord>& record);
+  // Call::Detach(): no handle waits for `record` any more.
+  void Release(const std::shared_ptr<CallRecord>& record);
   CancelOutcome Abort(const std::shared_ptr<CallRecord>& record);
   // The deadline of `record` passed.
   void Expire(const std::shared_ptr<CallRecord>& record);

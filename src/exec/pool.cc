@@ -337,7 +337,7 @@ size_t PoolImpl::QueueEntries() const {
 
 // --- Pool (the public handle) ---------------------------------------------------
 
-Pool::~Pool() = default;
+Pool::~Pool() { impl_->Close(); }
 
 Result<Call> Pool::Submit(std::string_view export_name, std::vector<Value> args,
                           const CallOptions& options) {

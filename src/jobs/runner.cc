@@ -187,8 +187,7 @@ class Runner::Impl {
       return;
     }
     auto state = state_;
-    auto shared_call = std::make_shared<Call>(std::move(*call));
-    shared_call->OnComplete([state, shared_call, job = std::move(job)](const CallResult& result) mutable {
+    call->OnComplete([state, job = std::move(job)](const CallResult& result) mutable {
       Outcome outcome;
       if (result) {
         outcome = Outcome::Succeeded(result->bytes);
@@ -208,9 +207,9 @@ class Runner::Impl {
         state->finished.push_back({std::move(job), std::move(outcome)});
       }
       state->cv.notify_all();
-      // Break the self-reference: the handle lives until its callback ran.
-      shared_call.reset();
     });
+    // The call goes on without a handle; the callback takes its result.
+    call->Detach();
   }
 
   void Finish(ClaimedJob job, Outcome outcome) {
