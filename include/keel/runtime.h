@@ -190,6 +190,8 @@ struct CallOptions {
   // Calls with the same key run in submission order on the same instance
   // (stateful sessions).
   std::optional<uint64_t> affinity_key;
+  // For the host functions of this call: caller.context<T>() (keel/host.h).
+  HostContext context;
 };
 
 struct PoolStats {

@@ -47,6 +47,7 @@ struct CallRecord {
   std::vector<Value> args;
   std::vector<uint8_t> input;
   int affinity_slot = -1;  // slot whose queue holds it; -1: the shared queue
+  HostContext context;     // CallOptions::context, for its host functions
 
   std::atomic<CallState> state{CallState::kQueued};
   // Set by the worker before the call leaves kQueued.
@@ -95,6 +96,20 @@ struct ModuleAccess {
 namespace exec {
 
 using internal::CallRecord;
+
+// Makes `context` the one Caller::call_context() returns on this thread
+// while the guest runs (host functions run on the thread that called the
+// guest, one call at a time).
+class ScopedCallContext {
+ public:
+  explicit ScopedCallContext(const HostContext& context);
+  ~ScopedCallContext();
+  ScopedCallContext(const ScopedCallContext&) = delete;
+  ScopedCallContext& operator=(const ScopedCallContext&) = delete;
+
+ private:
+  const HostContext* previous_;
+};
 
 // Points in the executor where a test can hold a thread (exec/testing.h).
 enum class TestPoint : uint8_t {

@@ -114,6 +114,7 @@ Result<Call> PoolImpl::Submit(std::shared_ptr<internal::CallRecord> record,
   record->submitted = now;
   record->deadline = deadline;
   record->pool = shared_from_this();
+  record->context = options.context;
   if (options.affinity_key) {
     record->affinity_slot = static_cast<int>(SlotForKey(*options.affinity_key, slot_workers_.size()));
   }

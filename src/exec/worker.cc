@@ -257,6 +257,7 @@ bool Worker::BeginCall(const std::shared_ptr<CallRecord>& record, uint64_t tag) 
 CallResult Worker::RunInGuest(Slot& slot, CallRecord& record, uint64_t tag) {
   PoolImpl& pool = *slot.pool;
   engine::Instance& instance = *slot.instance;
+  exec::ScopedCallContext context(record.context);
   if (HostState* state = instance.host_state()) state->OnCallStart();
   if (record.bytes) {
     const ByteCallLimits& limits = pool.options().byte_limits;
