@@ -41,6 +41,8 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "keel/status.h"
@@ -71,11 +73,23 @@ enum class CancelOutcome : uint8_t {
 std::string_view ToString(CallState state);
 std::string_view ToString(CancelOutcome outcome);
 
+// What a WASI guest wrote during one call to a stdout or stderr that its
+// pool captures (WasiStdio::Capture, keel/wasi.h); empty for a stream that
+// is not captured.
+struct CapturedStdio {
+  std::string out;
+  std::string err;
+  bool out_truncated = false;  // the guest wrote more than the capture keeps
+  bool err_truncated = false;
+};
+
 // What a successful call produced: `values` for numeric calls, `bytes` for
-// byte calls.
+// byte calls, and the guest's captured stdio. (A failed call's error
+// carries the tail of a captured stderr in its message.)
 struct CallOutput {
   std::vector<Value> values;
   std::vector<uint8_t> bytes;
+  CapturedStdio stdio;
 };
 
 using CallResult = Result<CallOutput>;

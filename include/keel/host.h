@@ -37,6 +37,9 @@ class HostState {
   // The executor calls this before each call on the instance, so state of
   // one call (e.g. captured output) does not leak into the next.
   virtual void OnCallStart() {}
+  // The executor calls this when a call on the instance succeeded, so the
+  // host can add what it saw to the output (e.g. the captured stdout).
+  virtual void AnnotateOutput(CallOutput& /*output*/) {}
   // The executor calls this when a call on the instance failed, so the host
   // can add what it saw (e.g. the guest's stderr) to the error.
   virtual void AnnotateError(Error& /*error*/) const {}

@@ -290,6 +290,8 @@ void Worker::Execute(Slot& slot, std::shared_ptr<CallRecord> record) {
   record->state.store(CallState::kDone);
   if (!result) {
     if (const HostState* state = slot.instance->host_state()) state->AnnotateError(result.error());
+  } else if (HostState* state = slot.instance->host_state()) {
+    state->AnnotateOutput(*result);
   }
   SetCurrent(nullptr);
   FinishCall(slot, record, std::move(result), start);
