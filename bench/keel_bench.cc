@@ -14,6 +14,7 @@
 
 #include "base/file.h"
 #include "engine/engine.h"
+#include "exec/core.h"
 #include "keel/runtime.h"
 
 namespace keel {
@@ -104,7 +105,7 @@ struct Bench {
   }
 
   void DirectCall() {
-    auto engine_module = module->engine_module();
+    auto engine_module = internal::ModuleAccess::Engine(*module);
     auto ctx = engine::DefaultEngine().NewContext();
     uint64_t tag = 0;
     auto instance = (*ctx)->Instantiate(engine_module, linker, nullptr, ++tag);

@@ -25,6 +25,10 @@
 //     while queued               kCancelled (withdrawn)  never touched: the call never runs
 //     while running/post_return  kCancelled (aborted),   interrupted at its next safe point,
 //                                at once                 then poisoned and replaced
+//   Detach() (fire-and-forget)   nothing (no handle); the as if the handle were kept
+//                                result goes to the
+//                                OnComplete callbacks,
+//                                else the detached sink
 //
 // Every handle resolves exactly once; every completion callback runs
 // exactly once. No caller thread ever runs guest code, and waiting on a
@@ -37,6 +41,8 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "keel/status.h"
@@ -67,18 +73,31 @@ enum class CancelOutcome : uint8_t {
 std::string_view ToString(CallState state);
 std::string_view ToString(CancelOutcome outcome);
 
+// What a WASI guest wrote during one call to a stdout or stderr that its
+// pool captures (WasiStdio::Capture, keel/wasi.h); empty for a stream that
+// is not captured.
+struct CapturedStdio {
+  std::string out;
+  std::string err;
+  bool out_truncated = false;  // the guest wrote more than the capture keeps
+  bool err_truncated = false;
+};
+
 // What a successful call produced: `values` for numeric calls, `bytes` for
-// byte calls.
+// byte calls, and the guest's captured stdio. (A failed call's error
+// carries the tail of a captured stderr in its message.)
 struct CallOutput {
   std::vector<Value> values;
   std::vector<uint8_t> bytes;
+  CapturedStdio stdio;
 };
 
 using CallResult = Result<CallOutput>;
 
 // Move-only. Thread-safe: Cancel, Wait, state and OnComplete may be called
 // from any thread, concurrently. Destroying a handle whose call has not
-// resolved cancels the call (withdrawn or detached, as Cancel()).
+// resolved cancels the call (withdrawn or detached, as Cancel()); Detach()
+// lets it go on instead.
 class Call {
  public:
   Call() = default;
@@ -104,6 +123,14 @@ class Call {
   // point and its instance replaced. Returns kWithdrawn, kAborted, or
   // kTooLate when the call had already ended.
   CancelOutcome Abort();
+
+  // Fire-and-forget: lets the call go on without this handle, which becomes
+  // invalid. The call waits, runs and meets its deadline as if the handle
+  // were kept, and is never cancelled for the handle's sake. Its result goes
+  // to the callbacks registered with OnComplete; a call that has none hands
+  // it to the runtime's detached sink (if one is set), so it is not lost.
+  // Releasing a call that has resolved just releases the handle.
+  void Detach();
 
   // Blocks until the call resolves; returns its result, which stays valid
   // as long as this handle.

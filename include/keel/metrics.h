@@ -90,7 +90,8 @@ struct MetricsSnapshot {
   ResolutionCounts resolved;
   RunCounts runs;
   InstanceCounts instances;
-  uint64_t detached_results = 0;   // results of detached calls handed to the sink
+  uint64_t detached_results = 0;   // results handed to the detached sink (calls cancelled while
+                                   // running; Detach()ed calls without a callback)
   uint64_t callback_exceptions = 0;  // callbacks, sinks and interrupt hooks that threw
   uint64_t aborts = 0;             // running calls Abort() interrupted (detached ones too)
   uint64_t modules_refused = 0;    // by Compile's start-function check

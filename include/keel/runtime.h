@@ -1,5 +1,8 @@
 // keel's runtime: worker threads that own the WebAssembly engine, pools of
 // instances per module, and submission of calls that are safe to cancel.
+// Every duration in the option structs is std::chrono::milliseconds (0
+// means none or the default, as each says); an absolute deadline
+// (CallOptions::deadline) is a Clock::time_point.
 //
 //   auto runtime = keel::Runtime::Create({.workers = 2});
 //   auto module = (*runtime)->Compile(bytes, {.name = "add"});
@@ -33,12 +36,10 @@ namespace keel {
 
 using Clock = std::chrono::steady_clock;
 
-namespace engine {
-class Module;
-}  // namespace engine
-
 namespace internal {
 struct RuntimeAccess;
+struct ModuleAccess;
+struct CompiledModule;
 }  // namespace internal
 
 // Receives the results of calls whose callers detached (cancelled while
@@ -90,13 +91,20 @@ struct ModuleOptions {
   std::function<std::unique_ptr<HostState>()> host_state_factory;
 };
 
-// A compiled module. Immutable; thread-safe; shared.
+// What a module imports or exports.
+enum class ExternKind : uint8_t { kFunc, kTable, kMemory, kGlobal, kTag };
+
+// "func", "table", "memory", "global", "tag".
+std::string_view ToString(ExternKind kind);
+
+// A compiled module, made by Runtime::Compile only. Immutable; thread-safe;
+// shared.
 class Module {
  public:
   struct Export {
     std::string name;
-    std::string kind;   // "func", "memory", "table", "global", "tag"
-    FuncType type;      // for functions keel can call (empty for the others)
+    ExternKind kind = ExternKind::kFunc;
+    FuncType type;               // for functions keel can call (empty for the others)
     bool byte_callable = false;  // usable with Pool::SubmitBytes
     // As the module declares it, e.g. "func (i32) -> (i32)", also for
     // functions keel cannot call: "func (v128) -> (funcref)".
@@ -106,8 +114,16 @@ class Module {
   struct Import {
     std::string module;
     std::string name;
+    ExternKind kind = ExternKind::kFunc;
+    // kind == kFunc: the type a Linker must define it with (a function
+    // whose values keel cannot pass, v128 or references, has none: the
+    // description says what it is, and no linker can provide it).
+    FuncType type;
     std::string description;     // e.g. "func (i32) -> (i32)"
   };
+
+  Module(const Module&) = delete;
+  Module& operator=(const Module&) = delete;
 
   const std::string& name() const { return name_; }
   // Lowercase hex SHA-256 of the bytes as given.
@@ -117,17 +133,16 @@ class Module {
   const std::vector<Import>& imports() const { return imports_; }
   const Export* FindExport(std::string_view name) const;
 
-  // Internal: the engine's module.
-  const std::shared_ptr<const engine::Module>& engine_module() const { return engine_module_; }
-
  private:
   friend class Runtime;
+  friend struct internal::ModuleAccess;
+  Module() = default;
   std::string name_;
   std::string digest_;
   size_t size_bytes_ = 0;
   std::vector<Export> exports_;
   std::vector<Import> imports_;
-  std::shared_ptr<const engine::Module> engine_module_;
+  std::shared_ptr<const internal::CompiledModule> compiled_;
 };
 
 // When a pool retires a healthy instance and builds a fresh one.
@@ -170,14 +185,17 @@ struct PoolOptions {
 struct CallOptions {
   // Relative deadline from Submit; covers queue time and both phases.
   // 0: the pool's default_timeout.
-  std::chrono::nanoseconds timeout{0};
-  // Absolute deadline; the earlier of this and `timeout` applies.
+  std::chrono::milliseconds timeout{0};
+  // Absolute deadline, at the clock's precision; the earlier of this and
+  // `timeout` applies.
   std::optional<Clock::time_point> deadline;
   // A stop request cancels the call, as Call::Cancel().
   std::stop_token stop_token;
   // Calls with the same key run in submission order on the same instance
   // (stateful sessions).
   std::optional<uint64_t> affinity_key;
+  // For the host functions of this call: caller.context<T>() (keel/host.h).
+  HostContext context;
 };
 
 struct PoolStats {
@@ -194,10 +212,20 @@ struct PoolStats {
 class PoolImpl;
 
 // Instances of one module, spread over the runtime's workers, with one FIFO
-// queue. Thread-safe. Shared; the runtime keeps it alive until Close() or
-// shutdown.
+// queue. Thread-safe.
+//
+// Ownership: Runtime::CreatePool returns the pool as a shared_ptr<Pool>,
+// its only owner; share that pointer (the pool itself cannot be copied or
+// moved). When the last shared_ptr<Pool> goes, the pool closes as by
+// Close(): calls still queued resolve kCancelled, running ones finish (their
+// handles, or the detached sink, get the results), and its instances are
+// dropped. Call handles do not keep a pool open. Runtime shutdown closes
+// every pool.
 class Pool {
  public:
+  Pool(const Pool&) = delete;
+  Pool& operator=(const Pool&) = delete;
+  // Closes the pool (see above).
   ~Pool();
 
   // Queues a call of a numeric export. Fails at once, never blocking:
@@ -219,7 +247,7 @@ class Pool {
   const std::shared_ptr<const Module>& module() const;
 
   // Stops accepting calls; queued calls resolve kCancelled; running calls
-  // finish; instances are dropped. Idempotent.
+  // finish; instances are dropped. Idempotent; the destructor does it too.
   void Close();
 
  private:
@@ -248,7 +276,8 @@ class Runtime {
 
   // A pool of `module`. Checks now that every import is provided by the
   // linker with the right type (kLinkError otherwise); instances are built
-  // on the workers, off the caller's path.
+  // on the workers, off the caller's path. The pool closes when the last
+  // copy of the returned pointer goes (see Pool).
   [[nodiscard]] Result<std::shared_ptr<Pool>> CreatePool(std::shared_ptr<const Module> module,
                                                          PoolOptions options = {});
 

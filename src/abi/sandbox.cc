@@ -1,20 +1,21 @@
 #include "abi/sandbox.h"
 
-#include "abi/wasi.h"
+#include <cstdio>
+#include <cstdlib>
+
+#include "keel/wasi.h"
 
 namespace keel::abi {
 
 PoolOptions SandboxedPoolOptions(PoolOptions base) {
-  auto linker = std::make_shared<Linker>();
-  AddWasiToLinker(*linker);
-  base.linker = std::move(linker);
-  base.host_state_factory = []() -> std::unique_ptr<HostState> {
-    WasiConfig config;
-    config.stderr_io = WasiStdio::Capture(4096);
-    auto ctx = WasiContext::Create(config);
-    return ctx ? std::move(*ctx) : nullptr;
-  };
-  return base;
+  base.host_state_factory = nullptr;
+  auto options = WithWasi(std::move(base), SandboxWasi());
+  // The sandbox has no preopen, argument or environment that could fail.
+  if (!options) {
+    std::fprintf(stderr, "keel: %s\n", options.error().ToString().c_str());
+    std::abort();
+  }
+  return std::move(*options);
 }
 
 }  // namespace keel::abi

@@ -1,6 +1,6 @@
-// Pool options for untrusted guests: WASI preview1 with no preopened
-// directories (no host files), no stdin, stdout discarded and a small
-// stderr capture for error messages.
+// Pool options for untrusted guests, for keel's tests and benchmarks:
+// WithWasi(base, SandboxWasi()) (keel/wasi.h) without its Result, since
+// the sandbox cannot fail; `base`'s own host state factory is dropped.
 #ifndef KEEL_ABI_SANDBOX_H_
 #define KEEL_ABI_SANDBOX_H_
 

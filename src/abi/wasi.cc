@@ -574,6 +574,16 @@ void WasiContext::OnCallStart() {
     capture->truncated = false;
   }
   state_->exit_code.reset();
+  state_->stdin_pos = 0;
+}
+
+void WasiContext::AnnotateOutput(CallOutput& output) {
+  output.stdio.out = std::move(state_->out.data);
+  output.stdio.err = std::move(state_->err.data);
+  output.stdio.out_truncated = state_->out.truncated;
+  output.stdio.err_truncated = state_->err.truncated;
+  state_->out.data.clear();
+  state_->err.data.clear();
 }
 
 void WasiContext::AnnotateError(Error& error) const {

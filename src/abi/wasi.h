@@ -32,6 +32,7 @@
 
 #include "engine/engine.h"
 #include "keel/status.h"
+#include "keel/wasi.h"
 
 namespace keel::abi {
 
@@ -40,65 +41,10 @@ struct WasiState;
 struct WasiSnapshot;
 }  // namespace wasi
 
-// Where one of the guest's stdio streams goes.
-struct WasiStdio {
-  enum class Kind : uint8_t {
-    kNull,     // reads see EOF, writes are discarded
-    kInherit,  // a host file descriptor, shared (dup'd) with the guest
-    kBuffer,   // stdin: `input` then EOF; stdout/stderr: captured in memory
-  };
-  Kind kind = Kind::kNull;
-  // kInherit: the host fd to share; -1 means the process's own 0, 1 or 2.
-  int host_fd = -1;
-  // kBuffer on stdin: the bytes the guest reads.
-  std::string input;
-  // kBuffer on stdout/stderr: bytes kept; later output is dropped (the
-  // guest still sees its writes succeed) and the capture marked truncated.
-  size_t capture_limit = size_t{1} << 20;
-
-  static WasiStdio Null() { return {}; }
-  static WasiStdio Inherit(int host_fd = -1) {
-    WasiStdio s;
-    s.kind = Kind::kInherit;
-    s.host_fd = host_fd;
-    return s;
-  }
-  static WasiStdio Input(std::string bytes) {
-    WasiStdio s;
-    s.kind = Kind::kBuffer;
-    s.input = std::move(bytes);
-    return s;
-  }
-  static WasiStdio Capture(size_t limit = size_t{1} << 20) {
-    WasiStdio s;
-    s.kind = Kind::kBuffer;
-    s.capture_limit = limit;
-    return s;
-  }
-};
-
-// A host directory the guest sees as `guest_path` (e.g. "/data" or ".").
-// Nothing outside it is reachable through it: "..", absolute paths and
-// symlinks leading out are refused.
-struct WasiPreopen {
-  std::string host_path;
-  std::string guest_path;
-  // Read-only preopens refuse every change (create, write, truncate,
-  // delete, rename, link, set-times) with EPERM.
-  bool read_only = true;
-};
-
-struct WasiConfig {
-  std::vector<std::string> args;
-  std::vector<std::pair<std::string, std::string>> env;
-  std::vector<WasiPreopen> preopens;  // guest fds 3, 4, ... in this order
-  WasiStdio stdin_io;
-  WasiStdio stdout_io;
-  WasiStdio stderr_io;
-  // Open guest descriptors (stdio and preopens included) allowed at once;
-  // more fail with EMFILE instead of exhausting the host's descriptors.
-  uint32_t max_open_fds = 1024;
-};
+// The options are public (keel/wasi.h); keel's own code names them here.
+using keel::WasiPreopen;
+using keel::WasiStdio;
+using WasiConfig = keel::WasiOptions;
 
 // The WASI state of one instance: its descriptor table, stdio buffers and
 // exit status. Pass it to Context::Instantiate as the host state. Used on
@@ -124,8 +70,10 @@ class WasiContext : public engine::HostState {
   std::optional<int> exit_code() const;
 
   // Between calls on a pooled instance: forgets captured output and the
-  // exit status of the previous call.
+  // exit status of the previous call, and rewinds the stdin bytes.
   void OnCallStart() override;
+  // Hands the call's captured stdout and stderr to its output.
+  void AnnotateOutput(CallOutput& output) override;
   // Adds the tail of what the guest wrote to a captured stderr (guests
   // built with keel.h report their errors there before trapping).
   void AnnotateError(Error& error) const override;

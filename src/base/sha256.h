@@ -1,4 +1,4 @@
-// SHA-256 (FIPS 180-4), for content-addressing module bytes.
+// SHA-256 (FIPS 180-4) through OpenSSL, for content-addressing module bytes.
 #ifndef KEEL_BASE_SHA256_H_
 #define KEEL_BASE_SHA256_H_
 

@@ -4,6 +4,7 @@
 #include "base/duration.h"
 #include "cli/commands.h"
 #include "cli/run_args.h"
+#include "keel/version.h"
 
 namespace {
 
@@ -26,7 +27,7 @@ int main(int argc, char** argv) {
   }
   CLI::App app{"keel: runs WebAssembly calls safely under cancellation"};
   app.require_subcommand(1);
-  app.set_version_flag("--version", "keel " KEEL_VERSION);
+  app.set_version_flag("--version", "keel " KEEL_VERSION_STRING);
 
   InspectArgs inspect;
   auto* inspect_cmd = app.add_subcommand("inspect", "Print a module's imports and exports");

@@ -5,9 +5,9 @@
 #include <cstdio>
 
 #include "cli/commands.h"
-#include "abi/sandbox.h"
 #include "jobs/module_pools.h"
 #include "jobs/runner.h"
+#include "keel/wasi.h"
 
 namespace keel::cli {
 
@@ -29,7 +29,12 @@ int Worker(const WorkerArgs& args) {
     std::fprintf(stderr, "keel: %s\n", runtime.error().ToString().c_str());
     return kExitFailure;
   }
-  jobs::ModulePools pools(runtime->get(), store->get(), abi::SandboxedPoolOptions());
+  auto pool_options = WithWasi({}, SandboxWasi());
+  if (!pool_options) {
+    std::fprintf(stderr, "keel: %s\n", pool_options.error().ToString().c_str());
+    return kExitFailure;
+  }
+  jobs::ModulePools pools(runtime->get(), store->get(), std::move(*pool_options));
   auto lease = std::chrono::duration_cast<std::chrono::milliseconds>(args.lease);
   auto runner = jobs::Runner::Start(
       store->get(), [&pools](const std::string& digest) { return pools.ForDigest(digest); },

@@ -49,6 +49,12 @@ CancelOutcome Call::Cancel() {
   return record_->pool->core().Cancel(record_);
 }
 
+void Call::Detach() {
+  if (!record_) return;
+  std::shared_ptr<internal::CallRecord> record = std::move(record_);
+  record->pool->core().Release(record);
+}
+
 CancelOutcome Call::Abort() {
   if (!record_) return CancelOutcome::kTooLate;
   return record_->pool->core().Abort(record_);
@@ -120,6 +126,7 @@ bool RuntimeCore::Resolve(const std::shared_ptr<CallRecord>& record, CallResult&
                           Cause cause, TrapKind trap, bool detach) {
   std::vector<std::function<void(const CallResult&)>> callbacks;
   std::vector<std::function<void(const CallResult&)>> inline_callbacks;
+  bool to_sink = false;
   {
     MutexLock lock(record->mu);
     if (record->resolved) return false;
@@ -128,6 +135,10 @@ bool RuntimeCore::Resolve(const std::shared_ptr<CallRecord>& record, CallResult&
     record->result = std::move(result);
     callbacks.swap(record->callbacks);
     inline_callbacks.swap(record->inline_callbacks);
+    // A released call's result that no callback takes goes to the sink. A
+    // detach (a stop request) sends the real result there when it comes.
+    to_sink = record->released && callbacks.empty() && !detach && options.detached_sink;
+    if (to_sink) metrics.detached_results++;
     // Counted before anyone can see the resolution, so that a caller that
     // wakes up finds the metrics consistent.
     metrics.CountResolution(cause, trap);
@@ -139,7 +150,15 @@ bool RuntimeCore::Resolve(const std::shared_ptr<CallRecord>& record, CallResult&
   for (auto& fn : callbacks) {
     executor->Post([record, fn = std::move(fn)] { fn(record->result); });
   }
+  if (to_sink) {
+    executor->Post([sink = options.detached_sink, record] { sink(record->id, record->result); });
+  }
   return true;
+}
+
+void RuntimeCore::Release(const std::shared_ptr<CallRecord>& record) {
+  MutexLock lock(record->mu);
+  record->released = true;
 }
 
 bool RuntimeCore::Withdraw(const std::shared_ptr<CallRecord>& record) {

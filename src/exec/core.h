@@ -47,6 +47,7 @@ struct CallRecord {
   std::vector<Value> args;
   std::vector<uint8_t> input;
   int affinity_slot = -1;  // slot whose queue holds it; -1: the shared queue
+  HostContext context;     // CallOptions::context, for its host functions
 
   std::atomic<CallState> state{CallState::kQueued};
   // Set by the worker before the call leaves kQueued.
@@ -59,6 +60,9 @@ struct CallRecord {
   CondVar cv;
   bool resolved GUARDED_BY(mu) = false;
   bool detached GUARDED_BY(mu) = false;
+  // Call::Detach() let the handle go: a result no callback takes goes to
+  // the detached sink.
+  bool released GUARDED_BY(mu) = false;
   std::atomic<bool> resolved_flag{false};  // mirrors `resolved` for lock-free reads
   // Written once under `mu` before `resolved_flag` is set; immutable after.
   CallResult result;
@@ -78,11 +82,36 @@ struct RuntimeAccess {
   static const std::shared_ptr<PoolImpl>& Impl(const Pool& pool) { return pool.impl_; }
 };
 
+// What a Module hides from its users: the engine's module.
+struct CompiledModule {
+  std::shared_ptr<const engine::Module> engine;
+};
+
+struct ModuleAccess {
+  static const std::shared_ptr<const engine::Module>& Engine(const Module& module) {
+    return module.compiled_->engine;
+  }
+};
+
 }  // namespace internal
 
 namespace exec {
 
 using internal::CallRecord;
+
+// Makes `context` the one Caller::call_context() returns on this thread
+// while the guest runs (host functions run on the thread that called the
+// guest, one call at a time).
+class ScopedCallContext {
+ public:
+  explicit ScopedCallContext(const HostContext& context);
+  ~ScopedCallContext();
+  ScopedCallContext(const ScopedCallContext&) = delete;
+  ScopedCallContext& operator=(const ScopedCallContext&) = delete;
+
+ private:
+  const HostContext* previous_;
+};
 
 // Points in the executor where a test can hold a thread (exec/testing.h).
 enum class TestPoint : uint8_t {
@@ -355,6 +384,8 @@ struct RuntimeCore {
   // must resolve it).
   bool Withdraw(const std::shared_ptr<CallRecord>& record);
   CancelOutcome Cancel(const std::shared_ptr<CallRecord>& record);
+  // Call::Detach(): no handle waits for `record` any more.
+  void Release(const std::shared_ptr<CallRecord>& record);
   CancelOutcome Abort(const std::shared_ptr<CallRecord>& record);
   // The deadline of `record` passed.
   void Expire(const std::shared_ptr<CallRecord>& record);

@@ -599,7 +599,7 @@ TEST_F(ExecTest, RandomizedStress) {
     int id = i;
     int iters = static_cast<int>(rng() % 4 == 0 ? rng() % 20000 : rng() % 50);
     CallOptions options;
-    if (rng() % 3 == 0) options.timeout = std::chrono::microseconds(rng() % 3000 + 1);
+    if (rng() % 3 == 0) options.deadline = Clock::now() + std::chrono::microseconds(rng() % 3000 + 1);
     std::string_view name = rng() % 50 == 0 ? "ran_then_trap" : "work";
     auto call = name == "work" ? pool->Submit(name, {Value::I32(id), Value::I32(iters)}, options)
                                : pool->Submit(name, {Value::I32(id)}, options);

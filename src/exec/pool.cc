@@ -122,6 +122,7 @@ Result<Call> PoolImpl::Submit(std::shared_ptr<internal::CallRecord> record,
   record->submitted = now;
   record->deadline = deadline;
   record->pool = shared_from_this();
+  record->context = options.context;
   if (options.affinity_key) record->affinity_slot = AffinitySlot(*options.affinity_key);
   bool retry = false;
   {
@@ -394,12 +395,12 @@ size_t PoolImpl::QueueEntries() const {
 
 // --- Pool (the public handle) ---------------------------------------------------
 
-Pool::~Pool() = default;
+Pool::~Pool() { impl_->Close(); }
 
 Result<Call> Pool::Submit(std::string_view export_name, std::vector<Value> args,
                           const CallOptions& options) {
   const Module& module = *impl_->module();
-  auto func = engine::LookupFunc(module.engine_module()->info(), export_name);
+  auto func = engine::LookupFunc(internal::ModuleAccess::Engine(module)->info(), export_name);
   if (!func) return MakeError(func.error());
   const FuncType& type = *func->type;
   if (args.size() != type.params.size()) {
@@ -426,7 +427,7 @@ Result<Call> Pool::Submit(std::string_view export_name, std::vector<Value> args,
 Result<Call> Pool::SubmitBytes(std::string_view export_name, std::vector<uint8_t> input,
                                const CallOptions& options) {
   const Module& module = *impl_->module();
-  if (auto ok = abi::CheckByteExport(module.engine_module()->info(), export_name); !ok) {
+  if (auto ok = abi::CheckByteExport(internal::ModuleAccess::Engine(module)->info(), export_name); !ok) {
     return MakeError(ok.error());
   }
   size_t limit = impl_->options().byte_limits.max_input_bytes;

@@ -16,6 +16,17 @@ class RuntimeImpl {
   bool shut_down GUARDED_BY(shutdown_mu) = false;
 };
 
+std::string_view ToString(ExternKind kind) {
+  switch (kind) {
+    case ExternKind::kFunc: return "func";
+    case ExternKind::kTable: return "table";
+    case ExternKind::kMemory: return "memory";
+    case ExternKind::kGlobal: return "global";
+    case ExternKind::kTag: return "tag";
+  }
+  return "?";
+}
+
 const Module::Export* Module::FindExport(std::string_view name) const {
   for (const Export& e : exports_) {
     if (e.name == name) return &e;
@@ -25,15 +36,15 @@ const Module::Export* Module::FindExport(std::string_view name) const {
 
 namespace {
 
-std::string KindName(engine::ExternKind kind) {
+ExternKind PublicKind(engine::ExternKind kind) {
   switch (kind) {
-    case engine::ExternKind::kFunc: return "func";
-    case engine::ExternKind::kTable: return "table";
-    case engine::ExternKind::kMemory: return "memory";
-    case engine::ExternKind::kGlobal: return "global";
-    case engine::ExternKind::kTag: return "tag";
+    case engine::ExternKind::kFunc: return ExternKind::kFunc;
+    case engine::ExternKind::kTable: return ExternKind::kTable;
+    case engine::ExternKind::kMemory: return ExternKind::kMemory;
+    case engine::ExternKind::kGlobal: return ExternKind::kGlobal;
+    case engine::ExternKind::kTag: return ExternKind::kTag;
   }
-  return "?";
+  return ExternKind::kFunc;
 }
 
 }  // namespace
@@ -73,21 +84,23 @@ Result<std::shared_ptr<const Module>> Runtime::Compile(std::span<const uint8_t> 
     core.metrics.modules_refused++;
     return MakeError(probed.error());
   }
-  auto module = std::make_shared<Module>();
+  auto module = std::shared_ptr<Module>(new Module());
   module->digest_ = Sha256Hex(bytes);
   module->name_ = options.name.empty() ? module->digest_.substr(0, 12) : options.name;
   module->size_bytes_ = bytes.size();
-  module->engine_module_ = *compiled;
+  module->compiled_ = std::make_shared<internal::CompiledModule>(internal::CompiledModule{*compiled});
   const engine::ModuleInfo& info = (*compiled)->info();
   for (const auto& e : info.exports) {
-    Module::Export exp{e.name, KindName(e.kind), e.func, false};
+    Module::Export exp{e.name, PublicKind(e.kind), e.func, false};
     exp.byte_callable = e.kind == engine::ExternKind::kFunc && abi::CheckByteExport(info, e.name).has_value();
     exp.description = engine::Describe(e);
     exp.callable = e.kind == engine::ExternKind::kFunc && e.func_supported;
     module->exports_.push_back(std::move(exp));
   }
   for (const auto& i : info.imports) {
-    module->imports_.push_back({i.module, i.name, engine::Describe(i)});
+    module->imports_.push_back({i.module, i.name, PublicKind(i.kind),
+                                i.kind == engine::ExternKind::kFunc && i.func_supported ? i.func : FuncType{},
+                                engine::Describe(i)});
   }
   return std::shared_ptr<const Module>(std::move(module));
 }
@@ -97,7 +110,7 @@ Result<std::shared_ptr<Pool>> Runtime::CreatePool(std::shared_ptr<const Module> 
   exec::RuntimeCore& core = *impl_->core;
   if (core.shutting_down.load()) return MakeError(ErrorCode::kShuttingDown, "the runtime is shutting down");
   if (!module) return MakeError(ErrorCode::kInvalidArgument, "no module");
-  if (auto linked = engine::CheckImports(module->engine_module()->info(), options.linker.get()); !linked) {
+  if (auto linked = engine::CheckImports(internal::ModuleAccess::Engine(*module)->info(), options.linker.get()); !linked) {
     return MakeError(linked.error());
   }
   size_t workers = core.workers.size();

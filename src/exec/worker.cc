@@ -203,7 +203,7 @@ Result<std::unique_ptr<engine::Instance>> Worker::TryInstantiate(PoolImpl& pool)
     return MakeError(ErrorCode::kShuttingDown, "the runtime is shutting down");
   }
   core_->watchdog->WatchTag(Clock::now() + options.instantiate_timeout, interrupter_, tag);
-  auto instance = context_->Instantiate(pool.module()->engine_module(),
+  auto instance = context_->Instantiate(internal::ModuleAccess::Engine(*pool.module()),
                                         options.linker ? options.linker : EmptyLinker(),
                                         options.host_state_factory ? options.host_state_factory() : nullptr,
                                         tag);
@@ -332,6 +332,7 @@ bool Worker::BeginCall(const std::shared_ptr<CallRecord>& record, uint64_t tag) 
 CallResult Worker::RunInGuest(Slot& slot, CallRecord& record, uint64_t tag) {
   PoolImpl& pool = *slot.pool;
   engine::Instance& instance = *slot.instance;
+  exec::ScopedCallContext context(record.context);
   if (HostState* state = instance.host_state()) state->OnCallStart();
   if (record.bytes) {
     const ByteCallLimits& limits = pool.options().byte_limits;
@@ -341,7 +342,7 @@ CallResult Worker::RunInGuest(Slot& slot, CallRecord& record, uint64_t tag) {
     if (!out) return tl::unexpected(std::move(out.error()));
     return CallOutput{{}, std::move(*out)};
   }
-  const FuncType& type = pool.module()->engine_module()->info().exports[record.export_index].func;
+  const FuncType& type = internal::ModuleAccess::Engine(*pool.module())->info().exports[record.export_index].func;
   CallOutput out;
   out.values.resize(type.results.size());
   auto ok = instance.Call(engine::Func{record.export_index, &type}, record.args, out.values, tag);
@@ -367,6 +368,8 @@ void Worker::Execute(Slot& slot, std::shared_ptr<CallRecord> record, const PoolI
   record->state.store(CallState::kDone);
   if (!result) {
     if (const HostState* state = slot.instance->host_state()) state->AnnotateError(result.error());
+  } else if (HostState* state = slot.instance->host_state()) {
+    state->AnnotateOutput(*result);
   }
   FinishCall(slot, record, std::move(result), start);
 }

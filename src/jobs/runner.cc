@@ -362,11 +362,12 @@ class RunnerState {
   // A call the executor resolved: frees its slot and queues recording the
   // outcome, or a release if the call never ran or was cut short by
   // shutdown or by Stop().
-  void OnCallDone(const Key& key, const CallResult& result, bool withdrawn) EXCLUDES(mu) {
+  void OnCallDone(const Key& key, const CallResult& result) EXCLUDES(mu) {
     MutexLock lock(mu);
     auto it = entries.find(key);
     if (closed || it == entries.end()) return;
     Entry& entry = it->second;
+    const bool withdrawn = entry.call && entry.call->state() == CallState::kWithdrawn;
     entry.call.reset();
     if (!withdrawn) load_.Ran(entry.pool.get(), entry.ahead, SteadyClock::now() - entry.submitted);
     if (entry.start == StartRecord::kFailed) {  // not ours any more
@@ -594,12 +595,11 @@ class Runner::Impl {
     state_->started++;
     state_->beat_cv.Signal();
     lock.Unlock();
-    auto done = [state = state_, key = submission.key, shared](const CallResult& result) mutable {
-      state->OnCallDone(key, result, shared->state() == CallState::kWithdrawn);
-      // Break the self-reference: the handle lives until its callback ran.
-      shared.reset();
-    };
-    shared->OnComplete(std::move(done));
+    // The entry owns the handle (to cancel the call); the callback holds
+    // only the job's key, so nothing keeps a finished call alive.
+    shared->OnComplete([state = state_, key = submission.key](const CallResult& result) {
+      state->OnCallDone(key, result);
+    });
     return true;
   }
 

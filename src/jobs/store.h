@@ -32,6 +32,7 @@
 #include <string_view>
 #include <vector>
 
+#include "keel/call.h"
 #include "keel/status.h"
 
 namespace keel::jobs {
@@ -141,12 +142,10 @@ struct ClaimedJob {
   TimePoint lease_until;
 };
 
-// What Cancel() achieved, as in the call contract.
-enum class CancelOutcome : uint8_t {
-  kWithdrawn,  // was queued; now cancelled and never runs
-  kDetached,   // is running; finishes, then is recorded cancelled, result kept
-  kTooLate,    // had already finished
-};
+// Cancel() reports what it achieved with the calls' CancelOutcome
+// (keel/call.h): kWithdrawn (was queued; now cancelled and never runs),
+// kDetached (is running; finishes, then is recorded cancelled, result kept)
+// or kTooLate (had already finished).
 
 struct ListFilter {
   std::optional<JobState> state;  // nullopt: all states

@@ -92,7 +92,7 @@ std::variant<Response, PendingCall> StartCall(Service& service, RequestContext& 
   pending.entry = service.registry().Find(module);
   if (!pending.entry) return ErrorResponse(Error(ErrorCode::kNotFound, "no module named '" + module + "'"));
   const Module::Export* exp = pending.entry->module->FindExport(export_name);
-  if (!exp || exp->kind != "func") {
+  if (!exp || exp->kind != ExternKind::kFunc) {
     return ErrorResponse(
         Error(ErrorCode::kNotFound, "module '" + module + "' has no function export '" + export_name + "'"));
   }
@@ -102,7 +102,7 @@ std::variant<Response, PendingCall> StartCall(Service& service, RequestContext& 
   // The entry keeps its pool open: the registry closes a replaced module's
   // pool only after it has been idle for a long while.
   CallOptions options;
-  options.timeout = *timeout;
+  options.timeout = std::chrono::ceil<std::chrono::milliseconds>(*timeout);
   Pool& pool = *pending.entry->pool;
   Result<Call> call;
   if (pending.json) {

@@ -109,7 +109,7 @@ Result<jobs::JobSpec> ParseJobSpec(Service& service, std::string_view body) {
     auto entry = service.registry().Find(module_name);
     if (!entry) return MakeError(ErrorCode::kNotFound, "no module named '" + module_name + "'");
     const Module::Export* exp = entry->module->FindExport(spec.export_name);
-    if (!exp || exp->kind != "func") {
+    if (!exp || exp->kind != ExternKind::kFunc) {
       return MakeError(ErrorCode::kNotFound,
                        "module '" + module_name + "' has no function export '" + spec.export_name + "'");
     }
@@ -217,10 +217,7 @@ boost::asio::awaitable<Response> HandleJobs(Service& service, RequestContext& ct
     auto cancel = [&service, id] { return service.store().Cancel(id); };
     auto outcome = co_await OffThread(service, std::move(cancel));
     if (!outcome) co_return ErrorResponse(outcome.error());
-    std::string_view text = *outcome == jobs::CancelOutcome::kWithdrawn  ? "withdrawn"
-                            : *outcome == jobs::CancelOutcome::kDetached ? "detached"
-                                                                         : "too_late";
-    co_return JsonResponse(200, json::value{{"id", id}, {"outcome", text}});
+    co_return JsonResponse(200, json::value{{"id", id}, {"outcome", ToString(*outcome)}});
   }
   co_return MethodNotAllowed("GET, DELETE");
 }

@@ -19,7 +19,7 @@ json::object ModuleJson(const ModuleEntry& entry, bool detail) {
   const Module& module = *entry.module;
   json::array exports;
   for (const Module::Export& e : module.exports()) {
-    if (e.kind != "func") continue;  // memories and globals cannot be called
+    if (e.kind != ExternKind::kFunc) continue;  // memories and globals cannot be called
     json::object exp{
         {"name", e.name},
         {"type", e.type.ToString()},

@@ -5,7 +5,7 @@
 #include <boost/json.hpp>
 #include <spdlog/spdlog.h>
 
-#include "abi/sandbox.h"
+#include "keel/wasi.h"
 #include "server/http.h"
 
 namespace keel::server {
@@ -46,13 +46,14 @@ Result<std::unique_ptr<Service>> Service::Create(ServerOptions options) {
   PoolOptions base;
   base.instances = o.instances;
   base.max_queue = o.max_queue;
-  PoolOptions pool = abi::SandboxedPoolOptions(std::move(base));
+  auto pool = WithWasi(std::move(base), SandboxWasi());
+  if (!pool) return MakeError(pool.error());
   if (o.extend_linker) {
-    auto linker = std::make_shared<Linker>(*pool.linker);
+    auto linker = std::make_shared<Linker>(*pool->linker);
     o.extend_linker(*linker);
-    pool.linker = std::move(linker);
+    pool->linker = std::move(linker);
   }
-  s->registry_ = std::make_unique<Registry>(s->runtime_.get(), s->store_.get(), o.data_dir, std::move(pool));
+  s->registry_ = std::make_unique<Registry>(s->runtime_.get(), s->store_.get(), o.data_dir, std::move(*pool));
   for (const std::string& dir : o.module_dirs) {
     auto loaded = s->registry_->LoadDirectory(dir);
     if (!loaded) return MakeError(loaded.error());

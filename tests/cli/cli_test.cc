@@ -79,6 +79,16 @@ TEST(CliTest, ExitCodes) {
   EXPECT_EQ(Keel({"run", Fixture("engine_basic"), "--invoke", "spin", "--timeout", "soon"}).exit_code, 64);
 }
 
+TEST(CliTest, RunRefusesAModuleWhoseStartFunctionFailsOrOverrunsTheTimeout) {
+  ProcessResult trap = Keel({"run", Fixture("server_bad_start"), "--invoke", "f"});
+  EXPECT_EQ(trap.exit_code, 65) << trap.err;
+  EXPECT_THAT(trap.err, HasSubstr("start function"));
+  EXPECT_THAT(trap.err, HasSubstr("unreachable"));
+  ProcessResult endless = Keel({"run", Fixture("engine_start"), "--invoke", "f", "--timeout", "200ms"});
+  EXPECT_EQ(endless.exit_code, 65) << endless.err;
+  EXPECT_THAT(endless.err, HasSubstr("did not finish within 200 ms"));
+}
+
 TEST(CliTest, RunsWasiProgramsWithArgsEnvAndStdio) {
   ProcessResult r = Keel({"run", Guest("hello"), "--env", "GREETING=hi", "--", "one", "two words"},
                          "from stdin");
