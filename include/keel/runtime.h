@@ -63,7 +63,22 @@ struct FairnessOptions {
   std::chrono::milliseconds spare_idle{2000};
 };
 
+// The WebAssembly engine a runtime runs on.
+enum class EngineKind : uint8_t {
+  kSpiderMonkey,  // SpiderMonkey 102 (Firefox's), always built
+  kWasmtime,      // Wasmtime, in builds configured with it (KEEL_ENGINE_WASMTIME)
+};
+
+// "spidermonkey", "wasmtime".
+std::string_view ToString(EngineKind kind);
+// The names ToString gives; kInvalidArgument names the ones there are.
+[[nodiscard]] Result<EngineKind> ParseEngineKind(std::string_view name);
+// The engines this build has, the default first.
+std::vector<EngineKind> AvailableEngines();
+
 struct RuntimeOptions {
+  // Runtime::Create answers kUnavailable for an engine this build lacks.
+  EngineKind engine = EngineKind::kSpiderMonkey;
   // Worker threads, each with its own engine context. 0: one per core.
   int workers = 0;
   // Native stack of each worker; guests may use all but a safety margin.
@@ -263,7 +278,8 @@ class RuntimeImpl;
 // default drain period.
 class Runtime {
  public:
-  // Starts the workers. kInternal if the engine cannot start.
+  // Starts the workers. kUnavailable if this build lacks the engine,
+  // kInternal if it cannot start.
   [[nodiscard]] static Result<std::unique_ptr<Runtime>> Create(RuntimeOptions options = {});
   ~Runtime();
 
@@ -292,6 +308,7 @@ class Runtime {
 
   MetricsSnapshot Metrics() const;
   int workers() const;
+  EngineKind engine() const;
 
  private:
   friend struct internal::RuntimeAccess;

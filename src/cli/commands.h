@@ -38,6 +38,7 @@ struct RunArgs {
   std::vector<std::string> dirs_ro;     // HOST[::GUEST], read-only
   std::vector<std::string> env;         // K=V
   std::chrono::nanoseconds timeout{0};  // 0: none
+  EngineKind engine = EngineKind::kSpiderMonkey;
 };
 int Run(const RunArgs& args);  // run.cc; run_args.h parses the command line
 

@@ -168,7 +168,7 @@ int Run(const RunArgs& args) {
     return Fail(Error(ErrorCode::kInvalidArgument, "--input needs --invoke NAME"));
   }
   auto timeout = std::chrono::ceil<milliseconds>(args.timeout);
-  auto runtime = Runtime::Create({.workers = 1});
+  auto runtime = Runtime::Create({.engine = args.engine, .workers = 1});
   if (!runtime) return Fail(runtime.error());
   auto module = (*runtime)->Compile(
       *bytes, {.name = args.module_path, .start_timeout = timeout.count() > 0 ? timeout : kNoTimeout});

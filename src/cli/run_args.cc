@@ -57,6 +57,13 @@ constexpr RunOption kRunOptions[] = {
        args.timeout = *d;
        return std::string();
      }},
+    {"--engine", "NAME", "WebAssembly engine: spidermonkey (default) or wasmtime",
+     [](RunArgs& args, const std::string& value) {
+       auto kind = ParseEngineKind(value);
+       if (!kind) return kind.error().message;
+       args.engine = *kind;
+       return std::string();
+     }},
 };
 
 constexpr std::string_view kRule =

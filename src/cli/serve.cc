@@ -29,6 +29,17 @@ CLI::Validator Millis(std::chrono::milliseconds* out) {
       "DURATION");
 }
 
+CLI::Validator EngineChoice(EngineKind* out) {
+  return CLI::Validator(
+      [out](const std::string& text) -> std::string {
+        auto kind = ParseEngineKind(text);
+        if (!kind) return kind.error().message;
+        *out = *kind;
+        return "";
+      },
+      "spidermonkey|wasmtime");
+}
+
 Result<std::string> ReadToken(const std::string& path) {
   auto bytes = ReadFile(path);
   if (!bytes) return MakeError(bytes.error());
@@ -50,6 +61,8 @@ CLI::App* AddServeCommand(CLI::App& app, ServeArgs& args) {
   cmd->add_option("--data", o.data_dir, "Data directory: uploaded modules and the SQLite job store")->required();
   cmd->add_option("--store", o.store, "Job store: a directory or postgresql:// URL (default: --data)");
   cmd->add_option("--workers", o.workers, "WebAssembly worker threads (default: one per core)");
+  cmd->add_option("--engine", "WebAssembly engine: spidermonkey (default) or wasmtime")
+      ->check(EngineChoice(&o.engine));
   cmd->add_option("--token-file", args.token_file, "File holding the bearer token every /v1 route and /metrics need");
   cmd->add_flag("--public-metrics", o.public_metrics, "With --token-file: serve /metrics without the token");
   cmd->add_option("--modules", o.module_dirs, "Load every *.wasm here under its stem (repeatable; skips hostile_*)");

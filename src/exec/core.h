@@ -85,6 +85,7 @@ struct RuntimeAccess {
 // What a Module hides from its users: the engine's module.
 struct CompiledModule {
   std::shared_ptr<const engine::Module> engine;
+  EngineKind engine_kind = EngineKind::kSpiderMonkey;  // whose code it is
 };
 
 struct ModuleAccess {
@@ -346,6 +347,7 @@ class Prober {
 // (pools hold it), so a pool used after shutdown fails cleanly.
 struct RuntimeCore {
   RuntimeOptions options;
+  engine::Engine* engine = nullptr;  // options.engine's; process-wide
   Metrics metrics;
   std::atomic<bool> shutting_down{false};
   std::atomic<uint64_t> next_call_id{1};

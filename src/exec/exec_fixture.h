@@ -13,6 +13,7 @@
 #include <gtest/gtest.h>
 
 #include "base/file.h"
+#include "base/test_engine.h"
 #include "keel/runtime.h"
 
 namespace keel::exectest {
@@ -206,6 +207,7 @@ class ExecTest : public ::testing::Test {
 
   void StartRuntime(int workers, RuntimeOptions options = {}) {
     options.workers = workers;
+    options.engine = TestEngine();
     options.detached_sink = [this](CallId id, const CallResult& result) {
       std::lock_guard<std::mutex> lock(sink_mu_);
       sink_.emplace_back(id, result);

@@ -94,7 +94,7 @@ Result<void> Prober::Probe(const std::shared_ptr<const engine::Module>& module, 
 
 void Prober::Loop() {
   size_t stack = core_->options.worker_stack_bytes;
-  auto context = engine::DefaultEngine().NewContext(
+  auto context = core_->engine->NewContext(
       {.stack_quota_bytes = stack - std::max<size_t>(stack / 4, 1 << 20)});
   MutexLock lock(mu_);
   for (;;) {

@@ -47,7 +47,31 @@ ExternKind PublicKind(engine::ExternKind kind) {
   return ExternKind::kFunc;
 }
 
+engine::EngineKind InternalKind(EngineKind kind) {
+  return kind == EngineKind::kWasmtime ? engine::EngineKind::kWasmtime
+                                       : engine::EngineKind::kSpiderMonkey;
+}
+
 }  // namespace
+
+std::string_view ToString(EngineKind kind) { return engine::ToString(InternalKind(kind)); }
+
+Result<EngineKind> ParseEngineKind(std::string_view name) {
+  for (EngineKind kind : {EngineKind::kSpiderMonkey, EngineKind::kWasmtime}) {
+    if (name == ToString(kind)) return kind;
+  }
+  return MakeError(ErrorCode::kInvalidArgument,
+                   "unknown engine '" + std::string(name) + "' (spidermonkey or wasmtime)");
+}
+
+std::vector<EngineKind> AvailableEngines() {
+  std::vector<EngineKind> kinds;
+  for (engine::EngineKind kind : engine::AvailableEngines()) {
+    kinds.push_back(kind == engine::EngineKind::kWasmtime ? EngineKind::kWasmtime
+                                                          : EngineKind::kSpiderMonkey);
+  }
+  return kinds;
+}
 
 Runtime::Runtime(std::unique_ptr<RuntimeImpl> impl) : impl_(std::move(impl)) {}
 
@@ -56,9 +80,12 @@ Runtime::~Runtime() { Shutdown(); }
 Result<std::unique_ptr<Runtime>> Runtime::Create(RuntimeOptions options) {
   if (options.workers <= 0) options.workers = std::max(1u, std::thread::hardware_concurrency());
   if (options.worker_stack_bytes < (2 << 20)) options.worker_stack_bytes = 2 << 20;
+  auto engine = engine::GetEngine(InternalKind(options.engine));
+  if (!engine) return MakeError(engine.error());
   auto impl = std::make_unique<RuntimeImpl>();
   auto core = std::make_shared<exec::RuntimeCore>();
   core->options = options;
+  core->engine = *engine;
   core->executor = std::make_unique<exec::CallbackExecutor>(options.callback_threads);
   core->waker = std::make_unique<exec::CallbackExecutor>(1);
   core->watchdog = std::make_unique<exec::Watchdog>(core.get());
@@ -78,7 +105,7 @@ Result<std::shared_ptr<const Module>> Runtime::Compile(std::span<const uint8_t> 
                                                         ModuleOptions options) {
   exec::RuntimeCore& core = *impl_->core;
   if (core.shutting_down.load()) return MakeError(ErrorCode::kShuttingDown, "the runtime is shutting down");
-  auto compiled = engine::DefaultEngine().Compile(bytes, {.max_memory_pages = options.max_memory_pages});
+  auto compiled = core.engine->Compile(bytes, {.max_memory_pages = options.max_memory_pages});
   if (!compiled) return MakeError(compiled.error());
   if (auto probed = core.prober->Probe(*compiled, options); !probed) {
     core.metrics.modules_refused++;
@@ -88,7 +115,8 @@ Result<std::shared_ptr<const Module>> Runtime::Compile(std::span<const uint8_t> 
   module->digest_ = Sha256Hex(bytes);
   module->name_ = options.name.empty() ? module->digest_.substr(0, 12) : options.name;
   module->size_bytes_ = bytes.size();
-  module->compiled_ = std::make_shared<internal::CompiledModule>(internal::CompiledModule{*compiled});
+  module->compiled_ = std::make_shared<internal::CompiledModule>(
+      internal::CompiledModule{*compiled, core.options.engine});
   const engine::ModuleInfo& info = (*compiled)->info();
   for (const auto& e : info.exports) {
     Module::Export exp{e.name, PublicKind(e.kind), e.func, false};
@@ -110,6 +138,11 @@ Result<std::shared_ptr<Pool>> Runtime::CreatePool(std::shared_ptr<const Module> 
   exec::RuntimeCore& core = *impl_->core;
   if (core.shutting_down.load()) return MakeError(ErrorCode::kShuttingDown, "the runtime is shutting down");
   if (!module) return MakeError(ErrorCode::kInvalidArgument, "no module");
+  if (EngineKind kind = module->compiled_->engine_kind; kind != core.options.engine) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "module '" + module->name() + "' was compiled by a " + std::string(ToString(kind)) +
+                         " runtime; this runtime runs " + std::string(ToString(core.options.engine)));
+  }
   if (auto linked = engine::CheckImports(internal::ModuleAccess::Engine(*module)->info(), options.linker.get()); !linked) {
     return MakeError(linked.error());
   }
@@ -193,7 +226,7 @@ MetricsSnapshot Runtime::Metrics() const {
   const exec::RuntimeCore& core = *impl_->core;
   MetricsSnapshot snapshot = core.metrics.Snapshot();
   snapshot.callback_exceptions = core.executor->exceptions() + core.waker->exceptions();
-  engine::MemoryStats memory = engine::DefaultEngine().memory_stats();
+  engine::MemoryStats memory = core.engine->memory_stats();
   snapshot.engine_memory = {memory.live_memories, memory.reserved_bytes, memory.committed_bytes};
   return snapshot;
 }
@@ -226,5 +259,7 @@ std::shared_ptr<exec::RuntimeCore> internal::RuntimeAccess::Core(const Runtime& 
 }
 
 int Runtime::workers() const { return static_cast<int>(impl_->core->workers.size()); }
+
+EngineKind Runtime::engine() const { return impl_->core->options.engine; }
 
 }  // namespace keel

@@ -61,7 +61,7 @@ void* Worker::ThreadMain(void* self) {
   size_t stack = worker->core_->options.worker_stack_bytes;
   // Leave the guest all but a margin for host functions and the engine.
   engine::ContextOptions options{.stack_quota_bytes = stack - std::max<size_t>(stack / 4, 1 << 20)};
-  auto context = engine::DefaultEngine().NewContext(options);
+  auto context = worker->core_->engine->NewContext(options);
   {
     MutexLock lock(worker->start_mu_);
     if (context) {

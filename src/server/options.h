@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "keel/host.h"
+#include "keel/runtime.h"
 
 namespace keel::server {
 
@@ -32,6 +33,8 @@ struct ServerOptions {
   // Directories whose *.wasm are loaded at start under their file stem
   // (names starting with "hostile_" are skipped).
   std::vector<std::string> module_dirs;
+
+  EngineKind engine = EngineKind::kSpiderMonkey;  // what runs the guests
 
   // Threads.
   int workers = 0;     // WebAssembly worker threads; 0: one per core

@@ -14,6 +14,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "base/test_engine.h"
 #include "server/test_util.h"
 #include "testing/subprocess.h"
 
@@ -44,7 +45,8 @@ class ServeProcess {
       : log_(dir + "/serve.log") {
     std::vector<std::string> argv = std::move(launcher);
     std::vector<std::string> keel = {KEEL_BIN,    "serve",        "--listen",  "127.0.0.1:0", "--data",
-                                     dir + "/data", "--modules", KEEL_GUEST_DIR, "--workers", "2"};
+                                     dir + "/data", "--modules", KEEL_GUEST_DIR, "--workers", "2",
+                                     "--engine", std::string(ToString(TestEngine()))};
     argv.insert(argv.end(), keel.begin(), keel.end());
     argv.insert(argv.end(), extra.begin(), extra.end());
     pid_ = keel::testing::SpawnProcess(argv, log_);

@@ -34,6 +34,7 @@ Result<std::unique_ptr<Service>> Service::Create(ServerOptions options) {
   s->store_ = std::move(*store);
 
   auto runtime = Runtime::Create({
+      .engine = o.engine,
       .workers = o.workers,
       .detached_sink = [s](CallId id, const CallResult& result) { s->OnDetachedResult(id, result); },
       .drain_grace = o.drain_grace,

@@ -15,6 +15,7 @@
 #include <boost/beast/core.hpp>
 #include <boost/json.hpp>
 
+#include "base/test_engine.h"
 #include "keel/runtime.h"
 #include "server/service.h"
 
@@ -206,6 +207,7 @@ bool Eventually(const std::function<bool()>& condition, std::chrono::millisecond
 
 ServerOptions TestOptions(const std::string& data_dir) {
   ServerOptions o;
+  o.engine = TestEngine();
   o.listen = "127.0.0.1:0";
   o.data_dir = data_dir;
   o.workers = 2;

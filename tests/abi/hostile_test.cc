@@ -8,6 +8,7 @@
 
 #include "abi/sandbox.h"
 #include "base/file.h"
+#include "base/test_engine.h"
 #include "keel/runtime.h"
 
 namespace keel {
@@ -20,7 +21,7 @@ using ::testing::HasSubstr;
 class HostileTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto runtime = Runtime::Create({.workers = 2});
+    auto runtime = Runtime::Create({.engine = TestEngine(), .workers = 2});
     ASSERT_TRUE(runtime);
     runtime_ = std::move(*runtime);
     // A well-behaved neighbour that must keep working throughout.

@@ -99,6 +99,28 @@ TEST(CliTest, RunsWasiProgramsWithArgsEnvAndStdio) {
   EXPECT_THAT(r.out, HasSubstr("from stdin"));
 }
 
+TEST(CliTest, RunChoosesTheEngine) {
+  ProcessResult bad = Keel({"run", "--engine", "v8", Guest("hello")});
+  EXPECT_EQ(bad.exit_code, 64);
+  EXPECT_THAT(bad.err, HasSubstr("unknown engine 'v8' (spidermonkey or wasmtime)"));
+#if KEEL_WITH_WASMTIME
+  const char* engines[] = {"spidermonkey", "wasmtime"};
+#else
+  const char* engines[] = {"spidermonkey"};
+  ProcessResult missing = Keel({"run", "--engine", "wasmtime", Guest("hello")});
+  EXPECT_NE(missing.exit_code, 0);
+  EXPECT_THAT(missing.err, HasSubstr("no Wasmtime engine"));
+#endif
+  for (const char* engine : engines) {
+    ProcessResult r = Keel({"run", "--engine", engine, Guest("hello"), "--", "exit=3"}, "in");
+    EXPECT_EQ(r.exit_code, 3) << engine << ": " << r.err;
+    EXPECT_THAT(r.out, HasSubstr("argv[1]=exit=3")) << engine;
+    ProcessResult sum = Keel({"run", "--engine", engine, "--invoke", "add", Fixture("engine_basic"), "40", "2"});
+    EXPECT_EQ(sum.exit_code, 0) << engine << ": " << sum.err;
+    EXPECT_EQ(sum.out, "42\n") << engine;
+  }
+}
+
 TEST(CliTest, ProgramExitCodeBecomesTheProcessExitCode) {
   ProcessResult r = Keel({"run", Guest("hello"), "--", "exit=3"});
   EXPECT_EQ(r.exit_code, 3) << r.out << r.err;

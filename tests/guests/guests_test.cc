@@ -12,6 +12,7 @@
 
 #include "abi/sandbox.h"
 #include "base/file.h"
+#include "base/test_engine.h"
 #include "keel/runtime.h"
 #include "testing/subprocess.h"
 
@@ -30,7 +31,7 @@ std::string Text(const std::vector<uint8_t>& bytes) { return std::string(bytes.b
 class GuestsTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto runtime = Runtime::Create({.workers = 2});
+    auto runtime = Runtime::Create({.engine = TestEngine(), .workers = 2});
     ASSERT_TRUE(runtime) << runtime.error().ToString();
     runtime_ = std::move(*runtime);
   }

@@ -10,6 +10,7 @@
 
 #include "base/file.h"
 #include "abi/sandbox.h"
+#include "base/test_engine.h"
 #include "jobs/module_pools.h"
 #include "jobs/store_fixture.h"
 
@@ -37,7 +38,7 @@ class RunnerTest : public testing::StoreTest {
   void SetUp() override {
     StoreTest::SetUp();
     if (IsSkipped() || HasFatalFailure()) return;
-    auto runtime = Runtime::Create({.workers = 2});
+    auto runtime = Runtime::Create({.engine = TestEngine(), .workers = 2});
     ASSERT_TRUE(runtime);
     runtime_ = std::move(*runtime);
   }
