@@ -64,6 +64,14 @@ struct InstanceCounts {
   uint64_t quarantines = 0;        // times a module entered quarantine
 };
 
+// Resets of instances to their snapshots (StatePolicy::kReset).
+struct ResetCounts {
+  uint64_t pages = 0;           // copied back the pages dirty-page tracking found written
+  uint64_t full = 0;            // compared the whole memory with the snapshot
+  uint64_t fresh_fallback = 0;  // a fresh instance instead: this one could not be reset
+  uint64_t pages_copied = 0;    // 4 KiB pages written back, over all resets
+};
+
 // Workers beyond the configured ones, started for fairness (see
 // FairnessOptions in keel/runtime.h).
 struct SpareCounts {
@@ -104,6 +112,8 @@ struct MetricsSnapshot {
   HistogramSnapshot queue_wait;    // submit to start
   HistogramSnapshot run_time;      // start to end of both phases
   HistogramSnapshot end_to_end;    // submit to resolution
+  ResetCounts resets;
+  HistogramSnapshot reset_time;    // one reset to the snapshot
 };
 
 }  // namespace keel

@@ -104,6 +104,12 @@ struct ModuleOptions {
   std::chrono::milliseconds start_timeout{5000};
   std::shared_ptr<const Linker> linker;
   std::function<std::unique_ptr<HostState>()> host_state_factory;
+  // An export of type () -> () that every instance runs once, after its
+  // instantiation (and _initialize), before it takes calls and before its
+  // snapshot (StatePolicy::kReset): expensive setup done once per instance,
+  // not per call. Empty: none. Compile refuses a name that is not such an
+  // export (kInvalidArgument).
+  std::string init_export;
 };
 
 // What a module imports or exports.
@@ -147,12 +153,15 @@ class Module {
   const std::vector<Export>& exports() const { return exports_; }
   const std::vector<Import>& imports() const { return imports_; }
   const Export* FindExport(std::string_view name) const;
+  // ModuleOptions::init_export; empty if none.
+  const std::string& init_export() const { return init_export_; }
 
  private:
   friend class Runtime;
   friend struct internal::ModuleAccess;
   Module() = default;
   std::string name_;
+  std::string init_export_;
   std::string digest_;
   size_t size_bytes_ = 0;
   std::vector<Export> exports_;
@@ -161,8 +170,28 @@ class Module {
 };
 
 // When a pool retires a healthy instance and builds a fresh one.
+// What a call sees of the calls that ran before it on the same instance.
+//   kKeep   the state they left (memory, globals, host state): reuse at no
+//           cost; calls with one affinity key make a session.
+//   kReset  the instance as it was after instantiation and init: keel takes
+//           a snapshot then and resets the instance to it after every call,
+//           before the instance takes the next one (off the caller's path),
+//           copying back only the pages the call wrote where the system can
+//           track them. An instance that cannot be reset (its code changes
+//           tables or segments; its memory grew or moved; its host state has
+//           no snapshot; the engine has none) is replaced by a fresh one
+//           after each call instead: never does a call see another's state.
+//   kFresh  a new instance for every call.
+// Poisoned instances are replaced under every policy.
+enum class StatePolicy : uint8_t { kKeep, kReset, kFresh };
+
+// "keep", "reset", "fresh".
+std::string_view ToString(StatePolicy policy);
+// The names ToString gives; kInvalidArgument names the ones there are.
+[[nodiscard]] Result<StatePolicy> ParseStatePolicy(std::string_view name);
+
 struct RecyclePolicy {
-  bool fresh_per_call = false;                // a new instance for every call
+  StatePolicy state = StatePolicy::kKeep;
   uint64_t max_calls = 0;                     // retire after N calls (0: never)
   std::chrono::milliseconds max_idle{0};      // retire after T unused (0: never)
 };

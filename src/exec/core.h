@@ -268,6 +268,8 @@ class Worker {
   void FinishCall(Slot& slot, const std::shared_ptr<CallRecord>& record, CallResult result,
                   Clock::time_point start);
   void AfterCall(Slot& slot, bool poisoned);
+  bool ResetToSnapshot(Slot& slot);
+  Result<void> Prepare(PoolImpl& pool, engine::Instance& instance, uint64_t tag);
   void SetCurrent(std::shared_ptr<CallRecord> record) EXCLUDES(current_mu_);
   bool Instantiate(Slot& slot);
   Result<std::unique_ptr<engine::Instance>> TryInstantiate(PoolImpl& pool);

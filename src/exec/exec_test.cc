@@ -500,7 +500,7 @@ TEST_F(ExecTest, AffinityKeyRunsInOrderOnOneInstance) {
 }
 
 TEST_F(ExecTest, RecyclePolicies) {
-  auto fresh = MakePool({.recycle = {.fresh_per_call = true}});
+  auto fresh = MakePool({.recycle = {.state = StatePolicy::kFresh}});
   for (int i = 0; i < 3; ++i) EXPECT_EQ(Submit(*fresh, "bump", {}).Wait()->values[0].i32(), 1);
   auto limited = MakePool({.recycle = {.max_calls = 2}});
   std::vector<int> seen;

@@ -123,6 +123,11 @@ MetricsSnapshot Metrics::Snapshot() const {
   s.queue_wait = queue_wait.Snapshot();
   s.run_time = run_time.Snapshot();
   s.end_to_end = end_to_end.Snapshot();
+  s.resets.pages = resets_pages;
+  s.resets.full = resets_full;
+  s.resets.fresh_fallback = resets_fresh_fallback;
+  s.resets.pages_copied = reset_pages_copied;
+  s.reset_time = reset_time.Snapshot();
   return s;
 }
 

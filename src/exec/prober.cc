@@ -32,14 +32,16 @@ std::shared_ptr<const Linker> ProbeLinker(const engine::ModuleInfo& info, const 
 
 // What a failed probe means for the module.
 Result<void> Verdict(const Error& error, const ModuleOptions& options) {
+  const std::string what = options.init_export.empty()
+                               ? "the start function (or _initialize)"
+                               : "the start function (or _initialize, or init export '" +
+                                     options.init_export + "')";
   switch (error.code) {
     case ErrorCode::kInterrupted:
-      return MakeError(ErrorCode::kInvalidModule,
-                       "the start function (or _initialize) did not finish within " +
-                           std::to_string(options.start_timeout.count()) + " ms");
+      return MakeError(ErrorCode::kInvalidModule, what + " did not finish within " +
+                                                      std::to_string(options.start_timeout.count()) + " ms");
     case ErrorCode::kTrap: {
-      Error refused(ErrorCode::kInvalidModule,
-                    "the start function (or _initialize) trapped: " + error.ToString());
+      Error refused(ErrorCode::kInvalidModule, what + " trapped: " + error.ToString());
       refused.backtrace = error.backtrace;
       return tl::unexpected(std::move(refused));
     }
@@ -130,6 +132,9 @@ Result<void> Prober::Run(engine::Context& context, Job& job) {
   core_->watchdog->WatchTag(Clock::now() + job.options->start_timeout, std::move(interrupter), tag);
   auto instance = context.Instantiate(
       job.module, linker, job.options->host_state_factory ? job.options->host_state_factory() : nullptr, tag);
+  if (instance && !job.options->init_export.empty()) {
+    if (auto ran = (*instance)->Invoke(job.options->init_export, {}, tag); !ran) instance = MakeError(ran.error());
+  }
   bool stopped;
   {
     MutexLock lock(mu_);

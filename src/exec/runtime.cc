@@ -64,6 +64,23 @@ Result<EngineKind> ParseEngineKind(std::string_view name) {
                    "unknown engine '" + std::string(name) + "' (spidermonkey or wasmtime)");
 }
 
+std::string_view ToString(StatePolicy policy) {
+  switch (policy) {
+    case StatePolicy::kKeep: return "keep";
+    case StatePolicy::kReset: return "reset";
+    case StatePolicy::kFresh: return "fresh";
+  }
+  return "?";
+}
+
+Result<StatePolicy> ParseStatePolicy(std::string_view name) {
+  for (StatePolicy policy : {StatePolicy::kKeep, StatePolicy::kReset, StatePolicy::kFresh}) {
+    if (name == ToString(policy)) return policy;
+  }
+  return MakeError(ErrorCode::kInvalidArgument,
+                   "unknown state policy '" + std::string(name) + "' (reset, keep or fresh)");
+}
+
 std::vector<EngineKind> AvailableEngines() {
   std::vector<EngineKind> kinds;
   for (engine::EngineKind kind : engine::AvailableEngines()) {
@@ -107,6 +124,13 @@ Result<std::shared_ptr<const Module>> Runtime::Compile(std::span<const uint8_t> 
   if (core.shutting_down.load()) return MakeError(ErrorCode::kShuttingDown, "the runtime is shutting down");
   auto compiled = core.engine->Compile(bytes, {.max_memory_pages = options.max_memory_pages});
   if (!compiled) return MakeError(compiled.error());
+  if (!options.init_export.empty()) {
+    const engine::ExportInfo* init = (*compiled)->info().FindFuncExport(options.init_export);
+    if (!init || !init->func.params.empty() || !init->func.results.empty()) {
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "init export '" + options.init_export + "' is not an exported function () -> ()");
+    }
+  }
   if (auto probed = core.prober->Probe(*compiled, options); !probed) {
     core.metrics.modules_refused++;
     return MakeError(probed.error());
@@ -115,6 +139,7 @@ Result<std::shared_ptr<const Module>> Runtime::Compile(std::span<const uint8_t> 
   module->digest_ = Sha256Hex(bytes);
   module->name_ = options.name.empty() ? module->digest_.substr(0, 12) : options.name;
   module->size_bytes_ = bytes.size();
+  module->init_export_ = options.init_export;
   module->compiled_ = std::make_shared<internal::CompiledModule>(
       internal::CompiledModule{*compiled, core.options.engine});
   const engine::ModuleInfo& info = (*compiled)->info();

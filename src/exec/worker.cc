@@ -207,8 +207,26 @@ Result<std::unique_ptr<engine::Instance>> Worker::TryInstantiate(PoolImpl& pool)
                                         options.linker ? options.linker : EmptyLinker(),
                                         options.host_state_factory ? options.host_state_factory() : nullptr,
                                         tag);
+  if (instance) {
+    if (auto ready = Prepare(pool, **instance, tag); !ready) instance = tl::unexpected(ready.error());
+  }
   instantiating_tag_.store(0);
   return instance;
+}
+
+// Runs the module's init export (under the instantiation's tag and
+// deadline), then takes the snapshot the reset policy needs. An instance
+// that cannot be snapshotted still serves, replaced after every call.
+Result<void> Worker::Prepare(PoolImpl& pool, engine::Instance& instance, uint64_t tag) {
+  if (const std::string& init = pool.module()->init_export(); !init.empty()) {
+    if (auto ran = instance.Invoke(init, {}, tag); !ran) {
+      Error error = ran.error();
+      error.message = "init export '" + init + "': " + error.message;
+      return MakeError(std::move(error));
+    }
+  }
+  if (pool.options().recycle.state == StatePolicy::kReset) (void)instance.Snapshot({});
+  return {};
 }
 
 bool Worker::Instantiate(Slot& slot) {
@@ -431,11 +449,36 @@ void Worker::AfterCall(Slot& slot, bool poisoned) {
     return;
   }
   const RecyclePolicy& recycle = slot.pool->options().recycle;
-  if (recycle.fresh_per_call || (recycle.max_calls > 0 && slot.calls >= recycle.max_calls)) {
+  bool replace = false;
+  if (recycle.state == StatePolicy::kFresh || (recycle.max_calls > 0 && slot.calls >= recycle.max_calls)) {
     core_->metrics.recycled++;
+    replace = true;
+  } else if (recycle.state == StatePolicy::kReset && !ResetToSnapshot(slot)) {
+    core_->metrics.resets_fresh_fallback++;
+    replace = true;
+  }
+  if (replace) {
     Retire(slot);
     if (!shutting_down) Instantiate(slot);
   }
+}
+
+// False when the instance cannot be reset (no snapshot, or the reset
+// failed, which poisons it): the caller replaces it.
+bool Worker::ResetToSnapshot(Slot& slot) {
+  if (!slot.instance->has_snapshot()) return false;
+  Clock::time_point start = Clock::now();
+  auto reset = slot.instance->Reset();
+  if (!reset) return false;
+  Metrics& metrics = core_->metrics;
+  metrics.reset_time.Record(Clock::now() - start);
+  if (reset->memory == engine::ResetStats::Memory::kTracked) {
+    metrics.resets_pages++;
+  } else {
+    metrics.resets_full++;
+  }
+  metrics.reset_pages_copied += reset->pages_copied;
+  return true;
 }
 
 // A slot without an instance that should build one now.
