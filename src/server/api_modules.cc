@@ -35,6 +35,7 @@ json::object ModuleJson(const ModuleEntry& entry, bool detail) {
       {"digest", module.digest()},
       {"size_bytes", module.size_bytes()},
       {"source", entry.persisted ? "upload" : "directory"},
+      {"state", ToString(entry.state)},
       {"loaded_at", FormatTime(entry.loaded_at)},
       {"exports", std::move(exports)},
   };
@@ -81,11 +82,19 @@ boost::asio::awaitable<Response> HandleModules(Service& service, RequestContext&
       co_return JsonResponse(200, ModuleJson(*entry, /*detail=*/true));
     }
     case http::verb::put: {
+      auto state_text = QueryParam(ctx.query, "state");
+      if (!state_text) co_return ErrorResponse(state_text.error());
+      std::optional<StatePolicy> state;
+      if (*state_text) {
+        auto parsed = ParseStatePolicy(**state_text);
+        if (!parsed) co_return ErrorResponse(Error(ErrorCode::kInvalidArgument, "?state=: " + parsed.error().message));
+        state = *parsed;
+      }
       std::vector<uint8_t> bytes = std::move(ctx.request.body());
       // Compiling and committing the bytes can take a while: on the
       // compile threads, so that queries are not held up.
-      auto put = [&registry, name, bytes = std::move(bytes)]() -> Response {
-        auto added = registry.Put(name, bytes, /*persist=*/true);
+      auto put = [&registry, name, bytes = std::move(bytes), state]() -> Response {
+        auto added = registry.Put(name, bytes, /*persist=*/true, state);
         if (!added) {
           // A module the service cannot run is the client's problem.
           int status = added.error().code == ErrorCode::kResourceExhausted ? 400 : StatusForError(added.error());

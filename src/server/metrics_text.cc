@@ -126,6 +126,7 @@ std::string RenderPrometheus(const MetricsInput& in) {
   w.Sample("keel_calls_resolved_total", Label("cause", "deadline_running"), r.deadline_running);
   w.Sample("keel_calls_resolved_total", Label("cause", "shutting_down"), r.shutting_down);
   w.Sample("keel_calls_resolved_total", Label("cause", "unavailable"), r.unavailable);
+  w.Sample("keel_calls_resolved_total", Label("cause", "aborted"), r.aborted);
   w.Family("keel_calls_trapped_total", "counter", "Calls that ended in a guest trap, by trap kind.");
   for (size_t i = 1; i < kTrapKinds; ++i) {
     w.Sample("keel_calls_trapped_total", Label("kind", ToString(static_cast<TrapKind>(i))), r.traps[i]);
@@ -150,6 +151,37 @@ std::string RenderPrometheus(const MetricsInput& in) {
   w.Sample("keel_instance_events_total", Label("event", "recycled"), ic.recycled);
   w.Sample("keel_instance_events_total", Label("event", "instantiation_failed"), ic.instantiation_failures);
   w.Sample("keel_instance_events_total", Label("event", "quarantined"), ic.quarantines);
+
+  w.One("keel_call_aborts_total", "counter", "Running calls an operator abort interrupted.", m.aborts);
+  w.One("keel_callback_exceptions_total", "counter",
+        "Completion callbacks, detached sinks and interrupt hooks that threw.", m.callback_exceptions);
+  w.One("keel_modules_refused_total", "counter",
+        "Modules refused at upload: their start function (or init) trapped or did not finish.",
+        m.modules_refused);
+
+  // Fairness: spare workers for pools starved by others' long calls.
+  w.One("keel_spare_workers", "gauge", "Spare worker threads now.", m.spares.workers);
+  w.One("keel_spare_instances", "gauge", "Instances on spare workers now.", m.spares.temporary_instances);
+  w.Family("keel_spare_requests_total", "counter", "Starving pools given a spare worker, or not (at the limit).");
+  w.Sample("keel_spare_requests_total", Label("result", "granted"), m.spares.grants);
+  w.Sample("keel_spare_requests_total", Label("result", "denied"), m.spares.denied);
+
+  // The engine's linear memories, dropped ones not yet collected included.
+  w.One("keel_engine_memories", "gauge", "Linear memories the engine holds.", m.engine_memory.live_memories);
+  w.One("keel_engine_memory_reserved_bytes", "gauge", "Address space those memories reserve.",
+        m.engine_memory.reserved_bytes);
+  w.One("keel_engine_memory_committed_bytes", "gauge", "Current byte length of those memories.",
+        m.engine_memory.committed_bytes);
+
+  w.Family("keel_instance_resets_total", "counter",
+           "Instances brought back to their snapshot after a call (state policy reset), by how: the pages "
+           "found written, the whole memory compared, or a fresh instance instead.");
+  w.Sample("keel_instance_resets_total", Label("how", "pages"), m.resets.pages);
+  w.Sample("keel_instance_resets_total", Label("how", "full"), m.resets.full);
+  w.Sample("keel_instance_resets_total", Label("how", "fresh_fallback"), m.resets.fresh_fallback);
+  w.One("keel_instance_reset_pages_total", "counter", "4 KiB pages written back by resets.",
+        m.resets.pages_copied);
+  w.Histogram("keel_instance_reset_seconds", "Time of one reset to the snapshot.", m.reset_time);
 
   w.One("keel_calls_queued", "gauge", "Calls waiting for an instance.", m.queued);
   w.One("keel_calls_running", "gauge", "Calls in the guest now.", m.running);

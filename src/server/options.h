@@ -35,6 +35,8 @@ struct ServerOptions {
   std::vector<std::string> module_dirs;
 
   EngineKind engine = EngineKind::kSpiderMonkey;  // what runs the guests
+  // The state policy of modules put without ?state=: fresh state per call.
+  StatePolicy default_state = StatePolicy::kReset;
 
   // Threads.
   int workers = 0;     // WebAssembly worker threads; 0: one per core

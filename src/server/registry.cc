@@ -68,24 +68,29 @@ bool Registry::ValidName(std::string_view name) {
   });
 }
 
-Result<std::shared_ptr<Pool>> Registry::MakePool(std::shared_ptr<const Module> module) {
-  return runtime_->CreatePool(std::move(module), pool_options_);
+Result<std::shared_ptr<Pool>> Registry::MakePool(std::shared_ptr<const Module> module,
+                                                 StatePolicy state) {
+  PoolOptions options = pool_options_;
+  options.recycle.state = state;
+  return runtime_->CreatePool(std::move(module), std::move(options));
 }
 
-bool Registry::Reference(const std::string& digest, const std::shared_ptr<Pool>& pool) {
-  auto [it, added] = digests_.try_emplace(digest, DigestPool{pool, 0, {}});
+bool Registry::Reference(const PoolKey& key, const std::shared_ptr<Pool>& pool) {
+  auto [it, added] = digests_.try_emplace(key, DigestPool{pool, 0, {}});
   it->second.names++;
   return added;
 }
 
-void Registry::Unreference(const std::string& digest) {
-  auto it = digests_.find(digest);
+void Registry::Unreference(const PoolKey& key) {
+  auto it = digests_.find(key);
   if (it == digests_.end()) return;
   // Kept for jobs and calls already queued; Reap() closes it once idle.
   if (--it->second.names == 0) it->second.idle_since = std::chrono::steady_clock::now();
 }
 
-Result<PutResult> Registry::Put(std::string_view name, std::span<const uint8_t> bytes, bool persist) {
+Result<PutResult> Registry::Put(std::string_view name, std::span<const uint8_t> bytes, bool persist,
+                                std::optional<StatePolicy> state) {
+  const StatePolicy policy = state.value_or(pool_options_.recycle.state);
   if (!ValidName(name)) {
     return MakeError(ErrorCode::kInvalidArgument,
                      "invalid module name '" + std::string(name) +
@@ -98,18 +103,21 @@ Result<PutResult> Registry::Put(std::string_view name, std::span<const uint8_t> 
   auto module = runtime_->Compile(bytes, {.name = std::string(name)});
   if (!module) return MakeError(module.error());
   const std::string& digest = (*module)->digest();
-  if (previous && previous->module->digest() == digest && previous->persisted == persist) {
+  if (previous && previous->module->digest() == digest && previous->persisted == persist &&
+      previous->state == policy) {
     return PutResult{previous, false};
   }
-  // Reuse the pool of identical bytes (another name, or a job's module).
+  // Reuse the pool of identical bytes and policy (another name, or a job's
+  // module).
+  const PoolKey key{digest, policy};
   std::shared_ptr<Pool> pool;
   {
     MutexLock lock(mu_);
-    if (auto it = digests_.find(digest); it != digests_.end()) pool = it->second.pool;
+    if (auto it = digests_.find(key); it != digests_.end()) pool = it->second.pool;
   }
   bool new_pool = !pool;
   if (new_pool) {
-    auto made = MakePool(*module);
+    auto made = MakePool(*module, policy);
     if (!made) return MakeError(made.error());
     pool = *made;
   }
@@ -120,33 +128,36 @@ Result<PutResult> Registry::Put(std::string_view name, std::span<const uint8_t> 
   auto stored = store_->PutModule(bytes);
   if (!stored) return fail(stored.error());
   if (persist) {
-    if (auto ok = PersistName(std::string(name), digest); !ok) return fail(ok.error());
+    if (auto ok = PersistName(std::string(name), digest, policy); !ok) return fail(ok.error());
   }
 
   auto entry = std::make_shared<ModuleEntry>();
   entry->name = std::string(name);
   entry->module = *module;
   entry->pool = pool;
+  entry->state = policy;
   entry->persisted = persist;
   entry->loaded_at = std::chrono::system_clock::now();
   {
     MutexLock lock(mu_);
     // A job may have built a pool for these bytes in the meantime: keep one.
-    if (!Reference(digest, pool) && new_pool) {
+    if (!Reference(key, pool) && new_pool) {
       pool->Close();
-      entry->pool = digests_[digest].pool;
+      entry->pool = digests_[key].pool;
     }
-    if (previous) Unreference(previous->module->digest());
+    if (previous) Unreference(KeyOf(*previous));
     names_[entry->name] = entry;
   }
   return PutResult{entry, previous == nullptr};
 }
 
-Result<void> Registry::PersistName(const std::string& name, const std::string& digest) {
+Result<void> Registry::PersistName(const std::string& name, const std::string& digest,
+                                  StatePolicy state) {
   std::error_code ec;
   fs::create_directories(modules_dir_, ec);
   if (ec) return MakeError(ErrorCode::kInternal, "cannot create " + modules_dir_ + ": " + ec.message());
-  return WriteFileAtomically(fs::path(modules_dir_) / name, digest + "\n");
+  return WriteFileAtomically(fs::path(modules_dir_) / name,
+                             digest + "\nstate " + std::string(ToString(state)) + "\n");
 }
 
 std::shared_ptr<const ModuleEntry> Registry::Find(std::string_view name) const {
@@ -175,16 +186,24 @@ Result<void> Registry::Remove(std::string_view name) {
   }
   MutexLock lock(mu_);
   names_.erase(entry->name);
-  Unreference(entry->module->digest());
+  Unreference(KeyOf(*entry));
   return {};
 }
 
 Result<std::shared_ptr<Pool>> Registry::PoolForDigest(const std::string& digest) {
+  const PoolKey fallback{digest, pool_options_.recycle.state};
   {
     MutexLock lock(mu_);
-    if (auto it = digests_.find(digest); it != digests_.end()) {
-      if (it->second.names == 0) it->second.idle_since = std::chrono::steady_clock::now();
-      return it->second.pool;
+    // A pool a name refers to first (the job follows that name's policy),
+    // then any pool of these bytes.
+    DigestPool* found = nullptr;
+    for (auto it = digests_.lower_bound({digest, StatePolicy{}}); it != digests_.end() && it->first.digest == digest;
+         ++it) {
+      if (!found || (found->names == 0 && it->second.names > 0)) found = &it->second;
+    }
+    if (found) {
+      if (found->names == 0) found->idle_since = std::chrono::steady_clock::now();
+      return found->pool;
     }
   }
   if (!IsHexDigest(digest)) return MakeError(ErrorCode::kNotFound, "no module with digest '" + digest + "'");
@@ -192,10 +211,10 @@ Result<std::shared_ptr<Pool>> Registry::PoolForDigest(const std::string& digest)
   if (!bytes) return MakeError(bytes.error());
   auto module = runtime_->Compile(*bytes, {.name = digest.substr(0, 12)});
   if (!module) return MakeError(module.error());
-  auto pool = MakePool(*module);
+  auto pool = MakePool(*module, fallback.state);
   if (!pool) return MakeError(pool.error());
   MutexLock lock(mu_);
-  auto [it, added] = digests_.try_emplace(digest, DigestPool{*pool, 0, std::chrono::steady_clock::now()});
+  auto [it, added] = digests_.try_emplace(fallback, DigestPool{*pool, 0, std::chrono::steady_clock::now()});
   if (!added) (*pool)->Close();  // lost a race with another caller
   return it->second.pool;
 }
@@ -230,14 +249,14 @@ std::vector<Registry::PoolView> Registry::Pools() const {
   MutexLock lock(mu_);
   std::vector<PoolView> out;
   out.reserve(digests_.size());
-  std::map<std::string_view, size_t> index;  // digest -> position in `out`
-  for (const auto& [digest, entry] : digests_) {
-    index.emplace(digest, out.size());
-    out.push_back({entry.pool, {}});
+  std::map<PoolKey, size_t> index;  // position in `out`
+  for (const auto& [key, entry] : digests_) {
+    index.emplace(key, out.size());
+    out.push_back({entry.pool, {}, key.state});
   }
   // names_ is sorted, so each pool's names come out sorted too.
   for (const auto& [name, module] : names_) {
-    if (auto it = index.find(module->module->digest()); it != index.end()) out[it->second].names.push_back(name);
+    if (auto it = index.find(KeyOf(*module)); it != index.end()) out[it->second].names.push_back(name);
   }
   return out;
 }
@@ -276,18 +295,28 @@ Result<size_t> Registry::LoadPersisted() {
   for (const auto& file : it) {
     std::string name = file.path().filename().string();
     if (!ValidName(name)) continue;  // e.g. a temporary file of an interrupted upload
-    std::string digest;
-    std::ifstream(file.path()) >> digest;
+    std::string digest, key, policy_name;
+    std::ifstream(file.path()) >> digest >> key >> policy_name;
     if (!IsHexDigest(digest)) {
       spdlog::warn("module name={} skipped: {} does not hold a digest", name, file.path().string());
       continue;
+    }
+    // Names persisted before policies existed have none: the default.
+    std::optional<StatePolicy> policy;
+    if (key == "state") {
+      auto parsed = ParseStatePolicy(policy_name);
+      if (!parsed) {
+        spdlog::warn("module name={} skipped: {}", name, parsed.error().ToString());
+        continue;
+      }
+      policy = *parsed;
     }
     auto bytes = store_->GetModule(digest);
     if (!bytes) {
       spdlog::warn("module name={} digest={} skipped: {}", name, digest, bytes.error().ToString());
       continue;
     }
-    auto put = Put(name, *bytes, /*persist=*/true);
+    auto put = Put(name, *bytes, /*persist=*/true, policy);
     if (!put) {
       spdlog::warn("module name={} digest={} skipped: {}", name, digest, put.error().ToString());
       continue;

@@ -4,7 +4,12 @@
 //
 // Persistence: the bytes of every module go to the job store (PutModule,
 // by digest); each uploaded name is a file <data>/modules/<name> holding
-// the digest, replaced atomically (write + rename). Modules loaded from
+// the digest and the name's state policy, replaced atomically (write +
+// rename).
+//
+// Pools are per digest and state policy: names with the same bytes and
+// policy share one; a job runs on a pool of its digest (a name's, if one
+// refers to it, else one with the default policy). Modules loaded from
 // --modules directories are not persisted; they are loaded again at every
 // start, and an uploaded name of the same name overrides them.
 #ifndef KEEL_SERVER_REGISTRY_H_
@@ -13,6 +18,7 @@
 #include <chrono>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -27,6 +33,7 @@ struct ModuleEntry {
   std::string name;
   std::shared_ptr<const Module> module;
   std::shared_ptr<Pool> pool;
+  StatePolicy state = StatePolicy::kReset;  // what a call sees of earlier calls
   bool persisted = false;  // uploaded (true) or loaded from a --modules directory
   std::chrono::system_clock::time_point loaded_at;
 };
@@ -41,7 +48,8 @@ struct PutResult {
 // pools of a stopped runtime would leave them referenced by its workers).
 class Registry {
  public:
-  // `pool_options` applies to every pool (linker, host state, limits).
+  // `pool_options` applies to every pool (linker, host state, limits); its
+  // recycle.state is the policy of names put without one.
   Registry(Runtime* runtime, jobs::JobStore* store, std::string data_dir, PoolOptions pool_options);
 
   // Module names: 1-128 of [A-Za-z0-9._-], not starting with '.' or '-'.
@@ -60,8 +68,9 @@ class Registry {
   // queued on a replaced module still run on it.
   // kInvalidArgument (bad name), kInvalidModule, kLinkError (imports the
   // service does not provide), kResourceExhausted, store errors.
+  // A name put again with the same bytes and policy is unchanged.
   [[nodiscard]] Result<PutResult> Put(std::string_view name, std::span<const uint8_t> bytes,
-                                      bool persist);
+                                      bool persist, std::optional<StatePolicy> state = std::nullopt);
   // nullptr if unknown.
   std::shared_ptr<const ModuleEntry> Find(std::string_view name) const;
   // Sorted by name.
@@ -82,6 +91,7 @@ class Registry {
   struct PoolView {
     std::shared_ptr<Pool> pool;
     std::vector<std::string> names;
+    StatePolicy state = StatePolicy::kReset;
   };
   std::vector<PoolView> Pools() const;
 
@@ -91,12 +101,20 @@ class Registry {
     int names = 0;  // names referring to it
     std::chrono::steady_clock::time_point idle_since;
   };
-  [[nodiscard]] Result<std::shared_ptr<Pool>> MakePool(std::shared_ptr<const Module> module);
-  [[nodiscard]] Result<void> PersistName(const std::string& name, const std::string& digest);
-  // Takes a reference to `digest`'s pool, adding `pool` if there is none
+  struct PoolKey {
+    std::string digest;
+    StatePolicy state;
+    auto operator<=>(const PoolKey&) const = default;
+  };
+  static PoolKey KeyOf(const ModuleEntry& entry) { return {entry.module->digest(), entry.state}; }
+  [[nodiscard]] Result<std::shared_ptr<Pool>> MakePool(std::shared_ptr<const Module> module,
+                                                       StatePolicy state);
+  [[nodiscard]] Result<void> PersistName(const std::string& name, const std::string& digest,
+                                         StatePolicy state);
+  // Takes a reference to `key`'s pool, adding `pool` if there is none
   // yet (then true).
-  bool Reference(const std::string& digest, const std::shared_ptr<Pool>& pool) REQUIRES(mu_);
-  void Unreference(const std::string& digest) REQUIRES(mu_);
+  bool Reference(const PoolKey& key, const std::shared_ptr<Pool>& pool) REQUIRES(mu_);
+  void Unreference(const PoolKey& key) REQUIRES(mu_);
 
   Runtime* runtime_;
   jobs::JobStore* store_;
@@ -107,7 +125,7 @@ class Registry {
   Mutex write_mu_ ACQUIRED_BEFORE(mu_);
   mutable Mutex mu_;
   std::map<std::string, std::shared_ptr<const ModuleEntry>, std::less<>> names_ GUARDED_BY(mu_);
-  std::map<std::string, DigestPool, std::less<>> digests_ GUARDED_BY(mu_);
+  std::map<PoolKey, DigestPool> digests_ GUARDED_BY(mu_);
 };
 
 }  // namespace keel::server

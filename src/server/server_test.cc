@@ -720,5 +720,47 @@ TEST_F(ServerTest, ShutdownInterruptsAfterGrace) {
   EXPECT_EQ(r.error_code(), "shutting_down");
 }
 
+// Isolation: with no setting, every call starts from the module's snapshot.
+TEST_F(ServerTest, EveryCallSeesFreshStateByDefault) {
+  // One instance per module, so that kept state shows from call to call.
+  Start([](ServerOptions& o) { o.instances = 1; });
+  Client c(port());
+  std::vector<uint8_t> bytes = ReadBytes(Fixture("reset_guest"));
+  Reply put = c.Put("/v1/modules/counter", bytes);
+  ASSERT_EQ(put.status, 201) << put.body;
+  EXPECT_EQ(put.json().at("state"), "reset");
+  for (int i = 0; i < 40; ++i) {
+    Reply bump = c.PostJson("/v1/modules/counter/call/bump", "{\"args\":[]}");
+    ASSERT_EQ(bump.status, 200) << bump.body;
+    ASSERT_EQ(bump.body, "{\"results\":[1101]}\n") << "call " << i << " saw an earlier call's state";
+    Reply visit = c.PostJson("/v1/modules/counter/call/visit", "{\"args\":[" + std::to_string(7000 + i) + "]}");
+    ASSERT_EQ(visit.body, "{\"results\":[0]}\n") << "call " << i << " saw the previous input";
+  }
+  EXPECT_EQ(c.Get("/v1/modules/counter").json().at("state"), "reset");
+  ASSERT_TRUE(Eventually([&] {
+    return c.Get("/metrics").body.find("keel_instance_resets_total{how=\"fresh_fallback\"} 0\n") !=
+           std::string::npos;
+  }, 5s));
+
+  // keep: state carries over; the same bytes under another policy get a
+  // pool of their own.
+  ASSERT_EQ(c.Put("/v1/modules/session?state=keep", bytes).status, 201);
+  EXPECT_EQ(c.Get("/v1/modules/session").json().at("state"), "keep");
+  EXPECT_EQ(c.PostJson("/v1/modules/session/call/bump", "{\"args\":[]}").body, "{\"results\":[1101]}\n");
+  EXPECT_EQ(c.PostJson("/v1/modules/session/call/bump", "{\"args\":[]}").body, "{\"results\":[2102]}\n");
+  EXPECT_EQ(c.PostJson("/v1/modules/counter/call/bump", "{\"args\":[]}").body, "{\"results\":[1101]}\n");
+  // Changing only the policy is a change.
+  EXPECT_EQ(c.Put("/v1/modules/session?state=keep", bytes).status, 200);
+  Reply fresh = c.Put("/v1/modules/session?state=fresh", bytes);
+  ASSERT_EQ(fresh.status, 200);
+  EXPECT_EQ(fresh.json().at("state"), "fresh");
+  EXPECT_EQ(c.PostJson("/v1/modules/session/call/bump", "{\"args\":[]}").body, "{\"results\":[1101]}\n");
+
+  Reply bad = c.Put("/v1/modules/other?state=sometimes", bytes);
+  EXPECT_EQ(bad.status, 400);
+  EXPECT_THAT(bad.body, HasSubstr("unknown state policy 'sometimes' (reset, keep or fresh)"));
+  EXPECT_EQ(c.Get("/v1/modules/other").status, 404);
+}
+
 }  // namespace
 }  // namespace keel::server

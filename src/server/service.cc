@@ -47,6 +47,7 @@ Result<std::unique_ptr<Service>> Service::Create(ServerOptions options) {
   PoolOptions base;
   base.instances = o.instances;
   base.max_queue = o.max_queue;
+  base.recycle.state = o.default_state;
   auto pool = WithWasi(std::move(base), SandboxWasi());
   if (!pool) return MakeError(pool.error());
   if (o.extend_linker) {
@@ -203,6 +204,7 @@ Service::PoolsRendering Service::RenderPools() {
     status.push_back({
         {"module", p.module},
         {"digest", p.digest},
+        {"state", ToString(view.state)},
         {"target", p.stats.target_instances},
         {"healthy", p.stats.healthy_instances},
         {"busy", p.stats.busy_instances},
@@ -255,6 +257,9 @@ std::string Service::StatusJson(std::string_view pools_json) {
       {"rejected_overloaded", r.rejected_overloaded},
       {"poisoned", r.instances.poisoned},
       {"replaced", r.instances.replaced},
+      {"resets", r.resets.pages + r.resets.full},
+      {"reset_fallbacks", r.resets.fresh_fallback},
+      {"reset_p50_us", r.reset_time.Quantile(0.5) * 1e6},
       {"p50_ms", r.end_to_end.Quantile(0.5) * 1e3},
       {"p99_ms", r.end_to_end.Quantile(0.99) * 1e3},
   };

@@ -83,7 +83,7 @@ constexpr std::string_view kHtml = R"KEEL(<!doctype html>
   </section>
   <section class="wide">
     <h2>Pools and instances</h2>
-    <table><thead><tr><th>module</th><th>digest</th><th>instances</th><th>queued</th><th>state</th></tr></thead>
+    <table><thead><tr><th>module</th><th>digest</th><th>state policy</th><th>instances</th><th>queued</th><th>state</th></tr></thead>
       <tbody id="pools"></tbody></table>
     <div class="legend"><i class="idle"></i>idle<i class="busy"></i>busy<i class="starting"></i>starting / being replaced</div>
   </section>
@@ -209,7 +209,7 @@ function render(st) {
       for (let i = 0; i < count; i++) dots.append(text("span", "", "dot " + cls));
     }
     const state = p.quarantined ? `quarantined ${Math.ceil(p.quarantine_remaining_ms / 1000)} s: ${p.quarantine_reason}` : "ok";
-    const tr = row([p.module, text("td", p.digest.slice(0, 12), "msg"), dots, text("td", p.queued, "num"),
+    const tr = row([p.module, text("td", p.digest.slice(0, 12), "msg"), p.state, dots, text("td", p.queued, "num"),
                     text("td", state, p.quarantined ? "cause error" : "")]);
     tr.dataset.module = p.module;
     pools.append(tr);
