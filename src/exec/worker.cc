@@ -638,6 +638,16 @@ void Worker::Loop() {
 }
 
 void Worker::Teardown() {
+  // Commands posted before stop_ was set and not run: what they hold (a
+  // closing pool, which holds the runtime's core) must not outlive us.
+  // Dropped outside the lock: a pool's destructor may post again.
+  std::vector<std::function<void(Worker&)>> unrun;
+  {
+    MutexLock lock(mu_);
+    unrun.swap(commands_);
+    has_commands_.store(false);
+  }
+  unrun.clear();
   for (Slot& slot : slots_) {
     if (slot.instance) Retire(slot);
     if (slot.temporary()) core_->metrics.temporary_instances--;
