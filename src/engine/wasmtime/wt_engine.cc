@@ -345,7 +345,7 @@ class InterruptState {
   // ClearHook, right after the host function returns, waits for such a run
   // to finish, and a wake-up run later than that does nothing.
   static std::function<void()> RequestDeferred(const std::shared_ptr<InterruptState>& self,
-                                               uint64_t tag) EXCLUDES(mu_) {
+                                               uint64_t tag) {
     if (tag == 0) return {};
     uint64_t prev = self->requested_tag_.load();
     while (prev < tag && !self->requested_tag_.compare_exchange_weak(prev, tag)) {
@@ -395,7 +395,7 @@ class InterruptState {
   // that throws is the host's bug; it must not stay counted as running
   // (its host function could then never return).
   static void RunHook(const std::shared_ptr<InterruptState>& self,
-                      const std::shared_ptr<Hook>& hook) EXCLUDES(mu_) {
+                      const std::shared_ptr<Hook>& hook) {
     {
       MutexLock lock(self->mu_);
       if (self->hook_ != hook) return;
