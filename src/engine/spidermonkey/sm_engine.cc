@@ -41,6 +41,7 @@
 #include "base/mutex.h"
 #include "base/names.h"
 #include "engine/dirty_pages.h"
+#include "engine/value_buffer.h"
 
 namespace keel::engine {
 namespace {
@@ -261,23 +262,6 @@ bool DefineNamed(JSContext* cx, JS::HandleObject obj, std::string_view name,
   JS::RootedId id(cx);
   return NameToId(cx, name, &id) && JS_DefinePropertyById(cx, obj, id, value, JSPROP_ENUMERATE);
 }
-
-// Values of one host call: inline when few (the common case), else on
-// the heap.
-class ValueBuffer {
- public:
-  explicit ValueBuffer(size_t n) {
-    if (n > kInline) heap_.resize(n);
-    span_ = n > kInline ? std::span<Value>(heap_) : std::span<Value>(inline_, n);
-  }
-  std::span<Value> span() { return span_; }
-
- private:
-  static constexpr size_t kInline = 16;
-  Value inline_[kInline];
-  std::vector<Value> heap_;
-  std::span<Value> span_;
-};
 
 // ---------------------------------------------------------------------------
 // Modules
