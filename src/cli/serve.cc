@@ -71,7 +71,8 @@ CLI::App* AddServeCommand(CLI::App& app, ServeArgs& args) {
   cmd->add_option("--max-queue", o.max_queue, "Calls queued per module before 429")->capture_default_str();
   cmd->add_option("--call-timeout", "Default deadline of a synchronous call (5s)")
       ->check(Millis(&o.default_call_timeout));
-  cmd->add_option("--max-call-timeout", "Largest ?timeout= honoured (60s)")->check(Millis(&o.max_call_timeout));
+  cmd->add_option("--max-call-timeout", "Largest ?timeout= honoured (30s)")->check(Millis(&o.max_call_timeout));
+  cmd->add_option("--max-job-timeout", "Largest timeout_ms of a job (15m)")->check(Millis(&o.max_job_timeout));
   cmd->add_option("--max-body", o.max_body_bytes, "Request body limit in bytes")->capture_default_str();
   cmd->add_option("--max-module", o.max_module_bytes, "Module upload limit in bytes")->capture_default_str();
   cmd->add_option("--max-header", o.max_header_bytes, "Request header limit in bytes")->capture_default_str();

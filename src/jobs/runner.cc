@@ -457,6 +457,20 @@ class Runner::Impl {
     heartbeater_.join();
   }
 
+  bool Abort(std::string_view id) EXCLUDES(state_->mu) {
+    std::shared_ptr<Call> call;
+    {
+      MutexLock lock(state_->mu);
+      for (const auto& [key, entry] : state_->entries) {
+        if (key.first == id && entry.call) {
+          call = entry.call;
+          break;
+        }
+      }
+    }
+    return call && call->Abort() == CancelOutcome::kAborted;
+  }
+
   RunnerStats Stats() const {
     RunnerStats s;
     s.claimed = state_->claimed;
@@ -837,5 +851,7 @@ Runner::~Runner() { Stop(std::chrono::seconds(5)); }
 void Runner::Stop(std::chrono::milliseconds grace) { impl_->Stop(grace); }
 
 RunnerStats Runner::Stats() const { return impl_->Stats(); }
+
+bool Runner::Abort(std::string_view id) { return impl_->Abort(id); }
 
 }  // namespace keel::jobs

@@ -93,6 +93,12 @@ class Runner {
 
   RunnerStats Stats() const;
 
+  // Interrupts the running call of job `id` (Call::Abort: at its next safe
+  // point; its instance is replaced) if this runner runs it. The job is
+  // then recorded as its cancellation says (JobStore::Cancel first). False
+  // when this runner has no running call of that job.
+  [[nodiscard]] bool Abort(std::string_view id);
+
   class Impl;
 
  private:

@@ -13,7 +13,6 @@ namespace json = boost::json;
 
 namespace {
 
-constexpr int64_t kMaxJobTimeoutMs = 24LL * 3600 * 1000;
 constexpr int64_t kMaxAttempts = 100;
 constexpr size_t kMaxIdempotencyKey = 256;
 constexpr size_t kMaxListLimit = 1000;
@@ -83,7 +82,7 @@ Result<jobs::JobSpec> ParseJobSpec(Service& service, std::string_view body) {
         spec.input = std::move(*input);
       }
     } else if (key == "timeout_ms") {
-      auto v = integer(1, kMaxJobTimeoutMs);
+      auto v = integer(1, service.options().max_job_timeout.count());
       if (!v) return MakeError(v.error());
       spec.deadline = std::chrono::milliseconds(*v);
     } else if (key == "max_attempts") {
@@ -91,7 +90,7 @@ Result<jobs::JobSpec> ParseJobSpec(Service& service, std::string_view body) {
       if (!v) return MakeError(v.error());
       spec.max_attempts = static_cast<uint32_t>(*v);
     } else if (key == "retry_backoff_ms") {
-      auto v = integer(0, kMaxJobTimeoutMs);
+      auto v = integer(0, std::chrono::milliseconds(jobs::kMaxRetryDelay).count());
       if (!v) return MakeError(v.error());
       spec.retry_backoff = std::chrono::milliseconds(*v);
     } else if (key == "idempotency_key") {
@@ -214,7 +213,13 @@ boost::asio::awaitable<Response> HandleJobs(Service& service, RequestContext& ct
     co_return JsonResponse(200, JobJson(*job));
   }
   if (method == http::verb::delete_) {
-    auto cancel = [&service, id] { return service.store().Cancel(id); };
+    auto abort_text = QueryParam(ctx.query, "abort");
+    if (!abort_text) co_return ErrorResponse(abort_text.error());
+    const bool abort = *abort_text && **abort_text == "true";
+    if (*abort_text && !abort && **abort_text != "false") {
+      co_return ErrorResponse(Error(ErrorCode::kInvalidArgument, "?abort= takes true or false"));
+    }
+    auto cancel = [&service, id, abort] { return service.CancelJob(id, abort); };
     auto outcome = co_await OffThread(service, std::move(cancel));
     if (!outcome) co_return ErrorResponse(outcome.error());
     co_return JsonResponse(200, json::value{{"id", id}, {"outcome", ToString(*outcome)}});

@@ -50,7 +50,10 @@ struct ServerOptions {
 
   // Synchronous calls.
   milliseconds default_call_timeout{5000};
-  milliseconds max_call_timeout{60000};
+  milliseconds max_call_timeout{30000};
+  // Largest timeout_ms of a job (per attempt): a job holds a worker at most
+  // this long.
+  milliseconds max_job_timeout{15 * 60 * 1000};
 
   // HTTP limits.
   size_t max_body_bytes = 16 << 20;    // requests other than module uploads

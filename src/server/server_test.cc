@@ -565,6 +565,7 @@ TEST_F(ServerTest, Jobs) {
        {std::string("{"), std::string("[]"), std::string(R"({"export": "hash"})"),
         std::string(R"({"module": "sha256"})"), std::string(R"({"module": "sha256", "export": "hash", "input_base64": "@@"})"),
         std::string(R"({"module": "sha256", "export": "hash", "timeout_ms": 0})"),
+        std::string(R"({"module": "sha256", "export": "hash", "timeout_ms": 900001})"),
         std::string(R"({"module": "sha256", "export": "hash", "max_attempts": "3"})"),
         std::string(R"({"module": "sha256", "export": "hash", "bogus": 1})"),
         std::string(R"({"module": "add", "export": "fib"})")}) {
@@ -614,6 +615,36 @@ TEST_F(ServerTest, CancelQueuedJob) {
   // A job cancelled while running keeps its result.
   EXPECT_EQ(c.Get("/v1/jobs/" + running + "/result").body, "a");
   ASSERT_TRUE(Eventually([&] { return c.Get("/v1/jobs/" + second).json().at("state") == "succeeded"; }));
+}
+
+// An operator's abort interrupts a running job at once, instead of letting
+// it finish as a cancel does.
+TEST_F(ServerTest, AbortRunningJob) {
+  Start([](ServerOptions& o) { o.instances = 1; });
+  Upload("gate", Guest("hostile_gate"));
+  Client c(port());
+  Reply r = c.PostJson("/v1/jobs", R"({"module": "gate", "export": "gated_echo", "input_base64": "YQ=="})");
+  ASSERT_EQ(r.status, 202);
+  std::string id(r.json().at("id").as_string());
+  ASSERT_TRUE(gate_.WaitEntered(1));
+  r = c.Send(http::verb::delete_, "/v1/jobs/" + id + "?abort=maybe");
+  EXPECT_EQ(r.status, 400);
+  EXPECT_THAT(r.body, HasSubstr("?abort= takes true or false"));
+  r = c.Send(http::verb::delete_, "/v1/jobs/" + id + "?abort=true");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.json().at("outcome"), "aborted");
+  // The gate never opened: the run was interrupted.
+  ASSERT_TRUE(Eventually([&] { return c.Get("/v1/jobs/" + id).json().at("state") == "cancelled"; }));
+  EXPECT_EQ(c.Get("/v1/jobs/" + id + "/result").status, 409);
+  EXPECT_THAT(c.Get("/metrics").body, HasSubstr("keel_call_aborts_total 1\n"));
+  // The instance was replaced; the next job runs on the new one.
+  gate_.Open();
+  r = c.PostJson("/v1/jobs", R"({"module": "gate", "export": "gated_echo", "input_base64": "Yg=="})");
+  std::string next(r.json().at("id").as_string());
+  ASSERT_TRUE(Eventually([&] { return c.Get("/v1/jobs/" + next).json().at("state") == "succeeded"; }));
+  EXPECT_EQ(c.Get("/v1/jobs/" + next + "/result").body, "b");
+  // Aborting a finished job is too late.
+  EXPECT_EQ(c.Send(http::verb::delete_, "/v1/jobs/" + next + "?abort=true").json().at("outcome"), "too_late");
 }
 
 TEST_F(ServerTest, MetricsInPrometheusText) {

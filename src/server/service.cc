@@ -163,6 +163,13 @@ void Service::RefreshJobCounts() {
   }
 }
 
+Result<CancelOutcome> Service::CancelJob(std::string_view id, bool abort) {
+  auto outcome = store_->Cancel(id);
+  if (!outcome || !abort || *outcome != CancelOutcome::kDetached) return outcome;
+  if (runner_ && runner_->Abort(id)) return CancelOutcome::kAborted;
+  return outcome;
+}
+
 double Service::uptime_seconds() const {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
 }

@@ -43,6 +43,10 @@ class Service {
   Runtime& runtime() { return *runtime_; }
   Registry& registry() { return *registry_; }
   jobs::JobStore& store() { return *store_; }
+  // Cancels job `id` (JobStore::Cancel); with `abort`, a run of it in this
+  // process is interrupted too (kAborted) instead of finishing (kDetached).
+  // Blocking: call off the HTTP threads.
+  [[nodiscard]] Result<CancelOutcome> CancelJob(std::string_view id, bool abort);
   HttpStats& http() { return http_; }
   Sampler& sampler() { return sampler_; }
   RecentTerminations& recent() { return recent_; }
