@@ -10,13 +10,18 @@
  *   write_data() -> i32    creates /data/out.txt: 0, or errno (EPERM under
  *                          a read-only preopen)
  *   shout(i32 n) -> i32    prints n 'x' to stdout
+ *   open_keep() -> i32     opens /data/input.txt and leaves it open: the fd
+ *   is_open(i32 fd) -> i32 1 if fd is an open descriptor, else 0
+ *   count() -> i32         calls of count() on this instance so far
  */
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define EXPORT(name) __attribute__((export_name(#name)))
 
@@ -68,6 +73,13 @@ EXPORT(write_data) int32_t write_data(void) {
 }
 
 EXPORT(eperm) int32_t eperm(void) { return EPERM; }
+
+EXPORT(open_keep) int32_t open_keep(void) { return open("/data/input.txt", O_RDONLY); }
+
+EXPORT(is_open) int32_t is_open(int32_t fd) { return lseek(fd, 0, SEEK_CUR) >= 0 ? 1 : 0; }
+
+static int32_t calls;
+EXPORT(count) int32_t count(void) { return ++calls; }
 
 EXPORT(shout) int32_t shout(int32_t n) {
   for (int32_t i = 0; i < n; ++i) putchar('x');

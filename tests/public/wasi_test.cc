@@ -48,8 +48,8 @@ class WasiTest : public ::testing::Test {
     return wasi;
   }
 
-  std::shared_ptr<Pool> MakePool(WasiOptions wasi) {
-    auto options = WithWasi({.instances = 1}, std::move(wasi));
+  std::shared_ptr<Pool> MakePool(WasiOptions wasi, StatePolicy state = StatePolicy::kKeep) {
+    auto options = WithWasi({.instances = 1, .recycle = {.state = state}}, std::move(wasi));
     EXPECT_TRUE(options) << options.error().ToString();
     if (!options) return nullptr;
     auto pool = runtime_->CreatePool(module_, std::move(*options));
@@ -193,6 +193,30 @@ TEST_F(WasiTest, KeepsTheHostFunctionsOfTheBaseLinker) {
   auto call = (*pool)->Submit("call_scale", {Value::I32(4), Value::I64(5)});
   ASSERT_TRUE(call);
   EXPECT_EQ(call->Wait()->values, std::vector<Value>{Value::I32(20)});
+}
+
+// Under the reset policy a call finds the WASI state as it was after
+// instantiation: a file an earlier call left open is closed again.
+TEST_F(WasiTest, UnderResetAFileAnEarlierCallOpenedIsNotOpen) {
+  auto kept = MakePool(Options(), StatePolicy::kKeep);
+  const CallResult& opened = Run(*kept, "open_keep");
+  ASSERT_TRUE(opened) << opened.error().ToString();
+  const int32_t fd = opened->values[0].i32();
+  ASSERT_GE(fd, 3);
+  EXPECT_EQ(Run(*kept, "is_open", {Value::I32(fd)})->values[0].i32(), 1);
+  EXPECT_EQ(Run(*kept, "count")->values[0].i32(), 1);
+  EXPECT_EQ(Run(*kept, "count")->values[0].i32(), 2);
+
+  auto reset = MakePool(Options(), StatePolicy::kReset);
+  for (int i = 0; i < 3; ++i) {
+    CallResult again = Run(*reset, "open_keep");
+    ASSERT_TRUE(again) << again.error().ToString();
+    EXPECT_EQ(again->values[0].i32(), fd) << "the descriptor an earlier call left open is free again";
+    EXPECT_EQ(Run(*reset, "is_open", {Value::I32(fd)})->values[0].i32(), 0);
+    EXPECT_EQ(Run(*reset, "count")->values[0].i32(), 1);
+  }
+  EXPECT_GE(runtime_->Metrics().resets.pages + runtime_->Metrics().resets.full, 8u);
+  EXPECT_EQ(runtime_->Metrics().resets.fresh_fallback, 0u);
 }
 
 TEST(SandboxWasi, HasNoFilesNoInputAndKeepsAStderrTail) {
