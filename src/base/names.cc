@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <cstdio>
 
+#include "base/utf8.h"
+
 namespace keel {
 
 namespace {
@@ -16,35 +18,6 @@ bool IsPlain(std::string_view name) {
     if (!IsPlainChar(c)) return false;
   }
   return true;
-}
-
-// Decodes the UTF-8 sequence at name[i] (valid or not): its code point and
-// length, or length 0 when it is not valid UTF-8.
-std::pair<uint32_t, size_t> DecodeUtf8(std::string_view name, size_t i) {
-  const unsigned char c = static_cast<unsigned char>(name[i]);
-  size_t length;
-  uint32_t code_point;
-  uint32_t min_code_point;
-  if ((c & 0xe0) == 0xc0) {
-    length = 2, code_point = c & 0x1f, min_code_point = 0x80;
-  } else if ((c & 0xf0) == 0xe0) {
-    length = 3, code_point = c & 0x0f, min_code_point = 0x800;
-  } else if ((c & 0xf8) == 0xf0) {
-    length = 4, code_point = c & 0x07, min_code_point = 0x10000;
-  } else {
-    return {0, 0};
-  }
-  if (name.size() - i < length) return {0, 0};
-  for (size_t k = 1; k < length; ++k) {
-    const unsigned char d = static_cast<unsigned char>(name[i + k]);
-    if ((d & 0xc0) != 0x80) return {0, 0};
-    code_point = (code_point << 6) | (d & 0x3f);
-  }
-  if (code_point < min_code_point || code_point > 0x10ffff ||
-      (code_point >= 0xd800 && code_point <= 0xdfff)) {
-    return {0, 0};
-  }
-  return {code_point, length};
 }
 
 void AppendUtf8(std::string& out, uint32_t cp) {
@@ -71,15 +44,15 @@ std::string Literal(std::string_view name) {
   for (size_t i = 0; i < name.size();) {
     const unsigned char c = static_cast<unsigned char>(name[i]);
     if (c >= 0x80) {
-      auto [cp, length] = DecodeUtf8(name, i);
-      if (length == 0) {  // not UTF-8: the byte itself
+      const Utf8Sequence sequence = DecodeUtf8(name, i);
+      if (sequence.length == 0) {  // not UTF-8: the byte itself
         std::snprintf(buf, sizeof buf, "\\%02x", c);
         out += buf;
         ++i;
       } else {
-        std::snprintf(buf, sizeof buf, "\\u{%x}", cp);
+        std::snprintf(buf, sizeof buf, "\\u{%x}", sequence.code_point);
         out += buf;
-        i += length;
+        i += sequence.length;
       }
       continue;
     }
@@ -143,19 +116,6 @@ size_t ReadEscape(std::string_view text, size_t i, std::string& out) {
   if (hi < 0 || lo < 0) return 0;
   out += static_cast<char>(hi * 16 + lo);
   return i + 3;
-}
-
-bool IsValidUtf8(std::string_view text) {
-  for (size_t i = 0; i < text.size();) {
-    if (static_cast<unsigned char>(text[i]) < 0x80) {
-      ++i;
-      continue;
-    }
-    const size_t length = DecodeUtf8(text, i).second;
-    if (length == 0) return false;
-    i += length;
-  }
-  return true;
 }
 
 }  // namespace

@@ -3,6 +3,8 @@
 #include <cinttypes>
 #include <cstdio>
 
+#include "base/utf8.h"
+
 namespace keel::engine::wasm {
 
 const char* SectionName(uint8_t id) {
@@ -60,42 +62,6 @@ std::string ByteHex(uint8_t value) {
   char buf[8];
   std::snprintf(buf, sizeof buf, "0x%02x", value);
   return buf;
-}
-
-bool IsValidUtf8(std::string_view text) {
-  size_t i = 0;
-  while (i < text.size()) {
-    uint8_t c = static_cast<uint8_t>(text[i]);
-    if (c < 0x80) {
-      ++i;
-      continue;
-    }
-    size_t length;
-    uint32_t code_point;
-    uint32_t min_code_point;
-    if ((c & 0xe0) == 0xc0) {
-      length = 2, code_point = c & 0x1f, min_code_point = 0x80;
-    } else if ((c & 0xf0) == 0xe0) {
-      length = 3, code_point = c & 0x0f, min_code_point = 0x800;
-    } else if ((c & 0xf8) == 0xf0) {
-      length = 4, code_point = c & 0x07, min_code_point = 0x10000;
-    } else {
-      return false;
-    }
-    if (text.size() - i < length) return false;
-    for (size_t k = 1; k < length; ++k) {
-      uint8_t d = static_cast<uint8_t>(text[i + k]);
-      if ((d & 0xc0) != 0x80) return false;
-      code_point = (code_point << 6) | (d & 0x3f);
-    }
-    // Overlong forms, UTF-16 surrogates and values past Unicode are invalid.
-    if (code_point < min_code_point || code_point > 0x10ffff ||
-        (code_point >= 0xd800 && code_point <= 0xdfff)) {
-      return false;
-    }
-    i += length;
-  }
-  return true;
 }
 
 tl::unexpected<Error> Invalid(std::string_view context, size_t at, std::string_view what) {

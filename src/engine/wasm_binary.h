@@ -62,7 +62,6 @@ std::string SectionLabel(uint8_t id);
 
 std::string Hex(uint64_t value);
 std::string ByteHex(uint8_t value);
-bool IsValidUtf8(std::string_view text);
 
 tl::unexpected<Error> Invalid(std::string_view context, size_t at, std::string_view what);
 

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <random>
 
+#include "base/utf8.h"
+
 namespace keel::jobs {
 
 std::string NewJobId() {
@@ -28,57 +30,19 @@ std::string NewJobId() {
   return id;
 }
 
-namespace {
-
-// A well-formed UTF-8 sequence at the start of `text`: its length, or 0 if
-// there is none; then *bad is the length of the maximal ill-formed prefix
-// to replace with one U+FFFD (at least 1).
-size_t Utf8SequenceAt(std::string_view text, size_t* bad) {
-  auto byte = [&](size_t i) { return static_cast<uint8_t>(text[i]); };
-  uint8_t lead = byte(0);
-  *bad = 1;
-  if (lead < 0x80) return 1;
-  size_t length;
-  uint8_t lo = 0x80, hi = 0xbf;  // range of the second byte
-  if (lead >= 0xc2 && lead <= 0xdf) {
-    length = 2;
-  } else if (lead >= 0xe0 && lead <= 0xef) {
-    length = 3;
-    if (lead == 0xe0) lo = 0xa0;
-    if (lead == 0xed) hi = 0x9f;  // no UTF-16 surrogates
-  } else if (lead >= 0xf0 && lead <= 0xf4) {
-    length = 4;
-    if (lead == 0xf0) lo = 0x90;
-    if (lead == 0xf4) hi = 0x8f;  // nothing above U+10FFFF
-  } else {
-    return 0;  // a continuation byte, an overlong lead or beyond Unicode
-  }
-  for (size_t i = 1; i < length; ++i) {
-    if (i >= text.size()) return 0;
-    uint8_t b = byte(i);
-    bool ok = i == 1 ? (b >= lo && b <= hi) : (b >= 0x80 && b <= 0xbf);
-    if (!ok) return 0;
-    *bad = i + 1;
-  }
-  return length;
-}
-
-}  // namespace
-
 std::string ToValidText(std::string_view bytes) {
   static constexpr std::string_view kReplacement = "\xef\xbf\xbd";  // U+FFFD
   std::string out;
   out.reserve(bytes.size());
   size_t i = 0;
   while (i < bytes.size()) {
-    size_t bad = 0;
-    size_t length = Utf8SequenceAt(bytes.substr(i), &bad);
-    if (length == 0 || bytes[i] == '\0') {
+    const Utf8Sequence sequence = DecodeUtf8(bytes, i);
+    if (sequence.length == 0 || bytes[i] == '\0') {
       out += kReplacement;
-      i += length == 0 ? std::min(bad, bytes.size() - i) : 1;
+      i += sequence.length == 0 ? std::min(sequence.ill_formed, bytes.size() - i) : 1;
     } else {
-      out.append(bytes.substr(i, length));
-      i += length;
+      out.append(bytes.substr(i, sequence.length));
+      i += sequence.length;
     }
   }
   return out;

@@ -108,35 +108,6 @@ class StrictHandler {
   KeyTracker keys_;
 };
 
-// The length of the UTF-8 sequence starting at text[i], or 0 if it is not
-// a valid one (RFC 3629: no overlongs, no surrogates, at most U+10FFFF).
-size_t Utf8SequenceLength(std::string_view text, size_t i) {
-  auto byte = [&](size_t k) { return static_cast<unsigned char>(text[k]); };
-  unsigned char b = byte(i);
-  if (b < 0x80) return 1;
-  size_t n;
-  unsigned char lo = 0x80, hi = 0xBF;  // the allowed range of the second byte
-  if (b >= 0xC2 && b <= 0xDF) {
-    n = 2;
-  } else if (b >= 0xE0 && b <= 0xEF) {
-    n = 3;
-    if (b == 0xE0) lo = 0xA0;
-    if (b == 0xED) hi = 0x9F;
-  } else if (b >= 0xF0 && b <= 0xF4) {
-    n = 4;
-    if (b == 0xF0) lo = 0x90;
-    if (b == 0xF4) hi = 0x8F;
-  } else {
-    return 0;
-  }
-  if (i + n > text.size()) return 0;
-  if (byte(i + 1) < lo || byte(i + 1) > hi) return 0;
-  for (size_t k = 2; k < n; ++k) {
-    if ((byte(i + k) & 0xC0) != 0x80) return 0;
-  }
-  return n;
-}
-
 }  // namespace
 
 Result<json::value> ParseJson(std::string_view text) {
@@ -156,20 +127,11 @@ Result<json::value> ParseJson(std::string_view text) {
   return parser.handler().stack.release();
 }
 
-bool IsValidUtf8(std::string_view text) {
-  for (size_t i = 0; i < text.size();) {
-    size_t n = Utf8SequenceLength(text, i);
-    if (n == 0) return false;
-    i += n;
-  }
-  return true;
-}
-
 std::string ToValidUtf8(std::string_view text) {
   std::string out;
   out.reserve(text.size());
   for (size_t i = 0; i < text.size();) {
-    size_t n = Utf8SequenceLength(text, i);
+    size_t n = DecodeUtf8(text, i).length;
     if (n == 0) {
       out += "\xEF\xBF\xBD";  // U+FFFD
       ++i;

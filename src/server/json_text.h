@@ -12,6 +12,7 @@
 
 #include <boost/json/value.hpp>
 
+#include "base/utf8.h"
 #include "keel/status.h"
 
 namespace keel::server {
@@ -42,9 +43,6 @@ class KeyTracker {
 
 // `text` with every byte sequence that is not UTF-8 replaced by U+FFFD.
 std::string ToValidUtf8(std::string_view text);
-// True if `text` is valid UTF-8 (no overlongs, surrogates or values past
-// U+10FFFF).
-bool IsValidUtf8(std::string_view text);
 
 }  // namespace keel::server
 
