@@ -4,6 +4,7 @@
 #include "base/duration.h"
 #include "cli/commands.h"
 #include "cli/run_args.h"
+#include "keel/runtime.h"
 #include "keel/version.h"
 
 namespace {
@@ -18,6 +19,18 @@ std::function<std::string(const std::string&)> DurationInto(std::chrono::nanosec
   };
 }
 
+// "keel 0.1.0 (engines: spidermonkey, wasmtime)": the engines this build
+// has, which scripts (the WASI test suite's runner) read to test each.
+std::string VersionLine() {
+  std::string line = "keel " KEEL_VERSION_STRING " (engines:";
+  const char* separator = " ";
+  for (keel::EngineKind kind : keel::AvailableEngines()) {
+    line.append(separator).append(keel::ToString(kind));
+    separator = ", ";
+  }
+  return line + ")";
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -27,7 +40,7 @@ int main(int argc, char** argv) {
   }
   CLI::App app{"keel: runs WebAssembly calls safely under cancellation"};
   app.require_subcommand(1);
-  app.set_version_flag("--version", "keel " KEEL_VERSION_STRING);
+  app.set_version_flag("--version", VersionLine());
 
   InspectArgs inspect;
   auto* inspect_cmd = app.add_subcommand("inspect", "Print a module's imports and exports");

@@ -204,6 +204,7 @@ TEST(CliTest, RunHelpStatesTheRule) {
   EXPECT_EQ(GuestArgs(r.out), Words{"--help"});
   EXPECT_THAT(Keel({"--help"}).out, HasSubstr("run"));
   EXPECT_THAT(Keel({"--version"}).out, StartsWith("keel "));
+  EXPECT_THAT(Keel({"--version"}).out, HasSubstr("(engines: spidermonkey"));
 }
 
 TEST(CliTest, RunUsageErrorsNameWhatWasWrong) {

@@ -5,7 +5,8 @@ each test. keel's `run` takes its options before the module and hands the
 guest everything after `--`, so the guest's arguments can never be taken
 for keel's own options.
 
-Environment: KEEL (the keel binary; default `keel` on PATH).
+Environment: KEEL (the keel binary; default `keel` on PATH), KEEL_ENGINE
+(`keel run --engine`; unset: keel's default engine).
 """
 import os
 import shlex
@@ -13,6 +14,7 @@ import subprocess
 from typing import Dict, List, Optional, Tuple
 
 KEEL = shlex.split(os.getenv("KEEL", "keel"))
+ENGINE = os.getenv("KEEL_ENGINE", "")
 
 
 def get_name() -> str:
@@ -22,7 +24,8 @@ def get_name() -> str:
 def get_version() -> str:
     result = subprocess.run(KEEL + ["--version"], encoding="UTF-8",
                             capture_output=True, check=True)
-    return result.stdout.strip().split()[-1]
+    # "keel 0.1.0 (engines: ...)"
+    return result.stdout.split()[1]
 
 
 def get_wasi_versions() -> List[str]:
@@ -47,6 +50,8 @@ def compute_argv(test_path: str,
     del proposals, wasi_world, wasi_version  # preview1 command modules only
     args, env, root = args_env_root
     argv = KEEL + ["run"]
+    if ENGINE:
+        argv += ["--engine", ENGINE]
     for key, value in env.items():
         argv += ["--env", f"{key}={value}"]
     if root:

@@ -22,7 +22,9 @@
 #
 # The runner needs Python >= 3.12 and colorama: a venv in
 # BUILD_DIR/wasi-testsuite/venv gets colorama from PyPI.
-# Ends with "wasi-testsuite: N passed, M failed"; exit 1 if any failed.
+# Runs once per engine of the build (`keel --version` names them), each
+# ending with "wasi-testsuite on ENGINE: N passed, M failed, K skipped";
+# exit 1 if any failed.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 
@@ -92,18 +94,32 @@ if ! "$venv/bin/python" -c 'import colorama' >/dev/null 2>&1; then
   "$venv/bin/pip" install -q colorama==0.4.6 || die "could not install colorama into $venv"
 fi
 
-echo "wasi-testsuite: $ref ($commit), runner on $("$venv/bin/python" --version)"
-cd "$work/suite"
-status=0
-KEEL="$keel" "$venv/bin/python" test-runner/wasi_test_runner.py --disable-colors \
-  -r "$adapter" -t "${suites[@]}" --json-output-location "$work/results.json" || status=$?
-[ -f "$work/results.json" ] || die "the runner wrote no results (exit $status)"
-"$venv/bin/python" - "$work/results.json" <<'EOF'
+# Runs the suite on one engine, from a fresh copy; prints its tally and
+# fails if any test failed or was skipped.
+run_suite() {
+  local engine=$1 status=0
+  extract || die "could not copy the suite again"
+  echo "wasi-testsuite on $engine: $ref ($commit), runner on $("$venv/bin/python" --version)"
+  (cd "$work/suite" && KEEL="$keel" KEEL_ENGINE="$engine" "$venv/bin/python" \
+    test-runner/wasi_test_runner.py --disable-colors -r "$adapter" -t "${suites[@]}" \
+    --json-output-location "$work/results-$engine.json") || status=$?
+  [ -f "$work/results-$engine.json" ] || die "the runner wrote no results on $engine (exit $status)"
+  "$venv/bin/python" - "$work/results-$engine.json" "$engine" <<'EOF'
 import json, sys
 results = json.load(open(sys.argv[1]))["results"]
 count = lambda key: sum(suite[key] for suite in results)
 failed = count("failed") + count("xpassed")
 skipped = count("skipped")
-print(f"wasi-testsuite: {count('passed')} passed, {failed} failed, {skipped} skipped")
+print(f"wasi-testsuite on {sys.argv[2]}: {count('passed')} passed, {failed} failed, {skipped} skipped")
 sys.exit(1 if failed or skipped or count("passed") == 0 else 0)
 EOF
+}
+
+# Every engine of this build: "keel 0.1.0 (engines: spidermonkey, wasmtime)".
+engines=$("$keel" --version | sed -n 's/.*(engines: \(.*\))/\1/p' | tr -d ,)
+[ -n "$engines" ] || die "keel --version names no engines"
+failed=0
+for engine in $engines; do
+  run_suite "$engine" || failed=1
+done
+exit $failed
