@@ -357,6 +357,8 @@ TEST_P(SnapshotRefusalTest, CodeThatChangesATableIsRefused) {
 // a reset restores it too.
 TEST_P(SnapshotRefusalTest, AMutableGlobalTheModuleDoesNotExportIsRestored) {
   ASSERT_TRUE(SnapshotOf("reset_hidden_global", nullptr));
+  ASSERT_EQ(instance_->module().info().exports.size(), 2u) << "keel's export stays hidden";
+  EXPECT_FALSE(instance_->Lookup("\x01keel:g:0"));
   for (int i = 0; i < 3; ++i) {
     auto bumped = instance_->Invoke("bump", {}, 10 + i);
     ASSERT_TRUE(bumped) << bumped.error().ToString();
