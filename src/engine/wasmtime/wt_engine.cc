@@ -1077,6 +1077,51 @@ Result<std::unique_ptr<Instance>> WtContext::Instantiate(std::shared_ptr<const M
 // ---------------------------------------------------------------------------
 // The engine
 
+// Wasmtime's verdict on `bytes` exactly as given.
+Result<Owned<wasmtime_module_t>> CompileBytes(wasm_engine_t* engine,
+                                             std::span<const uint8_t> bytes) {
+  wasmtime_module_t* module = nullptr;
+  if (Owned<wasmtime_error_t> error(wasmtime_module_new(engine, bytes.data(), bytes.size(), &module));
+      error) {
+    return MakeError(ErrorCode::kInvalidModule, JoinChain(ErrorChain(ErrorText(error.get()))));
+  }
+  return Owned<wasmtime_module_t>(module);
+}
+
+struct Compiled {
+  Owned<wasmtime_module_t> module;
+  std::optional<RewriteResult> rewrite;  // without its bytes; nullopt: compiled as given
+  std::optional<std::string> reset_blocker;
+};
+
+// Snapshots need every mutable global reachable and to know whether the
+// code changes tables or segments: the module compiles as keel's rewriter
+// leaves it. Where the rewriter cannot read the code (proposals beyond
+// SpiderMonkey 102's) it compiles as given, without snapshots; a module
+// Wasmtime refuses is judged as given, so that its error's offsets are the
+// module's own.
+Result<Compiled> CompileForSnapshots(wasm_engine_t* engine, std::span<const uint8_t> bytes) {
+  Compiled out;
+  auto rewritten = RewriteModule(bytes, {.export_mutable_globals = true, .scan_code = true});
+  if (rewritten) {
+    auto module = CompileBytes(engine, rewritten->bytes);
+    if (module) {
+      out.module = std::move(*module);
+      out.reset_blocker = CodeResetBlocker(rewritten->features);
+      std::vector<uint8_t>().swap(rewritten->bytes);  // Wasmtime keeps what it needs
+      out.rewrite = std::move(*rewritten);
+      return out;
+    }
+    out.reset_blocker = "Wasmtime refused keel's rewrite of it: " + module.error().message;
+  } else {
+    out.reset_blocker = "keel cannot read its code: " + rewritten.error().message;
+  }
+  auto module = CompileBytes(engine, bytes);
+  if (!module) return MakeError(module.error());
+  out.module = std::move(*module);
+  return out;
+}
+
 class WtEngine final : public Engine {
  public:
   // An engine whose wasm engines could not be made reports `engines`'
@@ -1102,30 +1147,11 @@ class WtEngine final : public Engine {
     EngineSet& set = **engines_;
     wasm_engine_t* engine = options.fuel ? set.fuel() : set.plain();
     if (!engine) return MakeError(ErrorCode::kInternal, "Wasmtime could not create an engine");
-    // Snapshots need every mutable global reachable, and to know whether
-    // the code changes tables or segments. Code keel's decoder cannot read
-    // (proposals beyond SpiderMonkey 102's) compiles as given, without
-    // snapshots; Wasmtime judges whether it is valid.
-    std::optional<RewriteResult> rewrite;
-    std::optional<std::string> reset_blocker;
-    auto rewritten = RewriteModule(bytes, {.export_mutable_globals = true, .scan_code = true});
-    if (rewritten) {
-      rewrite = std::move(*rewritten);
-      reset_blocker = CodeResetBlocker(rewrite->features);
-    } else {
-      reset_blocker = "keel cannot read its code: " + rewritten.error().message;
-    }
-    std::span<const uint8_t> compiled = rewrite ? rewrite->bytes : bytes;
-    wasmtime_module_t* module = nullptr;
-    if (Owned<wasmtime_error_t> error(
-            wasmtime_module_new(engine, compiled.data(), compiled.size(), &module));
-        error) {
-      return MakeError(ErrorCode::kInvalidModule, JoinChain(ErrorChain(ErrorText(error.get()))));
-    }
-    if (rewrite) std::vector<uint8_t>().swap(rewrite->bytes);  // Wasmtime keeps what it needs
+    auto compiled = CompileForSnapshots(engine, bytes);
+    if (!compiled) return MakeError(compiled.error());
     return std::shared_ptr<const Module>(std::make_shared<WtModule>(
-        std::move(*info), options, std::move(rewrite), std::move(reset_blocker), *engines_,
-        engine, Owned<wasmtime_module_t>(module)));
+        std::move(*info), options, std::move(compiled->rewrite), std::move(compiled->reset_blocker),
+        *engines_, engine, std::move(compiled->module)));
   }
 
   Result<std::unique_ptr<Context>> NewContext(const ContextOptions& options) override {
