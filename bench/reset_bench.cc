@@ -7,8 +7,10 @@
 // and per call, the call plus its reset against a fresh instance with
 // _initialize for the call (what isolation cost before). Also probes
 // soft-dirty bits (/proc/self/pagemap), the alternative not taken: their
-// clearing (clear_refs) is process-wide.
-// Usage: keel_reset_bench [runs]   (docs/BENCHMARKS.md)
+// clearing (clear_refs) is process-wide. Runs on every engine of the build
+// in turn, or on the one named.
+// Usage: keel_reset_bench [--engine spidermonkey|wasmtime] [runs]
+// (docs/BENCHMARKS.md)
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -19,6 +21,7 @@
 #include <cstring>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "base/file.h"
@@ -51,13 +54,13 @@ double Since(Clock::time_point start) {
 
 class Bench {
  public:
-  bool Init() {
+  bool Init(Engine& engine) {
     auto bytes = ReadFile(std::string(KEEL_FIXTURE_DIR) + "/reset_guest.wasm");
     if (!bytes) return Fail(bytes.error());
-    auto module = DefaultEngine().Compile(*bytes);
+    auto module = engine.Compile(*bytes);
     if (!module) return Fail(module.error());
     module_ = *module;
-    auto ctx = DefaultEngine().NewContext();
+    auto ctx = engine.NewContext();
     if (!ctx) return Fail(ctx.error());
     ctx_ = std::move(*ctx);
     linker_ = std::make_shared<Linker>();
@@ -183,13 +186,12 @@ std::string Cell(Percentiles p) {
   return buf;
 }
 
-int Main(int argc, char** argv) {
-  const int runs = argc > 1 ? std::max(10, std::atoi(argv[1])) : 2000;
+int RunOn(Engine& engine, int runs) {
   Bench bench;
-  if (!bench.Init()) return 1;
-  ResetSupport support = DefaultEngine().reset_support();
+  if (!bench.Init(engine)) return 1;
+  ResetSupport support = engine.reset_support();
   std::printf("engine %s; dirty-page tracking: %s; soft-dirty bits: %s\n",
-              std::string(DefaultEngine().name()).c_str(),
+              std::string(engine.name()).c_str(),
               support.dirty_page_tracking ? "yes" : ("no (" + support.detail + ")").c_str(),
               Bench::SoftDirtyWorks() ? "yes" : "no");
   const Percentiles copy = Bench::Memcpy(runs);
@@ -211,7 +213,34 @@ int Main(int argc, char** argv) {
                 fresh.p50 / tracked.cycle.p50, fresh.mean / tracked.cycle.mean);
     if (bytes == kHostPageSize) reset_p50 = tracked.reset.p50;
   }
-  std::printf("reset_p50_us %.1f\n", reset_p50);
+  std::printf("reset_p50_us %.1f\n\n", reset_p50);
+  return 0;
+}
+
+int Main(int argc, char** argv) {
+  std::vector<EngineKind> engines(AvailableEngines().begin(), AvailableEngines().end());
+  int runs = 2000;
+  for (int i = 1; i < argc; ++i) {
+    std::string_view arg = argv[i];
+    if (arg == "--engine" && i + 1 < argc) {
+      auto kind = ParseEngineKind(argv[++i]);
+      if (!kind) {
+        std::fprintf(stderr, "keel_reset_bench: unknown engine '%s'\n", argv[i]);
+        return 2;
+      }
+      engines = {*kind};
+    } else {
+      runs = std::max(10, std::atoi(argv[i]));
+    }
+  }
+  for (EngineKind kind : engines) {
+    auto engine = GetEngine(kind);
+    if (!engine) {
+      std::fprintf(stderr, "keel_reset_bench: %s\n", engine.error().ToString().c_str());
+      return 1;
+    }
+    if (int rc = RunOn(**engine, runs); rc != 0) return rc;
+  }
   return 0;
 }
 

@@ -1,6 +1,6 @@
-// WasiContext::Snapshot and Reset through instance resets on the real
-// engine: a call's descriptors, stdin position and output never reach the
-// next call (tests/fixtures/reset_wasi.wat).
+// WasiContext::Snapshot and Reset through instance resets on every engine
+// of the build: a call's descriptors, stdin position and output never reach
+// the next call (tests/fixtures/reset_wasi.wat).
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -21,18 +21,20 @@ constexpr int32_t kAbcd = 0x64636261;
 constexpr int32_t kEfgh = 0x68676665;
 constexpr int32_t kBadf = -static_cast<int32_t>(wasi::kBadf);
 
-class WasiResetTest : public ::testing::Test {
+class WasiResetTest : public ::testing::TestWithParam<engine::EngineKind> {
  protected:
   void SetUp() override {
+    auto engine = engine::GetEngine(GetParam());
+    ASSERT_TRUE(engine) << engine.error().ToString();
     root_ = fs::temp_directory_path() / ("keel_wasi_reset_" + std::to_string(getpid()));
     fs::create_directories(root_);
     std::ofstream(root_ / "data.txt") << "abcdefgh";
-    auto ctx = engine::DefaultEngine().NewContext();
+    auto ctx = (*engine)->NewContext();
     ASSERT_TRUE(ctx) << ctx.error().ToString();
     ctx_ = std::move(*ctx);
     auto bytes = ReadFile(std::string(KEEL_FIXTURE_DIR) + "/reset_wasi.wasm");
     ASSERT_TRUE(bytes);
-    auto module = engine::DefaultEngine().Compile(*bytes);
+    auto module = (*engine)->Compile(*bytes);
     ASSERT_TRUE(module) << module.error().ToString();
     auto linker = std::make_shared<engine::Linker>();
     AddWasiToLinker(*linker);
@@ -74,7 +76,7 @@ class WasiResetTest : public ::testing::Test {
   uint64_t tag_ = 0;
 };
 
-TEST_F(WasiResetTest, AFileOpenedInACallIsNotOpenInTheNext) {
+TEST_P(WasiResetTest, AFileOpenedInACallIsNotOpenInTheNext) {
   EXPECT_EQ(Call("open_data"), 5) << "fd 4 is the file _initialize opened";
   EXPECT_EQ(Call("read4", {Value::I32(5)}), kAbcd);
   Reset();
@@ -82,7 +84,7 @@ TEST_F(WasiResetTest, AFileOpenedInACallIsNotOpenInTheNext) {
   EXPECT_EQ(Call("open_data"), 5) << "the same number as in a fresh instance";
 }
 
-TEST_F(WasiResetTest, AFileOpenAtTheSnapshotComesBackAtItsPosition) {
+TEST_P(WasiResetTest, AFileOpenAtTheSnapshotComesBackAtItsPosition) {
   EXPECT_EQ(Call("read4", {Value::I32(4)}), kAbcd);
   EXPECT_EQ(Call("read4", {Value::I32(4)}), kEfgh);
   Reset();
@@ -94,7 +96,7 @@ TEST_F(WasiResetTest, AFileOpenAtTheSnapshotComesBackAtItsPosition) {
   EXPECT_EQ(Call("read4", {Value::I32(4)}), kAbcd);
 }
 
-TEST_F(WasiResetTest, ClosedAndRenumberedDescriptorsComeBack) {
+TEST_P(WasiResetTest, ClosedAndRenumberedDescriptorsComeBack) {
   EXPECT_EQ(Call("close", {Value::I32(3)}), 0);
   EXPECT_EQ(Call("renumber", {Value::I32(4), Value::I32(1)}), 0) << "the file over stdout";
   EXPECT_EQ(Call("prestat", {Value::I32(3)}), kBadf);
@@ -111,7 +113,7 @@ TEST_F(WasiResetTest, ClosedAndRenumberedDescriptorsComeBack) {
   }
 }
 
-TEST_F(WasiResetTest, RightsDroppedInACallComeBack) {
+TEST_P(WasiResetTest, RightsDroppedInACallComeBack) {
   const int64_t preopen_rights = Call("rights", {Value::I32(3)});
   ASSERT_GT(preopen_rights, 0);
   EXPECT_EQ(Call("drop_rights", {Value::I32(3)}), 0);
@@ -121,7 +123,7 @@ TEST_F(WasiResetTest, RightsDroppedInACallComeBack) {
   EXPECT_EQ(Call("open_data"), 5);
 }
 
-TEST_F(WasiResetTest, StdinPositionAndCapturedOutputComeBack) {
+TEST_P(WasiResetTest, StdinPositionAndCapturedOutputComeBack) {
   EXPECT_EQ(Call("read4", {Value::I32(0)}), 0x317a7978);  // "xyz1"
   EXPECT_EQ(Call("say_hello"), 0);
   EXPECT_EQ(wasi().captured_stdout(), "hello");
@@ -134,7 +136,7 @@ int OpenHostFds() {
   return static_cast<int>(std::distance(fs::directory_iterator("/proc/self/fd"), {}));
 }
 
-TEST_F(WasiResetTest, ResetsLeakNoHostDescriptors) {
+TEST_P(WasiResetTest, ResetsLeakNoHostDescriptors) {
   const int before = OpenHostFds();
   for (int i = 0; i < 50; ++i) {
     EXPECT_EQ(Call("open_data"), 5);
@@ -144,6 +146,10 @@ TEST_F(WasiResetTest, ResetsLeakNoHostDescriptors) {
   }
   EXPECT_EQ(OpenHostFds(), before);
 }
+
+INSTANTIATE_TEST_SUITE_P(Engines, WasiResetTest,
+                         ::testing::ValuesIn(engine::AvailableEngines()),
+                         [](const auto& info) { return std::string(ToString(info.param)); });
 
 TEST(WasiReset, ResetWithoutASnapshotIsRefused) {
   auto wasi = WasiContext::Create({});

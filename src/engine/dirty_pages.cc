@@ -226,9 +226,19 @@ Result<std::unique_ptr<MemorySnapshot>> MemorySnapshot::Take(std::span<uint8_t> 
 }
 
 MemorySnapshot::~MemorySnapshot() {
-  // The range itself is left registered: it may not be ours any more, and
-  // its registration ends with its mapping.
+  // The range itself is left registered unless StopTracking ran: it may
+  // not be ours any more, and its registration ends with its mapping.
   if (copy_) munmap(copy_, size_);
+}
+
+void MemorySnapshot::StopTracking(std::span<uint8_t> memory) {
+  if (!tracking_ || memory.data() != base_ || memory.size() < size_) return;
+  tracking_ = false;
+  tracking_error_ = "tracking stopped";
+  uffdio_range range{reinterpret_cast<uintptr_t>(base_), size_};
+  // Unregistering also clears the pages' write protection. A failure
+  // leaves them protected in asynchronous mode: writes still succeed.
+  (void)ioctl(ProcessTracker().uffd, UFFDIO_UNREGISTER, &range);
 }
 
 Result<RestoreStats> MemorySnapshot::Restore(std::span<uint8_t> memory) {

@@ -67,6 +67,14 @@ class MemorySnapshot {
   // either way the memory must be given up, not used.
   [[nodiscard]] Result<RestoreStats> Restore(std::span<uint8_t> memory);
 
+  // Ends the tracking of the range before the memory is given up, so that
+  // whatever the engine maps there next starts untracked: for engines that
+  // keep the mapping and hand it to another memory (Wasmtime's pooling
+  // allocator). `memory` is the range as the engine reports it now; when
+  // it no longer starts at the snapshot's base (moved: the old range may be
+  // someone else's), nothing is touched. Later restores compare.
+  void StopTracking(std::span<uint8_t> memory);
+
   bool tracking() const { return tracking_; }
   // Why writes are not tracked; empty while they are.
   const std::string& tracking_error() const { return tracking_error_; }

@@ -3,9 +3,12 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <random>
 #include <set>
+#include <string>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -230,6 +233,55 @@ TEST(DirtyPages, TurnedOffSaysSo) {
   ASSERT_TRUE(snapshot);
   EXPECT_FALSE((*snapshot)->tracking());
   EXPECT_EQ((*snapshot)->tracking_error(), "write tracking turned off");
+}
+
+// Whether the kernel has the mapping holding `address` registered for
+// userfaultfd write protection ("uw" among its VmFlags in smaps).
+bool RegisteredForWriteProtect(const void* address) {
+  std::ifstream smaps("/proc/self/smaps");
+  const auto at = reinterpret_cast<uintptr_t>(address);
+  bool inside = false;
+  for (std::string line; std::getline(smaps, line);) {
+    unsigned long begin = 0;
+    unsigned long end = 0;
+    if (std::sscanf(line.c_str(), "%lx-%lx ", &begin, &end) == 2) {
+      inside = begin <= at && at < end;
+    } else if (inside && line.starts_with("VmFlags:")) {
+      return line.find(" uw") != std::string::npos;
+    }
+  }
+  return false;
+}
+
+// What Wasmtime's pooling allocator needs: the range handed back untracked
+// for the next memory mapped there, which tracks it afresh.
+TEST(DirtyPages, StopTrackingHandsTheRangeBackUnregistered) {
+  if (!WriteTrackingAvailable()) GTEST_SKIP() << "write tracking unavailable";
+  Mapping memory(kSize);
+  FillPattern(memory.span(), 3);
+  auto first = MemorySnapshot::Take(memory.span(), {});
+  ASSERT_TRUE(first && (*first)->tracking());
+  ASSERT_TRUE(RegisteredForWriteProtect(memory.data()));
+  // A memory that moved: the old range may be someone else's.
+  (*first)->StopTracking({memory.data() + kHostPageSize, kSize - kHostPageSize});
+  EXPECT_TRUE((*first)->tracking());
+  (*first)->StopTracking(memory.span());
+  EXPECT_FALSE((*first)->tracking());
+  EXPECT_FALSE(RegisteredForWriteProtect(memory.data()));
+  memory.data()[3 * kHostPageSize] ^= 1;
+  auto restored = (*first)->Restore(memory.span());
+  ASSERT_TRUE(restored) << restored.error().ToString();
+  EXPECT_FALSE(restored->tracked);
+  EXPECT_EQ(restored->pages_copied, 1u);
+  first->reset();
+
+  auto second = MemorySnapshot::Take(memory.span(), {});
+  ASSERT_TRUE(second && (*second)->tracking());
+  memory.data()[9 * kHostPageSize] = 1;
+  restored = (*second)->Restore(memory.span());
+  ASSERT_TRUE(restored) << restored.error().ToString();
+  EXPECT_TRUE(restored->tracked);
+  EXPECT_EQ(restored->pages_copied, 1u);
 }
 
 }  // namespace

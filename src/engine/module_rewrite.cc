@@ -1049,6 +1049,21 @@ Result<ModuleInfo> ReadRewrittenModuleInfo(std::span<const uint8_t> bytes) {
   return std::move(p.info);
 }
 
+std::optional<std::string> CodeResetBlocker(const CodeFeatures& code) {
+  if (!code.scanned) return "its code was not scanned";
+  if (!code.MutatesTablesOrSegments()) return std::nullopt;
+  const std::pair<bool, const char*> found[] = {
+      {code.table_set, "table.set"},   {code.table_grow, "table.grow"},
+      {code.table_fill, "table.fill"}, {code.table_copy, "table.copy"},
+      {code.table_init, "table.init"}, {code.elem_drop, "elem.drop"},
+      {code.data_drop, "data.drop"},   {code.memory_init, "memory.init"}};
+  std::string names;
+  for (const auto& [present, name] : found) {
+    if (present) names += (names.empty() ? "" : ", ") + std::string(name);
+  }
+  return "its code changes tables or segments (" + names + ")";
+}
+
 std::optional<uint64_t> RewriteResult::OriginalOffset(uint64_t offset) const {
   auto it = std::upper_bound(runs.begin(), runs.end(), offset,
                              [](uint64_t value, const Run& run) { return value < run.out_begin; });

@@ -182,6 +182,12 @@ inline constexpr char kGrantExport[] = "\x01keel:grant";
 [[nodiscard]] Result<RewriteResult> RewriteModule(std::span<const uint8_t> bytes,
                                                   const RewriteOptions& options);
 
+// Why a snapshot cannot cover an instance of code with `code`'s features:
+// "its code changes tables or segments (table.set, data.drop)", or "its
+// code was not scanned"; nullopt when a reset of memory and globals is
+// enough. Every engine backend refuses snapshots for the same reasons.
+std::optional<std::string> CodeResetBlocker(const CodeFeatures& code);
+
 // ReadModuleInfo for rewritten modules (reserved names allowed).
 [[nodiscard]] Result<ModuleInfo> ReadRewrittenModuleInfo(std::span<const uint8_t> bytes);
 

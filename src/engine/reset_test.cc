@@ -1,5 +1,6 @@
-// Instance::Snapshot and Reset on the real engine: every call after a reset
-// sees the snapshot, and whatever a reset cannot undo is refused.
+// Instance::Snapshot and Reset on every engine of the build: every call
+// after a reset sees the snapshot, and whatever a reset cannot undo is
+// refused.
 #include <cstring>
 #include <random>
 #include <thread>
@@ -17,11 +18,17 @@ using ::testing::HasSubstr;
 
 constexpr uint32_t kMemoryBytes = 32 * kWasmPageSize;  // reset_guest's 2 MiB
 
-std::shared_ptr<const Module> Compile(const std::string& name) {
+Engine& EngineOf(EngineKind kind) {
+  auto engine = GetEngine(kind);
+  EXPECT_TRUE(engine) << engine.error().ToString();
+  return **engine;
+}
+
+std::shared_ptr<const Module> Compile(Engine& engine, const std::string& name) {
   auto bytes = ReadFile(std::string(KEEL_FIXTURE_DIR) + "/" + name + ".wasm");
   EXPECT_TRUE(bytes) << bytes.error().ToString();
   if (!bytes) return nullptr;
-  auto module = DefaultEngine().Compile(*bytes);
+  auto module = engine.Compile(*bytes);
   EXPECT_TRUE(module) << module.error().ToString();
   return module ? *module : nullptr;
 }
@@ -45,19 +52,21 @@ class CountingHostState : public HostState {
   bool refuse_reset = false;
 };
 
-// Parameterised on dirty-page tracking (true) or the whole-memory
-// comparison (false): both must give the same results.
-class ResetTest : public ::testing::TestWithParam<bool> {
+// Parameterised on the engine and on dirty-page tracking (true) or the
+// whole-memory comparison (false): all must give the same results.
+class ResetTest : public ::testing::TestWithParam<std::tuple<EngineKind, bool>> {
  protected:
   void SetUp() override {
-    auto ctx = DefaultEngine().NewContext();
+    auto ctx = engine().NewContext();
     ASSERT_TRUE(ctx) << ctx.error().ToString();
     ctx_ = std::move(*ctx);
-    module_ = Compile("reset_guest");
+    module_ = Compile(engine(), "reset_guest");
     ASSERT_TRUE(module_);
   }
 
-  bool tracked() const { return GetParam() && DefaultEngine().reset_support().dirty_page_tracking; }
+  Engine& engine() const { return EngineOf(std::get<0>(GetParam())); }
+  bool track() const { return std::get<1>(GetParam()); }
+  bool tracked() const { return track() && engine().reset_support().dirty_page_tracking; }
 
   std::unique_ptr<Instance> Fresh(std::unique_ptr<HostState> host_state = nullptr) {
     auto instance =
@@ -71,7 +80,7 @@ class ResetTest : public ::testing::TestWithParam<bool> {
     if (!host_state) host_state = std::make_unique<CountingHostState>();
     auto instance = Fresh(std::move(host_state));
     if (!instance) return nullptr;
-    auto ok = instance->Snapshot({.track_dirty_pages = GetParam()});
+    auto ok = instance->Snapshot({.track_dirty_pages = track()});
     EXPECT_TRUE(ok) << ok.error().ToString();
     EXPECT_TRUE(instance->has_snapshot());
     return instance;
@@ -221,7 +230,7 @@ TEST_P(ResetTest, AFailedSnapshotLeavesNoneToResetTo) {
   auto instance = Snapshotted();
   ASSERT_TRUE(instance);
   static_cast<CountingHostState*>(instance->host_state())->refuse_snapshot = true;
-  auto ok = instance->Snapshot({.track_dirty_pages = GetParam()});
+  auto ok = instance->Snapshot({.track_dirty_pages = track()});
   ASSERT_FALSE(ok);
   EXPECT_THAT(ok.error().message, HasSubstr("host cannot"));
   EXPECT_FALSE(instance->has_snapshot());
@@ -284,9 +293,9 @@ TEST_P(ResetTest, ManyInstancesResetIndependently) {
 // Contexts on two threads reset their instances at the same time (one
 // userfaultfd and one pagemap descriptor serve the whole process).
 TEST_P(ResetTest, ResetsOnSeveralThreadsAtOnce) {
-  const bool track = GetParam();
+  const bool track = this->track();
   auto work = [&](int seed, bool* ok) {
-    auto ctx = DefaultEngine().NewContext();
+    auto ctx = engine().NewContext();
     if (!ctx) return;
     uint64_t tag = 0;
     auto instance = (*ctx)->Instantiate(module_, std::make_shared<Linker>(),
@@ -309,18 +318,23 @@ TEST_P(ResetTest, ResetsOnSeveralThreadsAtOnce) {
   EXPECT_TRUE(ok2);
 }
 
-INSTANTIATE_TEST_SUITE_P(Memory, ResetTest, ::testing::Bool(),
-                         [](const auto& info) { return info.param ? "Tracked" : "Compared"; });
+INSTANTIATE_TEST_SUITE_P(
+    Memory, ResetTest, ::testing::Combine(::testing::ValuesIn(AvailableEngines()), ::testing::Bool()),
+    [](const auto& info) {
+      return std::string(ToString(std::get<0>(info.param))) +
+             (std::get<1>(info.param) ? "_Tracked" : "_Compared");
+    });
 
-class SnapshotRefusalTest : public ::testing::Test {
+class SnapshotRefusalTest : public ::testing::TestWithParam<EngineKind> {
  protected:
   void SetUp() override {
-    auto ctx = DefaultEngine().NewContext();
+    auto ctx = engine().NewContext();
     ASSERT_TRUE(ctx) << ctx.error().ToString();
     ctx_ = std::move(*ctx);
   }
+  Engine& engine() const { return EngineOf(GetParam()); }
   Result<void> SnapshotOf(const std::string& fixture, std::unique_ptr<HostState> host_state) {
-    auto module = Compile(fixture);
+    auto module = Compile(engine(), fixture);
     if (!module) return MakeError(ErrorCode::kInternal, "no module");
     auto instance = ctx_->Instantiate(module, std::make_shared<Linker>(), std::move(host_state), 1);
     if (!instance) return MakeError(instance.error());
@@ -331,7 +345,7 @@ class SnapshotRefusalTest : public ::testing::Test {
   std::unique_ptr<Instance> instance_;
 };
 
-TEST_F(SnapshotRefusalTest, CodeThatChangesATableIsRefused) {
+TEST_P(SnapshotRefusalTest, CodeThatChangesATableIsRefused) {
   auto ok = SnapshotOf("reset_table_set", nullptr);
   ASSERT_FALSE(ok);
   EXPECT_EQ(ok.error().code, ErrorCode::kFailedPrecondition);
@@ -341,8 +355,10 @@ TEST_F(SnapshotRefusalTest, CodeThatChangesATableIsRefused) {
 
 // keel's rewriter exports a mutable global the module keeps to itself, so
 // a reset restores it too.
-TEST_F(SnapshotRefusalTest, AMutableGlobalTheModuleDoesNotExportIsRestored) {
+TEST_P(SnapshotRefusalTest, AMutableGlobalTheModuleDoesNotExportIsRestored) {
   ASSERT_TRUE(SnapshotOf("reset_hidden_global", nullptr));
+  ASSERT_EQ(instance_->module().info().exports.size(), 2u) << "keel's export stays hidden";
+  EXPECT_FALSE(instance_->Lookup("\x01keel:g:0"));
   for (int i = 0; i < 3; ++i) {
     auto bumped = instance_->Invoke("bump", {}, 10 + i);
     ASSERT_TRUE(bumped) << bumped.error().ToString();
@@ -351,14 +367,14 @@ TEST_F(SnapshotRefusalTest, AMutableGlobalTheModuleDoesNotExportIsRestored) {
   }
 }
 
-TEST_F(SnapshotRefusalTest, AHostStateWithoutHooksIsRefused) {
+TEST_P(SnapshotRefusalTest, AHostStateWithoutHooksIsRefused) {
   auto ok = SnapshotOf("reset_guest", std::make_unique<HostState>());
   ASSERT_FALSE(ok);
   EXPECT_THAT(ok.error().message, HasSubstr("host state cannot be reset"));
 }
 
-TEST_F(SnapshotRefusalTest, ResetWithoutASnapshotIsRefused) {
-  auto module = Compile("reset_guest");
+TEST_P(SnapshotRefusalTest, ResetWithoutASnapshotIsRefused) {
+  auto module = Compile(engine(), "reset_guest");
   auto instance = ctx_->Instantiate(module, std::make_shared<Linker>(), nullptr, 2);
   ASSERT_TRUE(instance);
   auto stats = (*instance)->Reset();
@@ -367,7 +383,7 @@ TEST_F(SnapshotRefusalTest, ResetWithoutASnapshotIsRefused) {
   EXPECT_TRUE((*instance)->poisoned());
 }
 
-TEST_F(SnapshotRefusalTest, AModuleWithoutMemoryResetsItsGlobalsOnly) {
+TEST_P(SnapshotRefusalTest, AModuleWithoutMemoryResetsItsGlobalsOnly) {
   ASSERT_TRUE(SnapshotOf("engine_nomem", nullptr));
   auto stats = instance_->Reset();
   ASSERT_TRUE(stats) << stats.error().ToString();
@@ -375,12 +391,15 @@ TEST_F(SnapshotRefusalTest, AModuleWithoutMemoryResetsItsGlobalsOnly) {
   EXPECT_EQ(stats->pages_copied, 0u);
 }
 
-TEST(ResetSupport, SpiderMonkeyResetsAndSaysWhetherItTracksPages) {
-  ResetSupport support = DefaultEngine().reset_support();
+TEST_P(SnapshotRefusalTest, TheEngineResetsAndSaysWhetherItTracksPages) {
+  ResetSupport support = engine().reset_support();
   EXPECT_TRUE(support.snapshots);
   // This machine (Linux 6.18, root) tracks; elsewhere the reason is given.
   EXPECT_EQ(support.dirty_page_tracking, support.detail.empty()) << support.detail;
 }
+
+INSTANTIATE_TEST_SUITE_P(Engines, SnapshotRefusalTest, ::testing::ValuesIn(AvailableEngines()),
+                         [](const auto& info) { return std::string(ToString(info.param)); });
 
 }  // namespace
 }  // namespace keel::engine

@@ -36,8 +36,6 @@ class ResetPolicyTest : public ExecTest {
     EXPECT_TRUE(r) << name << ": " << r.error().ToString();
     return r && !r->values.empty() ? r->values[0].i32() : -1;
   }
-  // Whether the engine takes snapshots (SpiderMonkey's backend does).
-  bool EngineResets() const { return runtime_->engine() == EngineKind::kSpiderMonkey; }
   // Resets are counted after the call resolved, before the next one runs.
   uint64_t Resets() {
     ResetCounts r = runtime_->Metrics().resets;
@@ -50,11 +48,6 @@ TEST_F(ResetPolicyTest, EveryCallStartsFromTheSnapshot) {
   for (int i = 0; i < 40; ++i) {
     ASSERT_EQ(CallI32(*pool, "bump"), kFreshBump) << "call " << i << " saw an earlier call's state";
     ASSERT_EQ(CallI32(*pool, "visit", {Value::I32(1000 + i)}), 0) << "call " << i << " saw the last input";
-  }
-  if (!EngineResets()) {
-    // Wasmtime's backend has no snapshots yet: a fresh instance per call.
-    ASSERT_TRUE(Eventually([&] { return runtime_->Metrics().resets.fresh_fallback == 80; }));
-    return;
   }
   ASSERT_TRUE(Eventually([&] { return Resets() == 80; })) << Resets();
   MetricsSnapshot m = runtime_->Metrics();
@@ -84,11 +77,10 @@ TEST_F(ResetPolicyTest, ACallThatGrowsMemoryIsFollowedByAFreshInstance) {
   auto pool = PoolOf(CompileFixture("reset_guest"), StatePolicy::kReset);
   ASSERT_EQ(CallI32(*pool, "bump"), kFreshBump);
   ASSERT_EQ(CallI32(*pool, "grow", {Value::I32(2)}), 32);
-  const uint64_t fallbacks = EngineResets() ? 1 : 2;
-  ASSERT_TRUE(Eventually([&] { return runtime_->Metrics().resets.fresh_fallback == fallbacks; }));
+  ASSERT_TRUE(Eventually([&] { return runtime_->Metrics().resets.fresh_fallback == 1; }));
   EXPECT_EQ(CallI32(*pool, "pages"), 32);
   EXPECT_EQ(CallI32(*pool, "bump"), kFreshBump);
-  if (EngineResets()) EXPECT_EQ(runtime_->Metrics().instances.created, 2u);
+  EXPECT_EQ(runtime_->Metrics().instances.created, 2u);
 }
 
 TEST_F(ResetPolicyTest, StackPointerAndGlobalsAreRestored) {

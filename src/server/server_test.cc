@@ -10,7 +10,6 @@
 #include <gtest/gtest.h>
 
 #include "base/sha256.h"
-#include "base/test_engine.h"
 #include "server/service.h"
 #include "server/test_util.h"
 
@@ -430,16 +429,11 @@ TEST_F(ServerTest, DisconnectDetachesRunningCall) {
   EXPECT_EQ(m.runs.run_ok, 1u);
   EXPECT_EQ(m.instances.poisoned, 0u);
   EXPECT_EQ(m.runs.run_interrupted, 0u);
-  // The same instance serves the next call (reset to its snapshot; an
-  // engine without snapshots replaces it after every call, never for the
-  // detach).
+  // The same instance serves the next call.
   Reply r = Client(port()).PostBytes("/v1/modules/gate/call/gated_echo", "again");
   EXPECT_EQ(r.status, 200);
   EXPECT_EQ(r.body, "again");
-  EXPECT_TRUE(Eventually([&] {
-    MetricsSnapshot now = Metrics();
-    return now.instances.created == now.instances_live + now.resets.fresh_fallback;
-  }));
+  EXPECT_EQ(Metrics().instances.created, Metrics().instances_live);
   std::string metrics = Client(port()).Get("/metrics").body;
   EXPECT_THAT(metrics, HasSubstr("keel_http_client_disconnects_total{call=\"detached\"} 1\n"));
   EXPECT_THAT(metrics, HasSubstr("keel_calls_resolved_total{cause=\"detached\"} 1\n"));
@@ -774,14 +768,10 @@ TEST_F(ServerTest, EveryCallSeesFreshStateByDefault) {
     ASSERT_EQ(visit.body, "{\"results\":[0]}\n") << "call " << i << " saw the previous input";
   }
   EXPECT_EQ(c.Get("/v1/modules/counter").json().at("state"), "reset");
-  // SpiderMonkey's backend resets the instance; Wasmtime's has no snapshots
-  // yet and builds a fresh one after each call instead.
-  if (TestEngine() == EngineKind::kSpiderMonkey) {
-    ASSERT_TRUE(Eventually([&] {
-      return c.Get("/metrics").body.find("keel_instance_resets_total{how=\"fresh_fallback\"} 0\n") !=
-             std::string::npos;
-    }, 5s));
-  }
+  ASSERT_TRUE(Eventually([&] {
+    return c.Get("/metrics").body.find("keel_instance_resets_total{how=\"fresh_fallback\"} 0\n") !=
+           std::string::npos;
+  }, 5s));
 
   // keep: state carries over; the same bytes under another policy get a
   // pool of their own.

@@ -302,20 +302,7 @@ class SmModule final : public Module {
   // A reset restores memory, mutable globals and host state; not tables the
   // code changes, segments it drops, or globals of types keel cannot pass.
   static std::optional<std::string> SnapshotBlocker(const RewriteResult& rewrite) {
-    const CodeFeatures& code = rewrite.features;
-    if (!code.scanned) return "its code was not scanned";
-    if (code.MutatesTablesOrSegments()) {
-      const std::pair<bool, const char*> found[] = {
-          {code.table_set, "table.set"},   {code.table_grow, "table.grow"},
-          {code.table_fill, "table.fill"}, {code.table_copy, "table.copy"},
-          {code.table_init, "table.init"}, {code.elem_drop, "elem.drop"},
-          {code.data_drop, "data.drop"},   {code.memory_init, "memory.init"}};
-      std::string names;
-      for (const auto& [present, name] : found) {
-        if (present) names += (names.empty() ? "" : ", ") + std::string(name);
-      }
-      return "its code changes tables or segments (" + names + ")";
-    }
+    if (auto why = CodeResetBlocker(rewrite.features)) return why;
     for (const GlobalExport& g : rewrite.globals) {
       if (!g.type) return "it has a mutable global of a type keel cannot save (v128 or a reference)";
     }

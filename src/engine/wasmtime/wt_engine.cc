@@ -10,6 +10,20 @@
 // unchecked entry points with raw values (exact bits, NaN payloads
 // included) after keel checked them against the module's signatures.
 //
+// Modules are compiled as keel's rewriter leaves them (module_rewrite.h):
+// every mutable global exported, under a reserved name where the module
+// keeps it to itself, so that a snapshot can save and restore it through
+// wasmtime_global_get/set; the code scanned for instructions that change
+// tables or segments, which a reset cannot undo. keel shows the original
+// module (ModuleInfo, code offsets in backtraces).
+//
+// Snapshots: the linear memory through dirty_pages.h on the range Wasmtime
+// reports (re-read before every reset), the mutable globals as values, the
+// host state through its hooks. Wasmtime's own reset of a pooling slot
+// (decommit to the copy-on-write image when the instance is dropped) costs
+// a new instance and faults on every page touched again; a reset copies
+// back only the pages the call wrote.
+//
 // Interrupts use epoch interruption. Every entry into the guest sets the
 // store's deadline one epoch ahead; a request for the running call's tag
 // bumps the engine's epoch, which sends every running store of the engine
@@ -30,7 +44,9 @@
 #include <unordered_map>
 
 #include "base/mutex.h"
+#include "engine/dirty_pages.h"
 #include "engine/engine.h"
+#include "engine/module_rewrite.h"
 #include "engine/value_buffer.h"
 #include "engine/wasmtime/wt_engine.h"
 
@@ -273,12 +289,18 @@ class EngineSet {
 // ---------------------------------------------------------------------------
 // Modules
 
+// A module as keel shows it (info_) and as Wasmtime compiled it: rewritten
+// (rewrite_, without its bytes), or as given where keel's decoder cannot
+// read the code (then its instances cannot be reset).
 class WtModule final : public Module {
  public:
-  WtModule(ModuleInfo info, CompileOptions options, std::shared_ptr<EngineSet> engines,
+  WtModule(ModuleInfo info, CompileOptions options, std::optional<RewriteResult> rewrite,
+           std::optional<std::string> reset_blocker, std::shared_ptr<EngineSet> engines,
            wasm_engine_t* engine, Owned<wasmtime_module_t> module)
       : info_(std::move(info)),
         options_(options),
+        rewrite_(std::move(rewrite)),
+        reset_blocker_(std::move(reset_blocker)),
         engines_(std::move(engines)),
         engine_(engine),
         module_(std::move(module)) {
@@ -298,10 +320,22 @@ class WtModule final : public Module {
     auto it = func_names_.find(index);
     return it == func_names_.end() ? nullptr : &it->second;
   }
+  // The offset in the module as given of byte `offset` of the compiled one.
+  size_t OriginalOffset(size_t offset) const {
+    return rewrite_ ? rewrite_->OriginalOffset(offset).value_or(offset) : offset;
+  }
+  // The exports of every mutable global: the module's own and keel's.
+  std::span<const GlobalExport> global_exports() const {
+    return rewrite_ ? std::span<const GlobalExport>(rewrite_->globals) : std::span<const GlobalExport>();
+  }
+  // Why instances cannot be reset; nullopt if they can.
+  const std::optional<std::string>& reset_blocker() const { return reset_blocker_; }
 
  private:
   ModuleInfo info_;
   CompileOptions options_;
+  std::optional<RewriteResult> rewrite_;
+  std::optional<std::string> reset_blocker_;
   std::shared_ptr<EngineSet> engines_;  // keeps engine_ alive
   wasm_engine_t* engine_;
   Owned<wasmtime_module_t> module_;
@@ -451,6 +485,39 @@ struct MemoryCounters {
 };
 MemoryCounters memory_counters;
 
+// ---------------------------------------------------------------------------
+// Snapshots
+
+// A mutable global and its value at the snapshot: a number or a v128, plain
+// data with nothing to root.
+struct SavedGlobal {
+  wasmtime_global_t global;
+  wasmtime_val_t value;
+};
+
+struct InstanceSnapshot {
+  std::unique_ptr<MemorySnapshot> memory;  // null without a linear memory
+  std::vector<SavedGlobal> globals;
+};
+
+bool SavableKind(wasmtime_valkind_t kind) {
+  return kind == WASMTIME_I32 || kind == WASMTIME_I64 || kind == WASMTIME_F32 ||
+         kind == WASMTIME_F64 || kind == WASMTIME_V128;
+}
+
+// Bit for bit: a NaN is the same NaN, -0.0 is not 0.0.
+bool SameBits(const wasmtime_val_t& a, const wasmtime_val_t& b) {
+  if (a.kind != b.kind) return false;
+  switch (a.kind) {
+    case WASMTIME_I32: return a.of.i32 == b.of.i32;
+    case WASMTIME_I64: return a.of.i64 == b.of.i64;
+    case WASMTIME_F32: return std::memcmp(&a.of.f32, &b.of.f32, sizeof a.of.f32) == 0;
+    case WASMTIME_F64: return std::memcmp(&a.of.f64, &b.of.f64, sizeof a.of.f64) == 0;
+    case WASMTIME_V128: return std::memcmp(a.of.v128, b.of.v128, sizeof a.of.v128) == 0;
+    default: return false;
+  }
+}
+
 class WtInstance final : public Instance, public Caller {
  public:
   WtInstance(std::shared_ptr<InterruptState> interrupt, std::shared_ptr<const WtModule> module,
@@ -474,6 +541,9 @@ class WtInstance final : public Instance, public Caller {
   const std::string& poison_reason() const override { return poison_reason_; }
   const Module& module() const override { return *module_; }
   HostState* host_state() override { return host_state_.get(); }
+  Result<void> Snapshot(const SnapshotOptions& options) override;
+  Result<ResetStats> Reset() override;
+  bool has_snapshot() const override { return snapshot_ != nullptr; }
 
   // Caller
   bool interrupted() const override { return interrupt_->InterruptedNow(); }
@@ -505,6 +575,10 @@ class WtInstance final : public Instance, public Caller {
   void FindMemory();
   // Brings memory_counters up to date with this instance's memory size.
   void CountMemory();
+  Result<void> CheckResettable() const;
+  Result<void> SaveGlobals(InstanceSnapshot& snapshot);
+  Result<ResetStats> ResetToSnapshot();
+  Result<uint32_t> RestoreGlobals();
 
   std::shared_ptr<InterruptState> interrupt_;
   std::shared_ptr<const WtModule> module_;
@@ -523,6 +597,9 @@ class WtInstance final : public Instance, public Caller {
   bool in_call_ = false;
   bool interrupt_hit_ = false;       // the deadline callback stopped the call
   std::optional<Error> host_error_;  // the error a host function ended the call with
+  // Declared last: dropped before the store, while its memory is still
+  // this instance's.
+  std::unique_ptr<InstanceSnapshot> snapshot_;
 };
 
 WtInstance::WtInstance(std::shared_ptr<InterruptState> interrupt,
@@ -543,6 +620,8 @@ WtInstance::WtInstance(std::shared_ptr<InterruptState> interrupt,
 
 WtInstance::~WtInstance() {
   if (!memory_) return;
+  // The pooling allocator keeps the mapping for the slot's next instance.
+  if (snapshot_ && snapshot_->memory) snapshot_->memory->StopTracking(Memory());
   memory_counters.live.fetch_sub(1);
   memory_counters.bytes.fetch_sub(counted_bytes_);
 }
@@ -660,7 +739,7 @@ std::string WtInstance::Backtrace(const wasm_frame_vec_t& frames) const {
       out += " <" + std::string(name->data, name->size) + ">";
     }
     if (size_t at = wasm_frame_module_offset(frame); at != SIZE_MAX) {
-      std::snprintf(offset, sizeof offset, " @0x%zx", at);
+      std::snprintf(offset, sizeof offset, " @0x%zx", module_->OriginalOffset(at));
       out += offset;
     }
     out += "\n";
@@ -786,6 +865,106 @@ Result<void> WtInstance::Initialize(const wasmtime_instance_pre_t* pre, uint64_t
   return {};
 }
 
+Result<void> WtInstance::CheckResettable() const {
+  auto refuse = [](std::string why) {
+    return MakeError(ErrorCode::kFailedPrecondition, std::move(why));
+  };
+  if (poisoned()) return refuse("poisoned instances are replaced, never reset: " + poison_reason_);
+  if (in_call_) return refuse("the instance is in a call");
+  return {};
+}
+
+Result<void> WtInstance::SaveGlobals(InstanceSnapshot& snapshot) {
+  for (const GlobalExport& g : module_->global_exports()) {
+    wasmtime_extern_t item;
+    if (!wasmtime_instance_export_get(cx_, &instance_, g.name.data(), g.name.size(), &item) ||
+        item.kind != WASMTIME_EXTERN_GLOBAL) {
+      return MakeError(ErrorCode::kFailedPrecondition, "global " + std::to_string(g.index) +
+                                                           " is not exported as keel made it");
+    }
+    SavedGlobal saved{.global = item.of.global};
+    wasmtime_global_get(cx_, &saved.global, &saved.value);
+    if (!SavableKind(saved.value.kind)) {
+      wasmtime_val_unroot(&saved.value);
+      return MakeError(ErrorCode::kFailedPrecondition,
+                       "instances of this module cannot be reset: it has a mutable global of a "
+                       "reference type");
+    }
+    snapshot.globals.push_back(saved);
+  }
+  return {};
+}
+
+Result<void> WtInstance::Snapshot(const SnapshotOptions& options) {
+  // A failed snapshot must not leave an earlier one to reset to: parts of
+  // the state (the host's) may already be recorded anew.
+  if (snapshot_ && snapshot_->memory) snapshot_->memory->StopTracking(Memory());
+  snapshot_.reset();
+  if (auto ok = CheckResettable(); !ok) return ok;
+  if (const auto& why = module_->reset_blocker()) {
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "instances of this module cannot be reset: " + *why);
+  }
+  if (module_->info().memory && !memory_) {
+    return MakeError(ErrorCode::kFailedPrecondition,
+                     "a memory that is not exported cannot be reset");
+  }
+  auto snapshot = std::make_unique<InstanceSnapshot>();
+  if (auto ok = SaveGlobals(*snapshot); !ok) return ok;
+  if (host_state_) {
+    if (auto ok = host_state_->Snapshot(); !ok) return ok;
+  }
+  if (memory_) {
+    auto memory = MemorySnapshot::Take(Memory(), {.track_writes = options.track_dirty_pages});
+    if (!memory) return MakeError(memory.error());
+    snapshot->memory = std::move(*memory);
+  }
+  snapshot_ = std::move(snapshot);
+  return {};
+}
+
+Result<uint32_t> WtInstance::RestoreGlobals() {
+  uint32_t restored = 0;
+  wasmtime_val_t now;
+  for (const SavedGlobal& saved : snapshot_->globals) {
+    wasmtime_global_get(cx_, &saved.global, &now);
+    if (SameBits(now, saved.value)) continue;
+    if (Owned<wasmtime_error_t> error(wasmtime_global_set(cx_, &saved.global, &saved.value));
+        error) {
+      return MakeError(ErrorCode::kFailedPrecondition,
+                       "restoring a global failed: " + JoinChain(ErrorChain(ErrorText(error.get()))));
+    }
+    ++restored;
+  }
+  return restored;
+}
+
+Result<ResetStats> WtInstance::ResetToSnapshot() {
+  if (auto ok = CheckResettable(); !ok) return MakeError(ok.error());
+  if (!snapshot_) return MakeError(ErrorCode::kFailedPrecondition, "the instance has no snapshot");
+  ResetStats stats;
+  if (snapshot_->memory) {
+    // Read afresh: the memory may have grown since.
+    auto restored = snapshot_->memory->Restore(Memory());
+    if (!restored) return MakeError(restored.error());
+    stats.memory = restored->tracked ? ResetStats::Memory::kTracked : ResetStats::Memory::kCompared;
+    stats.pages_copied = restored->pages_copied;
+  }
+  auto globals = RestoreGlobals();
+  if (!globals) return MakeError(globals.error());
+  stats.globals_restored = *globals;
+  if (host_state_) {
+    if (auto ok = host_state_->Reset(); !ok) return MakeError(ok.error());
+  }
+  return stats;
+}
+
+Result<ResetStats> WtInstance::Reset() {
+  auto stats = ResetToSnapshot();
+  if (!stats) Poison("reset failed: " + stats.error().message);
+  return stats;
+}
+
 // ---------------------------------------------------------------------------
 // Contexts
 
@@ -898,6 +1077,51 @@ Result<std::unique_ptr<Instance>> WtContext::Instantiate(std::shared_ptr<const M
 // ---------------------------------------------------------------------------
 // The engine
 
+// Wasmtime's verdict on `bytes` exactly as given.
+Result<Owned<wasmtime_module_t>> CompileBytes(wasm_engine_t* engine,
+                                             std::span<const uint8_t> bytes) {
+  wasmtime_module_t* module = nullptr;
+  if (Owned<wasmtime_error_t> error(wasmtime_module_new(engine, bytes.data(), bytes.size(), &module));
+      error) {
+    return MakeError(ErrorCode::kInvalidModule, JoinChain(ErrorChain(ErrorText(error.get()))));
+  }
+  return Owned<wasmtime_module_t>(module);
+}
+
+struct Compiled {
+  Owned<wasmtime_module_t> module;
+  std::optional<RewriteResult> rewrite;  // without its bytes; nullopt: compiled as given
+  std::optional<std::string> reset_blocker;
+};
+
+// Snapshots need every mutable global reachable and to know whether the
+// code changes tables or segments: the module compiles as keel's rewriter
+// leaves it. Where the rewriter cannot read the code (proposals beyond
+// SpiderMonkey 102's) it compiles as given, without snapshots; a module
+// Wasmtime refuses is judged as given, so that its error's offsets are the
+// module's own.
+Result<Compiled> CompileForSnapshots(wasm_engine_t* engine, std::span<const uint8_t> bytes) {
+  Compiled out;
+  auto rewritten = RewriteModule(bytes, {.export_mutable_globals = true, .scan_code = true});
+  if (rewritten) {
+    auto module = CompileBytes(engine, rewritten->bytes);
+    if (module) {
+      out.module = std::move(*module);
+      out.reset_blocker = CodeResetBlocker(rewritten->features);
+      std::vector<uint8_t>().swap(rewritten->bytes);  // Wasmtime keeps what it needs
+      out.rewrite = std::move(*rewritten);
+      return out;
+    }
+    out.reset_blocker = "Wasmtime refused keel's rewrite of it: " + module.error().message;
+  } else {
+    out.reset_blocker = "keel cannot read its code: " + rewritten.error().message;
+  }
+  auto module = CompileBytes(engine, bytes);
+  if (!module) return MakeError(module.error());
+  out.module = std::move(*module);
+  return out;
+}
+
 class WtEngine final : public Engine {
  public:
   // An engine whose wasm engines could not be made reports `engines`'
@@ -923,13 +1147,11 @@ class WtEngine final : public Engine {
     EngineSet& set = **engines_;
     wasm_engine_t* engine = options.fuel ? set.fuel() : set.plain();
     if (!engine) return MakeError(ErrorCode::kInternal, "Wasmtime could not create an engine");
-    wasmtime_module_t* module = nullptr;
-    if (Owned<wasmtime_error_t> error(wasmtime_module_new(engine, bytes.data(), bytes.size(), &module));
-        error) {
-      return MakeError(ErrorCode::kInvalidModule, JoinChain(ErrorChain(ErrorText(error.get()))));
-    }
+    auto compiled = CompileForSnapshots(engine, bytes);
+    if (!compiled) return MakeError(compiled.error());
     return std::shared_ptr<const Module>(std::make_shared<WtModule>(
-        std::move(*info), options, *engines_, engine, Owned<wasmtime_module_t>(module)));
+        std::move(*info), options, std::move(compiled->rewrite), std::move(compiled->reset_blocker),
+        *engines_, engine, std::move(compiled->module)));
   }
 
   Result<std::unique_ptr<Context>> NewContext(const ContextOptions& options) override {
@@ -949,6 +1171,13 @@ class WtEngine final : public Engine {
   MemoryStats memory_stats() const override {
     return {.live_memories = memory_counters.live.load(),
             .committed_bytes = memory_counters.bytes.load()};
+  }
+
+  ResetSupport reset_support() const override {
+    ResetSupport support;
+    support.snapshots = true;
+    support.dirty_page_tracking = WriteTrackingAvailable(&support.detail);
+    return support;
   }
 
  private:

@@ -1,5 +1,6 @@
-// What only the Wasmtime backend has: its allocation strategies, the
-// instance pool's limit, and its engine-wide guest stack.
+// What only the Wasmtime backend has: its allocation strategies (and
+// resets on each), the instance pool's limit, and its engine-wide guest
+// stack.
 #include "engine/wasmtime/wt_engine.h"
 
 #include <gmock/gmock.h>
@@ -12,11 +13,12 @@ namespace {
 
 using ::testing::HasSubstr;
 
-std::shared_ptr<const Module> Compile(Engine& engine, const std::string& name) {
+std::shared_ptr<const Module> Compile(Engine& engine, const std::string& name,
+                                      CompileOptions options = {.max_memory_pages = 3}) {
   auto bytes = ReadFile(std::string(KEEL_FIXTURE_DIR) + "/" + name + ".wasm");
   EXPECT_TRUE(bytes) << bytes.error().ToString();
   if (!bytes) return nullptr;
-  auto module = engine.Compile(*bytes, {.max_memory_pages = 3});
+  auto module = engine.Compile(*bytes, options);
   EXPECT_TRUE(module) << module.error().ToString();
   return module ? *module : nullptr;
 }
@@ -55,6 +57,59 @@ TEST_P(WasmtimeStrategyTest, FreshInstancesStartFromTheModulesImage) {
   }
 }
 
+class ResetGuest {
+ public:
+  explicit ResetGuest(Engine& engine) : module_(Compile(engine, "reset_guest", {})) {
+    auto ctx = engine.NewContext();
+    EXPECT_TRUE(ctx) << ctx.error().ToString();
+    if (ctx) ctx_ = std::move(*ctx);
+  }
+  std::unique_ptr<Instance> Instantiate() {
+    auto instance = ctx_->Instantiate(module_, std::make_shared<Linker>(),
+                                      std::make_unique<ResettableHost>(), ++tag_);
+    EXPECT_TRUE(instance) << instance.error().ToString();
+    return instance ? std::move(*instance) : nullptr;
+  }
+  int32_t I32(Instance& instance, std::string_view name, std::vector<Value> args = {}) {
+    auto r = instance.Invoke(name, args, ++tag_);
+    EXPECT_TRUE(r) << name << ": " << r.error().ToString();
+    return r && !r->empty() ? (*r)[0].i32() : -1;
+  }
+
+ private:
+  struct ResettableHost : HostState {
+    Result<void> Snapshot() override { return {}; }
+    Result<void> Reset() override { return {}; }
+  };
+  std::shared_ptr<const Module> module_;
+  std::unique_ptr<Context> ctx_;
+  uint64_t tag_ = 0;
+};
+
+// Dirty-page tracking works on every kind of mapping Wasmtime gives a
+// memory: a pool slot or a mapping of its own, the module's copy-on-write
+// image or anonymous pages. Writes in the image (the data segment's page)
+// and beyond it are found, and only those.
+TEST_P(WasmtimeStrategyTest, ResetsFindExactlyThePagesWritten) {
+  if (!WasmtimeEngine().reset_support().dirty_page_tracking) GTEST_SKIP() << "no tracking here";
+  auto engine = NewWasmtimeEngine(GetParam().options);
+  ASSERT_TRUE(engine) << engine.error().ToString();
+  ResetGuest guest(**engine);
+  auto instance = guest.Instantiate();
+  ASSERT_TRUE(instance);
+  ASSERT_TRUE(instance->Snapshot({}));
+  for (int round = 0; round < 3; ++round) {
+    EXPECT_EQ(guest.I32(*instance, "visit", {Value::I32(round + 1)}), 0) << "round " << round;
+    guest.I32(*instance, "store", {Value::I32(1 << 20), Value::I32(7)});
+    auto stats = instance->Reset();
+    ASSERT_TRUE(stats) << stats.error().ToString();
+    EXPECT_EQ(stats->memory, ResetStats::Memory::kTracked);
+    EXPECT_EQ(stats->pages_copied, 2u) << "the counters' page and the one at 1 MiB";
+    EXPECT_EQ(guest.I32(*instance, "load", {Value::I32(1 << 20)}), 0);
+    EXPECT_EQ(guest.I32(*instance, "memory_count"), 100);
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Strategies, WasmtimeStrategyTest,
     ::testing::Values(Strategy{"pool_cow", {}}, Strategy{"pool_nocow", {.memory_init_cow = false}},
@@ -82,6 +137,33 @@ TEST(WasmtimeEngineTest, AFullPoolRefusesInstancesUntilOneIsDropped) {
   auto r = (*c)->Invoke("add", std::vector<Value>{Value::I32(2), Value::I32(3)}, 5);
   ASSERT_TRUE(r);
   EXPECT_EQ((*r)[0].i32(), 5);
+}
+
+// The pooling allocator keeps a slot's mapping for its next instance: a
+// tracked memory's tracking ends with its instance, so the next one in the
+// slot starts from the image, untracked, and tracks only its own writes
+// once it takes a snapshot.
+TEST(WasmtimeEngineTest, APoolSlotsNextInstanceStartsCleanAfterATrackedOne) {
+  if (!WasmtimeEngine().reset_support().dirty_page_tracking) GTEST_SKIP() << "no tracking here";
+  auto engine = NewWasmtimeEngine({.pool_slots = 1});
+  ASSERT_TRUE(engine) << engine.error().ToString();
+  ResetGuest guest(**engine);
+  auto first = guest.Instantiate();
+  ASSERT_TRUE(first);
+  ASSERT_TRUE(first->Snapshot({}));
+  EXPECT_EQ(guest.I32(*first, "visit", {Value::I32(5)}), 0);
+  first.reset();
+  auto second = guest.Instantiate();  // the same slot: there is only one
+  ASSERT_TRUE(second);
+  EXPECT_EQ(guest.I32(*second, "visit", {Value::I32(6)}), 0);
+  EXPECT_EQ(guest.I32(*second, "memory_count"), 101);
+  ASSERT_TRUE(second->Snapshot({}));
+  guest.I32(*second, "store", {Value::I32(3 << 16), Value::I32(1)});
+  auto stats = second->Reset();
+  ASSERT_TRUE(stats) << stats.error().ToString();
+  EXPECT_EQ(stats->memory, ResetStats::Memory::kTracked);
+  EXPECT_EQ(stats->pages_copied, 1u);
+  EXPECT_EQ(guest.I32(*second, "visit", {Value::I32(7)}), 6) << "the snapshot was taken after 6";
 }
 
 TEST(WasmtimeEngineTest, RefusesAStackQuotaBelowItsGuestStack) {
