@@ -319,7 +319,8 @@ TEST_P(ResetTest, ResetsOnSeveralThreadsAtOnce) {
 }
 
 INSTANTIATE_TEST_SUITE_P(
-    Memory, ResetTest, ::testing::Combine(::testing::ValuesIn(AvailableEngines()), ::testing::Bool()),
+    Memory, ResetTest,
+    ::testing::Combine(::testing::ValuesIn(AvailableEngines()), ::testing::Bool()),
     [](const auto& info) {
       return std::string(ToString(std::get<0>(info.param))) +
              (std::get<1>(info.param) ? "_Tracked" : "_Compared");

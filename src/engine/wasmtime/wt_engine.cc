@@ -326,7 +326,8 @@ class WtModule final : public Module {
   }
   // The exports of every mutable global: the module's own and keel's.
   std::span<const GlobalExport> global_exports() const {
-    return rewrite_ ? std::span<const GlobalExport>(rewrite_->globals) : std::span<const GlobalExport>();
+    if (!rewrite_) return {};
+    return rewrite_->globals;
   }
   // Why instances cannot be reset; nullopt if they can.
   const std::optional<std::string>& reset_blocker() const { return reset_blocker_; }
@@ -932,7 +933,8 @@ Result<uint32_t> WtInstance::RestoreGlobals() {
     if (Owned<wasmtime_error_t> error(wasmtime_global_set(cx_, &saved.global, &saved.value));
         error) {
       return MakeError(ErrorCode::kFailedPrecondition,
-                       "restoring a global failed: " + JoinChain(ErrorChain(ErrorText(error.get()))));
+                       "restoring a global failed: " +
+                           JoinChain(ErrorChain(ErrorText(error.get()))));
     }
     ++restored;
   }
@@ -1081,7 +1083,8 @@ Result<std::unique_ptr<Instance>> WtContext::Instantiate(std::shared_ptr<const M
 Result<Owned<wasmtime_module_t>> CompileBytes(wasm_engine_t* engine,
                                              std::span<const uint8_t> bytes) {
   wasmtime_module_t* module = nullptr;
-  if (Owned<wasmtime_error_t> error(wasmtime_module_new(engine, bytes.data(), bytes.size(), &module));
+  if (Owned<wasmtime_error_t> error(
+          wasmtime_module_new(engine, bytes.data(), bytes.size(), &module));
       error) {
     return MakeError(ErrorCode::kInvalidModule, JoinChain(ErrorChain(ErrorText(error.get()))));
   }
