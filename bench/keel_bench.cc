@@ -220,6 +220,7 @@ struct Bench {
       std::fprintf(stderr, "echo under %s: wrong answer\n", std::string(ToString(state)).c_str());
       std::exit(1);
     }
+    ResetCounts before = runtime->Metrics().resets;
     constexpr size_t kWindow = 4096;
     std::deque<Call> window;
     auto start = Clock::now();
@@ -234,6 +235,14 @@ struct Bench {
     for (auto& c : window) (void)c.Wait();
     double per_s = n / Seconds(Clock::now() - start).count();
     (*pool)->Close();
+    // How the instances were reset, so that a fallback is not mistaken for
+    // the cost of a reset.
+    ResetCounts after = runtime->Metrics().resets;
+    std::fprintf(stderr, "%s: %d calls; resets: %llu by pages, %llu full, %llu fresh fallbacks\n",
+                 std::string(ToString(state)).c_str(), n,
+                 static_cast<unsigned long long>(after.pages - before.pages),
+                 static_cast<unsigned long long>(after.full - before.full),
+                 static_cast<unsigned long long>(after.fresh_fallback - before.fresh_fallback));
     return per_s;
   }
 
