@@ -188,9 +188,12 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 geomean() { tr ' ' '\n' | awk 'NF && $1 > 0 { s += log($1); n++ } END { if (n) printf "%.2f", exp(s / n); else print "–" }'; }
 
-# table KIND: one table of medians of WALLS or CPUS, with ratios to the reference.
+minimum() { tr ' ' '\n' | awk 'NF' | sort -g | head -n1; }
+
+# table KIND STAT: one table of STAT (median or minimum) of WALLS or CPUS,
+# with ratios to the reference.
 table() {
-  local kind=$1 header="| program |" rule="| --- |" p rt v ref row
+  local kind=$1 stat=$2 header="| program |" rule="| --- |" p rt v ref row
   local -n times=$kind
   local -A ratios=()
   for rt in "${RUNTIMES[@]}"; do header+=" ${LABEL[$rt]} |"; rule+=" ---: |"; done
@@ -198,10 +201,10 @@ table() {
   echo "$rule"
   for p in "${PROGRAMS[@]}"; do
     [[ -n ${FAILED[$p]:-} ]] && continue
-    ref=$(median <<<"${times[$REFERENCE.$p]}")
+    ref=$($stat <<<"${times[$REFERENCE.$p]}")
     row="| $p |"
     for rt in "${RUNTIMES[@]}"; do
-      v=$(median <<<"${times[$rt.$p]}")
+      v=$($stat <<<"${times[$rt.$p]}")
       row+=" $v s ($(div "$v" "$ref")×) |"
       [[ $p != empty ]] && ratios[$rt]+="$(div "$v" "$ref") "
     done
@@ -223,13 +226,17 @@ echo "Load average before/after timing: $LOAD_BEFORE / $LOAD_AFTER."
 echo "keel $keel_rev ($KEEL); wasmtime $WT_VERSION ($WASMTIME); node $(node --version) (V8 $(node -p process.versions.v8)); $(clang --version | head -1)."
 echo "Medians of $RUNS runs each, runtimes interleaved (rotating order); whole-process times including startup and compilation; (×) is the ratio to \`wasmtime run\`."
 echo
-echo "Wall time:"
+echo "Wall time, median:"
 echo
-table WALLS
+table WALLS median
 echo
-echo "CPU time (user+sys, all threads):"
+echo "CPU time (user+sys, all threads), median:"
 echo
-table CPUS
+table CPUS median
+echo
+echo "CPU time, fastest run (other load only ever adds time, so on a busy machine the minimum is the steadier estimate):"
+echo
+table CPUS minimum
 if ((${#FAILED[@]})); then
   echo
   echo "Dropped:"
