@@ -2,7 +2,8 @@
 //   {"metric": NAME, "value": NUMBER, "unit": UNIT}
 // The first line names the engine: {"engine": NAME}.
 // `--quick` runs each measurement briefly (under 30 s in all);
-// `--engine spidermonkey|wasmtime` picks the engine (default spidermonkey).
+// `--engine spidermonkey|wasmtime` picks the engine (default spidermonkey);
+// `--only GROUP,...` runs some of the measurements (see RunAll).
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -11,6 +12,7 @@
 #include <cstring>
 #include <deque>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -396,8 +398,30 @@ struct Bench {
   }
 };
 
+// Runs the measurements `only` names (all when it is empty), in order.
+void RunAll(Bench& bench, const std::string& only) {
+  auto selected = [&](std::string_view group) {
+    return only.empty() || ("," + only + ",").find("," + std::string(group) + ",") != std::string::npos;
+  };
+  if (selected("direct")) bench.DirectCall();
+  if (selected("instantiate")) bench.Instantiate();
+  if (selected("roundtrip")) {
+    // Alternated, so that both see the same machine.
+    double floor_us = bench.PingPong();
+    bench.RoundTrip(floor_us);
+    bench.PingPong();
+  }
+  if (selected("throughput")) bench.Throughput();
+  if (selected("deadline")) bench.DeadlineStop();
+  if (selected("replacement")) bench.Replacement();
+  if (selected("cancel")) bench.CancelWithdraw();
+  if (selected("reset")) bench.ResetCost();
+  if (selected("policies")) bench.Policies();
+}
+
 int Main(int argc, char** argv) {
   Bench bench;
+  std::string only;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) {
       bench.quick = true;
@@ -405,8 +429,13 @@ int Main(int argc, char** argv) {
       auto kind = ParseEngineKind(argv[++i]);
       if (!kind) Bench::Die("--engine", kind.error());
       bench.engine_kind = *kind;
+    } else if (std::strcmp(argv[i], "--only") == 0 && i + 1 < argc) {
+      only = argv[++i];
     } else {
-      std::fprintf(stderr, "usage: keel-bench [--quick] [--engine spidermonkey|wasmtime]\n");
+      std::fprintf(stderr,
+                   "usage: keel-bench [--quick] [--engine spidermonkey|wasmtime] [--only GROUP,...]\n"
+                   "groups: direct instantiate roundtrip throughput deadline replacement cancel reset "
+                   "policies\n");
       return 2;
     }
   }
@@ -420,18 +449,7 @@ int Main(int argc, char** argv) {
   if (!bytes) return 1;
   bench.module = *bench.runtime->Compile(*bytes, {.name = "bench"});
   std::printf("{\"engine\": \"%s\"}\n", std::string(bench.Engine().name()).c_str());
-  bench.DirectCall();
-  bench.Instantiate();
-  // Alternated, so that both see the same machine.
-  double floor_us = bench.PingPong();
-  bench.RoundTrip(floor_us);
-  bench.PingPong();
-  bench.Throughput();
-  bench.DeadlineStop();
-  bench.Replacement();
-  bench.CancelWithdraw();
-  bench.ResetCost();
-  bench.Policies();
+  RunAll(bench, only);
   bench.runtime->Shutdown(5s);
   return 0;
 }
