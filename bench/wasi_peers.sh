@@ -4,10 +4,15 @@
 # run; every figure also as a ratio to `wasmtime run`. Markdown on stdout,
 # progress on stderr.
 #
-#   bench/wasi_peers.sh [--quick | --runs N] [--keel PATH] [--wasmtime PATH] [--keep]
+#   bench/wasi_peers.sh [--quick | --runs N] [--keel PATH] [--wasmtime PATH]
+#                       [--no-executor] [--keep]
 #
 #   --runs N      timed runs per program and runtime (default 5)
-#   --quick       2 runs, for a smoke test
+#   --quick       2 runs, for a smoke test (and keel-bench --quick)
+#   --no-executor skip the executor benchmark (build/bench/keel-bench, built
+#                 with -DKEEL_BENCH=ON if missing), which otherwise runs
+#                 after the programs on each engine, twice, alternated:
+#                 instantiation, calls, resets, policy throughputs
 #   --keel        the keel binary (default build/src/cli/keel, built if missing)
 #   --wasmtime    the wasmtime CLI (default: scripts/build-wasmtime --cli's,
 #                 installed into its cache with cargo if missing)
@@ -33,14 +38,17 @@ RUNS=5
 KEEL=""
 WASMTIME=""
 KEEP=0
+EXECUTOR=1
+BENCH_ARGS=()
 
-usage() { sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 die() { echo "wasi_peers.sh: $*" >&2; exit 1; }
 log() { echo "$*" >&2; }
 
 while (($#)); do
   case $1 in
-    --quick) RUNS=2 ;;
+    --quick) RUNS=2; BENCH_ARGS=(--quick) ;;
+    --no-executor) EXECUTOR=0 ;;
     --runs) [[ $# -ge 2 && $2 =~ ^[1-9][0-9]*$ ]] || die "--runs wants a positive number"; RUNS=$2; shift ;;
     --keel) [[ $# -ge 2 ]] || die "--keel wants a path"; KEEL=$2; shift ;;
     --wasmtime) [[ $# -ge 2 ]] || die "--wasmtime wants a path"; WASMTIME=$2; shift ;;
@@ -64,6 +72,12 @@ if [[ -z $KEEL ]]; then
   fi
 fi
 [[ -x $KEEL ]] || die "no keel binary at $KEEL"
+KEEL_BENCH=$ROOT/build/bench/keel-bench
+if ((EXECUTOR)) && [[ ! -x $KEEL_BENCH ]]; then
+  log "building keel-bench in $ROOT/build ..."
+  cmake -S "$ROOT" -B "$ROOT/build" -G Ninja -DKEEL_BENCH=ON >&2
+  cmake --build "$ROOT/build" --target keel-bench -j2 >&2
+fi
 if [[ -z $WASMTIME ]]; then
   "$ROOT/scripts/build-wasmtime" --cli || die "scripts/build-wasmtime --cli failed"
   WASMTIME=$("$ROOT/scripts/build-wasmtime" --prefix)/bin/wasmtime
@@ -80,6 +94,7 @@ if ((KEEP)); then log "keeping $WORK"; else trap 'rm -rf "$WORK"' EXIT; fi
 mkdir -p "$WORK/out"
 # A private copy, so that a rebuild of build/ during the run cannot mix binaries.
 cp "$KEEL" "$WORK/keel"
+((EXECUTOR)) && cp "$KEEL_BENCH" "$WORK/keel-bench"
 
 source "$ROOT/bench/wasi_programs.sh"
 build_wasi_programs
@@ -186,6 +201,22 @@ for ((round = 1; round <= RUNS; round++)); do
 done
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
+# keel-bench on each engine, two rounds, the engines' order alternating.
+ENGINES=(spidermonkey wasmtime)
+if ((EXECUTOR)); then
+  BENCH_LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+  for round in 1 2; do
+    order=("${ENGINES[@]}")
+    ((round == 2)) && order=(wasmtime spidermonkey)
+    for e in "${order[@]}"; do
+      log "keel-bench --engine $e (round $round) ..."
+      "$WORK/keel-bench" --engine "$e" "${BENCH_ARGS[@]}" >"$WORK/out/bench.$e.$round" 2>"$WORK/out/bench.$e.$round.err" ||
+        log "  keel-bench --engine $e failed: $(tail -c 300 "$WORK/out/bench.$e.$round.err" | tr '\n' ' ')"
+    done
+  done
+  BENCH_LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+fi
+
 geomean() { tr ' ' '\n' | awk 'NF && $1 > 0 { s += log($1); n++ } END { if (n) printf "%.2f", exp(s / n); else print "–" }'; }
 
 minimum() { tr ' ' '\n' | awk 'NF' | sort -g | head -n1; }
@@ -237,6 +268,28 @@ echo
 echo "CPU time, fastest run (other load only ever adds time, so on a busy machine the minimum is the steadier estimate):"
 echo
 table CPUS minimum
+
+# metric FILE NAME: the value keel-bench printed for NAME, or –.
+metric() {
+  local v
+  v=$(sed -n "s/.*\"metric\": \"$2\", \"value\": \([^,]*\),.*/\1/p" "$1" 2>/dev/null | head -n1)
+  echo "${v:-–}"
+}
+if ((EXECUTOR)); then
+  echo
+  echo "Executor benchmark (keel-bench ${BENCH_ARGS[*]}, 2 workers), round 1 / round 2; load average $BENCH_LOAD_BEFORE / $BENCH_LOAD_AFTER:"
+  echo
+  echo "| metric | SpiderMonkey | Wasmtime |"
+  echo "| --- | ---: | ---: |"
+  names=$(sed -n 's/.*"metric": "\([^"]*\)".*/\1/p' "$WORK"/out/bench.*.1 | awk '!seen[$0]++')
+  for m in $names; do
+    row="| \`$m\` |"
+    for e in "${ENGINES[@]}"; do
+      row+=" $(metric "$WORK/out/bench.$e.1" "$m") / $(metric "$WORK/out/bench.$e.2" "$m") |"
+    done
+    echo "$row"
+  done
+fi
 if ((${#FAILED[@]})); then
   echo
   echo "Dropped:"
