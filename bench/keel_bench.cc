@@ -1,6 +1,9 @@
 // keel-bench: the executor's costs, one JSON object per line:
 //   {"metric": NAME, "value": NUMBER, "unit": UNIT}
-// `--quick` runs each measurement briefly (under 30 s in all).
+// The first line names the engine: {"engine": NAME}.
+// `--quick` runs each measurement briefly (under 30 s in all);
+// `--engine spidermonkey|wasmtime` picks the engine (default spidermonkey);
+// `--only GROUP,...` runs some of the measurements (see RunAll).
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -9,6 +12,7 @@
 #include <cstring>
 #include <deque>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -79,6 +83,7 @@ std::shared_ptr<const Linker> BenchLinker(Gate* gate) {
 
 struct Bench {
   bool quick = false;
+  EngineKind engine_kind = EngineKind::kSpiderMonkey;
   std::unique_ptr<Runtime> runtime;
   std::shared_ptr<const Module> module;
   Gate gate;
@@ -104,11 +109,29 @@ struct Bench {
     while (pool.Stats().healthy_instances < n) std::this_thread::yield();
   }
 
+  // The runtime's engine, for the measurements below the executor.
+  engine::Engine& Engine() const {
+    auto engine = engine::GetEngine(*engine::ParseEngineKind(ToString(engine_kind)));
+    if (!engine) Die("engine", engine.error());
+    return **engine;
+  }
+
+  std::unique_ptr<engine::Context> NewContext() const {
+    auto ctx = Engine().NewContext();
+    if (!ctx) Die("context", ctx.error());
+    return std::move(*ctx);
+  }
+
+  [[noreturn]] static void Die(const char* what, const Error& error) {
+    std::fprintf(stderr, "%s: %s\n", what, error.ToString().c_str());
+    std::exit(1);
+  }
+
   void DirectCall() {
     auto engine_module = internal::ModuleAccess::Engine(*module);
-    auto ctx = engine::DefaultEngine().NewContext();
+    auto ctx = NewContext();
     uint64_t tag = 0;
-    auto instance = (*ctx)->Instantiate(engine_module, linker, nullptr, ++tag);
+    auto instance = ctx->Instantiate(engine_module, linker, nullptr, ++tag);
     auto func = (*instance)->Lookup("add");
     Value args[2] = {Value::I32(1), Value::I32(2)};
     Value out[1];
@@ -117,6 +140,123 @@ struct Bench {
     for (int i = 0; i < n; ++i) (void)(*instance)->Call(*func, args, out, ++tag);
     double ns = std::chrono::duration<double, std::nano>(Clock::now() - start).count() / n;
     Emit("direct_call_ns", ns, "ns");
+  }
+
+  // A fresh instance of the executor's module and dropping it again (with
+  // the engine's collection of dropped instances, which SpiderMonkey needs
+  // and Wasmtime does not): what a fresh instance per call costs.
+  void Instantiate() {
+    auto engine_module = internal::ModuleAccess::Engine(*module);
+    auto ctx = NewContext();
+    uint64_t tag = 0;
+    std::vector<double> us;
+    int n = Scale(5000);
+    for (int i = 0; i < n; ++i) {
+      auto start = Clock::now();
+      auto instance = ctx->Instantiate(engine_module, linker, nullptr, ++tag);
+      if (!instance) Die("instantiate", instance.error());
+      instance->reset();
+      ctx->MaybeCollectGarbage();
+      us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - start).count());
+    }
+    Emit("instantiate_p50_us", Percentile(us, 0.5), "us");
+  }
+
+  // Instance::Reset of reset_guest.wasm (2 MiB memory) after a call that
+  // wrote `bytes` from 64 KiB on; p50 in microseconds.
+  double ResetAfter(engine::Instance& instance, int bytes, uint64_t& tag) {
+    auto fill = instance.Lookup("fill");
+    if (!fill) Die("fill", fill.error());
+    std::vector<double> us;
+    int n = Scale(2000);
+    for (int i = 0; i < n; ++i) {
+      Value args[3] = {Value::I32(65536), Value::I32(bytes), Value::I32(1 + i % 255)};
+      if (auto ok = instance.Call(*fill, args, {}, ++tag); !ok) Die("fill", ok.error());
+      auto start = Clock::now();
+      if (auto ok = instance.Reset(); !ok) Die("reset", ok.error());
+      us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - start).count());
+    }
+    return Percentile(us, 0.5);
+  }
+
+  void ResetCost() {
+    engine::ResetSupport support = Engine().reset_support();
+    if (!support.snapshots) {
+      std::fprintf(stderr, "reset_p50_us: %s has no snapshots (%s)\n",
+                   std::string(Engine().name()).c_str(), support.detail.c_str());
+      return;
+    }
+    auto bytes = ReadFile(std::string(KEEL_FIXTURE_DIR) + "/reset_guest.wasm");
+    if (!bytes) Die("reset_guest.wasm", bytes.error());
+    auto compiled = Engine().Compile(*bytes);
+    if (!compiled) Die("compile", compiled.error());
+    auto ctx = NewContext();
+    uint64_t tag = 0;
+    auto instance = ctx->Instantiate(*compiled, nullptr, nullptr, ++tag);
+    if (!instance) Die("instantiate", instance.error());
+    if (auto ok = (*instance)->Snapshot({}); !ok) Die("snapshot", ok.error());
+    Emit("reset_p50_us", ResetAfter(**instance, 4096, tag), "us");
+    Emit("reset_256k_p50_us", ResetAfter(**instance, 256 << 10, tag), "us");
+    Emit("reset_1m_p50_us", ResetAfter(**instance, 1 << 20, tag), "us");
+  }
+
+  // A trivial byte call (bench_echo.wasm: 2 MiB memory, one page written
+  // per call) under a state policy, 2 instances on the 2 workers, many
+  // calls outstanding.
+  double PolicyThroughput(StatePolicy state, int n) {
+    auto bytes = ReadFile(std::string(KEEL_FIXTURE_DIR) + "/bench_echo.wasm");
+    if (!bytes) Die("bench_echo.wasm", bytes.error());
+    auto echo = runtime->Compile(*bytes, {.name = "bench_echo"});
+    if (!echo) Die("compile", echo.error());
+    PoolOptions options;
+    options.instances = 2;
+    options.max_queue = 1 << 16;
+    options.recycle.state = state;
+    auto pool = runtime->CreatePool(*echo, options);
+    if (!pool) Die("pool", pool.error());
+    WaitHealthy(**pool, 2);
+    const std::vector<uint8_t> input(16, 'k');
+    auto first = (*pool)->SubmitBytes("echo", input);
+    if (!first) Die("echo", first.error());
+    if (const CallResult& out = first->Wait(); !out || out->bytes != input) {
+      std::fprintf(stderr, "echo under %s: wrong answer\n", std::string(ToString(state)).c_str());
+      std::exit(1);
+    }
+    ResetCounts before = runtime->Metrics().resets;
+    constexpr size_t kWindow = 4096;
+    std::deque<Call> window;
+    auto start = Clock::now();
+    for (int i = 0; i < n; ++i) {
+      if (window.size() >= kWindow) {
+        (void)window.front().Wait();
+        window.pop_front();
+      }
+      auto call = (*pool)->SubmitBytes("echo", input);
+      if (call) window.push_back(std::move(*call));
+    }
+    for (auto& c : window) (void)c.Wait();
+    double per_s = n / Seconds(Clock::now() - start).count();
+    (*pool)->Close();
+    // How the instances were reset, so that a fallback is not mistaken for
+    // the cost of a reset.
+    ResetCounts after = runtime->Metrics().resets;
+    std::fprintf(stderr, "%s: %d calls; resets: %llu by pages, %llu full, %llu fresh fallbacks\n",
+                 std::string(ToString(state)).c_str(), n,
+                 static_cast<unsigned long long>(after.pages - before.pages),
+                 static_cast<unsigned long long>(after.full - before.full),
+                 static_cast<unsigned long long>(after.fresh_fallback - before.fresh_fallback));
+    return per_s;
+  }
+
+  void Policies() {
+    double reuse = PolicyThroughput(StatePolicy::kKeep, Scale(200000));
+    double reset = PolicyThroughput(StatePolicy::kReset, Scale(200000));
+    double fresh = PolicyThroughput(StatePolicy::kFresh, Scale(20000));
+    Emit("reuse_throughput_calls_per_s", reuse, "calls/s");
+    Emit("reset_throughput_calls_per_s", reset, "calls/s");
+    Emit("fresh_throughput_calls_per_s", fresh, "calls/s");
+    Emit("reset_vs_reuse_throughput", reset / reuse, "ratio");
+    Emit("fresh_vs_reuse_throughput", fresh / reuse, "ratio");
   }
 
   // The machine's floor for a round trip with two wake-ups: a request and
@@ -258,12 +398,48 @@ struct Bench {
   }
 };
 
+// Runs the measurements `only` names (all when it is empty), in order.
+void RunAll(Bench& bench, const std::string& only) {
+  auto selected = [&](std::string_view group) {
+    return only.empty() || ("," + only + ",").find("," + std::string(group) + ",") != std::string::npos;
+  };
+  if (selected("direct")) bench.DirectCall();
+  if (selected("instantiate")) bench.Instantiate();
+  if (selected("roundtrip")) {
+    // Alternated, so that both see the same machine.
+    double floor_us = bench.PingPong();
+    bench.RoundTrip(floor_us);
+    bench.PingPong();
+  }
+  if (selected("throughput")) bench.Throughput();
+  if (selected("deadline")) bench.DeadlineStop();
+  if (selected("replacement")) bench.Replacement();
+  if (selected("cancel")) bench.CancelWithdraw();
+  if (selected("reset")) bench.ResetCost();
+  if (selected("policies")) bench.Policies();
+}
+
 int Main(int argc, char** argv) {
   Bench bench;
+  std::string only;
   for (int i = 1; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--quick") == 0) bench.quick = true;
+    if (std::strcmp(argv[i], "--quick") == 0) {
+      bench.quick = true;
+    } else if (std::strcmp(argv[i], "--engine") == 0 && i + 1 < argc) {
+      auto kind = ParseEngineKind(argv[++i]);
+      if (!kind) Bench::Die("--engine", kind.error());
+      bench.engine_kind = *kind;
+    } else if (std::strcmp(argv[i], "--only") == 0 && i + 1 < argc) {
+      only = argv[++i];
+    } else {
+      std::fprintf(stderr,
+                   "usage: keel-bench [--quick] [--engine spidermonkey|wasmtime] [--only GROUP,...]\n"
+                   "groups: direct instantiate roundtrip throughput deadline replacement cancel reset "
+                   "policies\n");
+      return 2;
+    }
   }
-  auto runtime = Runtime::Create({.workers = 2});
+  auto runtime = Runtime::Create({.engine = bench.engine_kind, .workers = 2});
   if (!runtime) {
     std::fprintf(stderr, "runtime: %s\n", runtime.error().ToString().c_str());
     return 1;
@@ -272,15 +448,8 @@ int Main(int argc, char** argv) {
   auto bytes = ReadFile(std::string(KEEL_FIXTURE_DIR) + "/exec_guest.wasm");
   if (!bytes) return 1;
   bench.module = *bench.runtime->Compile(*bytes, {.name = "bench"});
-  bench.DirectCall();
-  // Alternated, so that both see the same machine.
-  double floor_us = bench.PingPong();
-  bench.RoundTrip(floor_us);
-  bench.PingPong();
-  bench.Throughput();
-  bench.DeadlineStop();
-  bench.Replacement();
-  bench.CancelWithdraw();
+  std::printf("{\"engine\": \"%s\"}\n", std::string(bench.Engine().name()).c_str());
+  RunAll(bench, only);
   bench.runtime->Shutdown(5s);
   return 0;
 }

@@ -49,7 +49,6 @@ while (($#)); do
   shift
 done
 
-command -v clang >/dev/null || die "clang not found (apt-get install clang lld wasi-libc libclang-rt-dev-wasm32 or scripts/setup)"
 command -v node >/dev/null || die "node not found"
 NODE_MAJOR=$(node -p 'process.versions.node.split(".")[0]')
 ((NODE_MAJOR >= 20)) || die "node >= 20 wanted for node:wasi with version 'preview1' (have $(node --version))"
@@ -67,46 +66,13 @@ NODE_RUNNER=$ROOT/bench/node_wasi.mjs
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/keel-wasi-bench.XXXXXX")
 if ((KEEP)); then log "keeping $WORK"; else trap 'rm -rf "$WORK"' EXIT; fi
-mkdir -p "$WORK/wasm" "$WORK/data" "$WORK/out"
+mkdir -p "$WORK/out"
 # A private copy, so that a rebuild of build/ during the run cannot mix binaries.
 cp "$KEEL" "$WORK/keel"
 
 # --- the programs -----------------------------------------------------------
-# name | what it stresses | guest arguments (after --) | needs the data dir
-PROGRAMS=(empty fib sha256sum sort nbody wordcount)
-declare -A WHAT=(
-  [empty]="startup only: main returns 0"
-  [fib]="recursive calls: fib(40)"
-  [sha256sum]="32-bit integer ops: SHA-256 of 64 MiB"
-  [sort]="indirect calls, memory: qsort of 1M ints"
-  [nbody]="f64 arithmetic: 5 bodies, 10M steps"
-  [wordcount]="fd_read, hashing, malloc: 20 MiB of text"
-)
-declare -A ARGS=([wordcount]="/data/words.txt")
-declare -A DATA=([wordcount]=1)
-
-log "compiling bench/wasi/*.c ..."
-for p in "${PROGRAMS[@]}"; do
-  clang --target=wasm32-wasi -O2 -s "$ROOT/bench/wasi/$p.c" -o "$WORK/wasm/$p.wasm" -lm ||
-    die "clang failed on bench/wasi/$p.c"
-done
-
-log "generating wordcount input ..."
-# A Zipf-like stream over 60000 made-up words with some capitals and
-# punctuation, 72-column lines, ~20 MiB. Deterministic for a given awk.
-awk 'BEGIN {
-  srand(42)
-  ns = split("ka lo mi ne ru sa ti vo ba de fi gu ho ja ke la mo nu pe qui re si to u ve wa xe yo za th an er in", S, " ")
-  V = 60000
-  for (i = 1; i <= V; i++) { w = ""; n = 1 + int(rand() * 4); for (j = 0; j < n; j++) w = w S[1 + int(rand() * ns)]; W[i] = w }
-  target = 20 * 1024 * 1024; size = 0; line = ""
-  while (size < target) {
-    k = int(V ^ rand()); if (k < 1) k = 1
-    w = W[k]; if (rand() < 0.05) w = toupper(substr(w, 1, 1)) substr(w, 2)
-    r = rand(); line = line w (r < 0.06 ? ". " : r < 0.1 ? ", " : " ")
-    if (length(line) > 72) { print line; size += length(line) + 1; line = "" }
-  }
-}' >"$WORK/data/words.txt"
+source "$ROOT/bench/wasi_programs.sh"
+build_wasi_programs
 
 # --- running ------------------------------------------------------------------
 # cmd_keel/cmd_node NAME: fill CMD with the command line for one runtime.
@@ -184,11 +150,6 @@ for ((round = 1; round <= RUNS; round++)); do
   log "$line"
 done
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
-
-median() { tr ' ' '\n' | awk 'NF' | sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) { print "nan"; exit } if (NR % 2) printf "%.3f\n", v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-range() { tr ' ' '\n' | awk 'NF' | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.2f–%.2f", lo, hi }'; }
-div() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a > 0) printf "%.2f", a / b; else print "–" }'; }
-sub() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; }
 
 # --- the report ---------------------------------------------------------------
 cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
