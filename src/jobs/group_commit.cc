@@ -81,6 +81,15 @@ Result<void> GroupCommitter::RunTransaction(const std::vector<Pending*>& ops, bo
     }
     wake = wake || *done;
   }
+  if (hooks_.flush) {
+    Result<bool> flushed = hooks_.flush();
+    if (!flushed) {
+      hooks_.rollback();
+      *op_failed = true;
+      return tl::unexpected(std::move(flushed.error()));
+    }
+    wake = wake || *flushed;
+  }
   if (Result<void> committed = hooks_.commit(wake); !committed) {
     hooks_.rollback();
     return committed;

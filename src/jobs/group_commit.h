@@ -25,6 +25,12 @@ class GroupCommitter {
  public:
   struct Hooks {
     std::function<Result<void>()> begin;
+    // Optional. After the operations, before the commit: sends the writes
+    // they queued to go together (e.g. one multi-row INSERT for many
+    // submits). Returns true when that made work claimable; an error counts
+    // as an operation's (nothing was committed, so the batch is retried one
+    // by one, each operation flushing alone).
+    std::function<Result<bool>()> flush;
     // Commits; `wake` is true when an operation made work claimable.
     std::function<Result<void>(bool wake)> commit;
     // Abandons the open transaction. Must not fail.

@@ -38,6 +38,14 @@ class Params {
   Params& AddOrNull(std::string_view text) { return text.empty() ? AddNull() : Add(text); }
   Params& AddBytes(std::span<const uint8_t> bytes);
   Params& AddNull() { return Push(nullptr, 0, 0); }
+  // One-dimensional arrays, sent binary, for statements that take a whole
+  // batch at once (`unnest($1::text[], ...)`). In AddTextArray an empty
+  // string stands for NULL when `empty_is_null`; text with NUL is refused
+  // as in Add().
+  Params& AddTextArray(std::span<const std::string_view> texts, bool empty_is_null = false);
+  Params& AddBytesArray(std::span<const std::span<const uint8_t>> values);
+  Params& AddIntArray(std::span<const int64_t> values);
+  Params& AddBoolArray(const std::vector<bool>& values);
 
   int size() const { return static_cast<int>(values_.size()); }
   const char* const* values() const { return values_.data(); }
@@ -48,6 +56,8 @@ class Params {
 
  private:
   Params& Push(const char* value, int length, int format);
+  // Appends the binary array `encoded` (see ArrayEncoder in the .cc).
+  Params& PushArray(std::string encoded);
 
   std::deque<std::string> storage_;  // stable addresses
   std::vector<const char*> values_;
@@ -113,6 +123,19 @@ class Connection {
   std::unordered_map<std::string, std::string> prepared_;  // SQL -> statement name
 };
 
+// Writes that the operations of one transaction queue on a lane, to be sent
+// together as one statement just before it commits (many submits as one
+// INSERT, many outcomes as one UPDATE). Used by the lane's thread only.
+class Deferred {
+ public:
+  virtual ~Deferred() = default;
+  // Sends what was queued; true if that made work claimable. An error
+  // aborts the transaction.
+  [[nodiscard]] virtual Result<bool> Flush(Connection& conn) = 0;
+  // Forgets what was queued (sent, or its transaction abandoned).
+  virtual void Clear() = 0;
+};
+
 // One write connection and the group committer that owns it. Several lanes
 // let round trips to the server overlap; the server orders their
 // transactions (row locks, SKIP LOCKED) as it does between processes. A
@@ -123,7 +146,10 @@ class CommitLane {
  public:
   using Op = std::function<Result<bool>(Connection&)>;
 
-  CommitLane(std::unique_ptr<Connection> conn, WakeSignal& wake, std::string_view channel);
+  // `deferred` (may be null) is flushed before each commit and cleared when
+  // a transaction begins or is abandoned; it must outlive the lane.
+  CommitLane(std::unique_ptr<Connection> conn, WakeSignal& wake, std::string_view channel,
+             Deferred* deferred = nullptr);
 
   // See GroupCommitter::Run; `op` gets this lane's connection.
   [[nodiscard]] Result<void> Run(const Op& op) {
@@ -134,6 +160,7 @@ class CommitLane {
 
  private:
   std::unique_ptr<Connection> conn_;  // used by the committer thread only
+  Deferred* const deferred_;          // likewise
   const std::string notify_commit_;   // "NOTIFY <channel>; COMMIT"
   GroupCommitter committer_;          // destroyed first, finishing its writes
 };

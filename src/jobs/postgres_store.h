@@ -24,7 +24,8 @@ namespace keel::jobs {
 // the schema if absent (tables keel_modules and keel_jobs in the first
 // schema of the search_path). Returns the store; kUnavailable if the server
 // cannot be reached, kInternal if the schema cannot be created.
-[[nodiscard]] Result<std::unique_ptr<JobStore>> OpenPostgresStore(const std::string& url);
+[[nodiscard]] Result<std::unique_ptr<JobStore>> OpenPostgresStore(const std::string& url,
+                                                                 const StoreOptions& options);
 
 }  // namespace keel::jobs
 
