@@ -94,6 +94,10 @@ int Main(int argc, char** argv) {
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   Emit(label + "_submit_jobs_per_s", jobs / submit_secs, "jobs/s");
   Emit(label + "_end_to_end_jobs_per_s", total / secs, "jobs/s");
+  jobs::CommitStats commits = (*store)->commit_stats();
+  Emit(label + "_writes_per_commit",
+       static_cast<double>(commits.operations) / static_cast<double>(std::max<uint64_t>(commits.transactions, 1)),
+       "writes");
   (*runner)->Stop(5s);
   (*runtime)->Shutdown(5s);
   return 0;

@@ -207,46 +207,97 @@ Result<std::string> Connection::ExecScript(const char* sql) {
   return std::string(PQcmdStatus(rows.raw()));
 }
 
-CommitLane::CommitLane(std::unique_ptr<Connection> conn, WakeSignal& wake,
-                       std::string_view channel, Deferred* deferred)
-    : conn_(std::move(conn)),
-      deferred_(deferred),
-      notify_commit_("NOTIFY " + std::string(channel) + "; COMMIT"),
-      committer_(GroupCommitter::Hooks{
-                     .begin = [this]() -> Result<void> {
-                       if (deferred_ != nullptr) deferred_->Clear();
-                       if (Result<void> up = conn_->EnsureConnected(); !up) return up;
-                       Result<std::string> begun = conn_->ExecScript("BEGIN");
-                       if (!begun) return tl::unexpected(begun.error());
-                       return {};
-                     },
-                     .flush = [this]() -> Result<bool> {
-                       if (deferred_ == nullptr) return false;
-                       Result<bool> flushed = deferred_->Flush(*conn_);
-                       deferred_->Clear();
-                       return flushed;
-                     },
-                     .commit = [this](bool wake) -> Result<void> {
-                       // NOTIFY is delivered at commit, to every listening store.
-                       Result<std::string> tag =
-                           conn_->ExecScript(wake ? notify_commit_.c_str() : "COMMIT");
-                       if (!tag) return tl::unexpected(tag.error());
-                       if (*tag != "COMMIT") {
-                         return MakeError(ErrorCode::kInternal,
-                                          "postgres: commit ended in " + *tag);
-                       }
-                       return {};
-                     },
-                     .rollback =
-                         [this] {
-                           if (deferred_ != nullptr) deferred_->Clear();
-                           (void)conn_->ExecScript("ROLLBACK");
-                         },
-                     .committed =
-                         [&wake](bool woke) {
-                           if (woke) wake.Notify();
-                         },
-                 },
-                 kMaxCommitBatch) {}
+Notifier::Notifier(std::string url, std::string_view channel)
+    : url_(std::move(url)), notify_("NOTIFY " + std::string(channel)), thread_([this] { Loop(); }) {}
+
+Notifier::~Notifier() {
+  {
+    MutexLock lock(mu_);
+    stopping_ = true;
+  }
+  cv_.Signal();
+  thread_.join();
+}
+
+void Notifier::Request() {
+  {
+    MutexLock lock(mu_);
+    if (requested_) return;
+    requested_ = true;
+  }
+  cv_.Signal();
+}
+
+void Notifier::Loop() {
+  std::unique_ptr<Connection> conn;
+  while (true) {
+    {
+      MutexLock lock(mu_);
+      while (!requested_ && !stopping_) cv_.Wait(mu_);
+      if (stopping_) return;
+      requested_ = false;
+    }
+    if (conn == nullptr) {
+      Result<std::unique_ptr<Connection>> opened = Connection::Open(url_);
+      if (!opened) continue;
+      conn = std::move(*opened);
+    }
+    if (Result<void> up = conn->EnsureConnected(); !up) continue;
+    (void)conn->ExecScript(notify_.c_str());
+  }
+}
+
+CommitLanes::CommitLanes(std::vector<std::unique_ptr<Connection>> conns, WakeSignal& wake,
+                         Notifier& notifier, std::vector<Deferred*> deferred)
+    : conns_(std::move(conns)),
+      deferred_(std::move(deferred)),
+      committer_(
+          [&] {
+            std::vector<GroupCommitter::Hooks> lanes;
+            for (size_t lane = 0; lane < conns_.size(); ++lane) {
+              lanes.push_back(LaneHooks(lane, wake, notifier));
+            }
+            return lanes;
+          }(),
+          kMaxCommitBatch) {}
+
+GroupCommitter::Hooks CommitLanes::LaneHooks(size_t lane, WakeSignal& wake, Notifier& notifier) {
+  Connection* conn = conns_[lane].get();
+  Deferred* deferred = lane < deferred_.size() ? deferred_[lane] : nullptr;
+  return GroupCommitter::Hooks{
+      .begin = [conn, deferred]() -> Result<void> {
+        if (deferred != nullptr) deferred->Clear();
+        if (Result<void> up = conn->EnsureConnected(); !up) return up;
+        Result<std::string> begun = conn->ExecScript("BEGIN");
+        if (!begun) return tl::unexpected(begun.error());
+        return {};
+      },
+      .flush = [conn, deferred]() -> Result<bool> {
+        if (deferred == nullptr) return false;
+        Result<bool> flushed = deferred->Flush(*conn);
+        deferred->Clear();
+        return flushed;
+      },
+      .commit = [conn](bool) -> Result<void> {
+        Result<std::string> tag = conn->ExecScript("COMMIT");
+        if (!tag) return tl::unexpected(tag.error());
+        if (*tag != "COMMIT") {
+          return MakeError(ErrorCode::kInternal, "postgres: commit ended in " + *tag);
+        }
+        return {};
+      },
+      .rollback =
+          [conn, deferred] {
+            if (deferred != nullptr) deferred->Clear();
+            (void)conn->ExecScript("ROLLBACK");
+          },
+      .committed =
+          [&wake, &notifier](bool woke) {
+            if (!woke) return;
+            wake.Notify();
+            notifier.Request();
+          },
+  };
+}
 
 }  // namespace keel::jobs::pg

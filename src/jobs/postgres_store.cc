@@ -25,13 +25,13 @@ namespace keel::jobs {
 namespace {
 
 using std::string_view_literals::operator""sv;
-using pg::CommitLane;
+using pg::CommitLanes;
 using pg::Connection;
 using pg::Params;
 using pg::Rows;
 
 constexpr size_t kMaxReaders = 4;
-constexpr size_t kCommitLanes = 4;
+constexpr size_t kCommitLanes = 8;
 constexpr std::chrono::milliseconds kReapInterval{100};
 constexpr int kReconnectDelayMs = 1000;
 // Serializes schema migrations between processes.
@@ -435,12 +435,15 @@ class PostgresStore final : public JobStore {
         poll_interval_(poll_interval),
         readers_([url] { return Connection::Open(url); }, kMaxReaders),
         stop_read_(stop_read),
-        stop_write_(stop_write) {
-    for (auto& conn : writers) {
+        stop_write_(stop_write),
+        notifier_(url, kNotifyChannel) {
+    std::vector<pg::Deferred*> deferred;
+    for (size_t i = 0; i < writers.size(); ++i) {
       writes_.push_back(std::make_unique<LaneWrites>());
-      lanes_.push_back(std::make_unique<CommitLane>(std::move(conn), wake_, kNotifyChannel,
-                                                    writes_.back().get()));
+      deferred.push_back(writes_.back().get());
     }
+    lanes_ = std::make_unique<CommitLanes>(std::move(writers), wake_, notifier_,
+                                           std::move(deferred));
     listener_ = std::thread([this] { ListenLoop(); });
   }
 
@@ -634,15 +637,7 @@ class PostgresStore final : public JobStore {
     return deleted;
   }
 
-  CommitStats commit_stats() const override {
-    CommitStats total;
-    for (const auto& lane : lanes_) {
-      CommitStats stats = lane->stats();
-      total.transactions += stats.transactions;
-      total.operations += stats.operations;
-    }
-    return total;
-  }
+  CommitStats commit_stats() const override { return lanes_->stats(); }
 
  private:
   // True at most once per kReapInterval: re-queueing expired leases costs a
@@ -654,17 +649,16 @@ class PostgresStore final : public JobStore {
                              due, now + std::chrono::microseconds(kReapInterval).count());
   }
 
-  size_t NextLane() { return next_lane_.fetch_add(1, std::memory_order_relaxed) % lanes_.size(); }
-
-  // Runs a write on the next lane, round robin.
-  [[nodiscard]] Result<void> Write(const CommitLane::Op& op) { return lanes_[NextLane()]->Run(op); }
+  // Runs a write in the next transaction of any lane.
+  [[nodiscard]] Result<void> Write(const std::function<Result<bool>(Connection&)>& op) {
+    return lanes_->Run([&](Connection& db, size_t) { return op(db); });
+  }
 
   // Like Write, for operations that queue rows on the lane's LaneWrites
   // (sent with the others of the transaction just before it commits).
   using DeferredOp = std::function<Result<bool>(Connection&, LaneWrites&)>;
   [[nodiscard]] Result<void> Defer(const DeferredOp& op) {
-    size_t lane = NextLane();
-    return lanes_[lane]->Run([&](Connection& db) { return op(db, *writes_[lane]); });
+    return lanes_->Run([&](Connection& db, size_t lane) { return op(db, *writes_[lane]); });
   }
 
   // Success if the module is stored; kNotFound if not. Modules are never
@@ -783,10 +777,10 @@ class PostgresStore final : public JobStore {
   WakeSignal wake_;
   const int stop_read_;  // the listener's stop pipe
   const int stop_write_;
+  pg::Notifier notifier_;  // outlives the lanes, which use it
   // One per lane, used by its thread only; outlives the lanes.
   std::vector<std::unique_ptr<LaneWrites>> writes_;
-  std::vector<std::unique_ptr<CommitLane>> lanes_;
-  std::atomic<size_t> next_lane_ = 0;
+  std::unique_ptr<CommitLanes> lanes_;
   std::atomic<int64_t> next_reap_us_ = 0;
   std::thread listener_;  // joined by the destructor
 };

@@ -160,6 +160,7 @@ using StateCounts = std::array<int64_t, kJobStateCount>;
 struct CommitStats {
   uint64_t transactions = 0;  // committed write transactions
   uint64_t operations = 0;    // writes they carried (submits, claims, ...)
+  uint64_t waiting = 0;       // writes handed over and not yet committed (now)
 };
 
 // The store interface. Thread-safe; several processes may share one
