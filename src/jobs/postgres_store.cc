@@ -31,7 +31,6 @@ using pg::Params;
 using pg::Rows;
 
 constexpr size_t kMaxReaders = 4;
-constexpr size_t kCommitLanes = 8;
 constexpr std::chrono::milliseconds kReapInterval{100};
 constexpr int kReconnectDelayMs = 1000;
 // Serializes schema migrations between processes.
@@ -811,7 +810,10 @@ Result<void> MigrateSchema(Connection& conn) {
 Result<std::unique_ptr<JobStore>> OpenPostgresStore(const std::string& url,
                                                    const StoreOptions& options) {
   std::vector<std::unique_ptr<Connection>> writers;
-  for (size_t i = 0; i < kCommitLanes; ++i) {
+  if (options.commit_lanes < 1) {
+    return MakeError(ErrorCode::kInvalidArgument, "commit_lanes must be at least 1");
+  }
+  for (size_t i = 0; i < options.commit_lanes; ++i) {
     Result<std::unique_ptr<Connection>> conn = Connection::Open(url);
     if (!conn) return tl::unexpected(conn.error());
     writers.push_back(std::move(*conn));

@@ -246,6 +246,10 @@ struct StoreOptions {
   // other processes' submits. Submits through this store (and, on
   // PostgreSQL, through any store) wake waiting claimers at once.
   std::chrono::milliseconds claim_poll_interval{200};
+  // PostgreSQL: write connections, whose transactions overlap (>= 1). Each
+  // takes everything waiting as one transaction when it is free. SQLite has
+  // one writer.
+  size_t commit_lanes = 8;
 };
 
 // Opens the store named by `url_or_dir`: a postgresql:// or postgres:// URL
