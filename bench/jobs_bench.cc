@@ -98,8 +98,8 @@ int Main(int argc, char** argv) {
   Emit(label + "_submit_jobs_per_s", jobs / submit_secs, "jobs/s");
   Emit(label + "_end_to_end_jobs_per_s", total / secs, "jobs/s");
   jobs::CommitStats commits = (*store)->commit_stats();
-  Emit(label + "_writes_per_commit",
-       static_cast<double>(commits.operations) / static_cast<double>(std::max<uint64_t>(commits.transactions, 1)),
+  double commit_count = static_cast<double>(std::max<uint64_t>(commits.transactions, 1));
+  Emit(label + "_writes_per_commit", static_cast<double>(commits.operations) / commit_count,
        "writes");
   (*runner)->Stop(5s);
   (*runtime)->Shutdown(5s);

@@ -208,7 +208,9 @@ Result<std::string> Connection::ExecScript(const char* sql) {
 }
 
 Notifier::Notifier(std::string url, std::string_view channel)
-    : url_(std::move(url)), notify_("NOTIFY " + std::string(channel)), thread_([this] { Loop(); }) {}
+    : url_(std::move(url)),
+      notify_("NOTIFY " + std::string(channel)),
+      thread_([this] { Loop(); }) {}
 
 Notifier::~Notifier() {
   {
