@@ -1,5 +1,6 @@
 // keel-jobs-bench: durable jobs end to end on one store, as JSON lines.
 //   keel-jobs-bench --store DIR_OR_URL [--jobs N] [--submitters K] [--guest PATH]
+//                   [--commit-lanes N] [--label NAME]
 // Measures submit latency (one submitter, each submit durable before it
 // returns) and jobs/s end to end (K submitters, one runner, a trivial byte
 // export: submit, claim, run, record).
@@ -37,6 +38,7 @@ double Percentile(std::vector<double> v, double q) {
 int Main(int argc, char** argv) {
   std::string store_name, guest = std::string(KEEL_GUEST_DIR) + "/add.wasm", label = "store";
   int jobs = 20000, submitters = 64;
+  jobs::StoreOptions options;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string flag = argv[i];
     if (flag == "--store") store_name = argv[i + 1];
@@ -44,12 +46,13 @@ int Main(int argc, char** argv) {
     if (flag == "--submitters") submitters = std::atoi(argv[i + 1]);
     if (flag == "--guest") guest = argv[i + 1];
     if (flag == "--label") label = argv[i + 1];
+    if (flag == "--commit-lanes") options.commit_lanes = std::strtoul(argv[i + 1], nullptr, 10);
   }
   if (store_name.empty()) {
     std::fprintf(stderr, "usage: keel-jobs-bench --store DIR_OR_URL [--jobs N] [--submitters K]\n");
     return 64;
   }
-  auto store = jobs::OpenStore(store_name);
+  auto store = jobs::OpenStore(store_name, options);
   if (!store) {
     std::fprintf(stderr, "store: %s\n", store.error().ToString().c_str());
     return 1;
@@ -94,6 +97,10 @@ int Main(int argc, char** argv) {
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   Emit(label + "_submit_jobs_per_s", jobs / submit_secs, "jobs/s");
   Emit(label + "_end_to_end_jobs_per_s", total / secs, "jobs/s");
+  jobs::CommitStats commits = (*store)->commit_stats();
+  double commit_count = static_cast<double>(std::max<uint64_t>(commits.transactions, 1));
+  Emit(label + "_writes_per_commit", static_cast<double>(commits.operations) / commit_count,
+       "writes");
   (*runner)->Stop(5s);
   (*runtime)->Shutdown(5s);
   return 0;

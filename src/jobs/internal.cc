@@ -162,7 +162,7 @@ void WakeSignal::Wait(uint64_t seen, std::chrono::steady_clock::time_point deadl
 }
 
 Result<std::vector<ClaimedJob>> ClaimWithWait(
-    WakeSignal& wake, const ClaimRequest& request,
+    WakeSignal& wake, const ClaimRequest& request, std::chrono::milliseconds poll_interval,
     const std::function<Result<std::vector<ClaimedJob>>()>& claim_ready) {
   auto deadline = std::chrono::steady_clock::now() + request.wait;
   while (true) {
@@ -171,7 +171,7 @@ Result<std::vector<ClaimedJob>> ClaimWithWait(
     if (!claimed || !claimed->empty()) return claimed;
     auto now = std::chrono::steady_clock::now();
     if (now >= deadline) return claimed;
-    wake.Wait(seen, std::min(deadline, now + kClaimPollInterval));
+    wake.Wait(seen, std::min(deadline, now + poll_interval));
   }
 }
 

@@ -19,9 +19,6 @@ namespace keel::jobs {
 
 // Claim limits, so a request cannot pin the store.
 inline constexpr size_t kMaxClaimBatch = 1000;
-// How often a waiting claimer looks again when no wake-up comes: jobs whose
-// backoff ended, expired leases and (SQLite) other processes' submits.
-inline constexpr std::chrono::milliseconds kClaimPollInterval{200};
 // Operations per group-commit transaction.
 inline constexpr size_t kMaxCommitBatch = 512;
 
@@ -91,10 +88,11 @@ class WakeSignal {
 };
 
 // Claim with ClaimRequest::wait: calls `claim_ready` until it returns jobs
-// or an error, or the wait is over, sleeping on `wake` in between. Returns
+// or an error, or the wait is over, sleeping on `wake` (at most
+// `poll_interval` at a time) in between. Returns
 // what the last call returned.
 [[nodiscard]] Result<std::vector<ClaimedJob>> ClaimWithWait(
-    WakeSignal& wake, const ClaimRequest& request,
+    WakeSignal& wake, const ClaimRequest& request, std::chrono::milliseconds poll_interval,
     const std::function<Result<std::vector<ClaimedJob>>()>& claim_ready);
 
 // Digests of modules known to be stored. Modules are never deleted, so a

@@ -1,8 +1,56 @@
 #include "jobs/postgres_db.h"
 
+#include <arpa/inet.h>
+
+#include <algorithm>
 #include <utility>
 
 namespace keel::jobs::pg {
+
+namespace {
+
+using std::string_view_literals::operator""sv;
+
+// Type oids of array elements (pg_type.dat); array_recv checks them.
+constexpr uint32_t kBoolOid = 16;
+constexpr uint32_t kByteaOid = 17;
+constexpr uint32_t kInt8Oid = 20;
+constexpr uint32_t kTextOid = 25;
+
+// PostgreSQL's binary array format (array_send): dimensions, null flag and
+// element type, then each element as a length (-1: NULL) and its bytes, all
+// integers big-endian.
+class ArrayEncoder {
+ public:
+  ArrayEncoder(uint32_t element_oid, size_t count, bool has_null) {
+    Put32(1);  // dimensions
+    Put32(has_null ? 1 : 0);
+    Put32(element_oid);
+    Put32(static_cast<uint32_t>(count));
+    Put32(1);  // lower bound
+  }
+  void Element(std::string_view bytes) {
+    Put32(static_cast<uint32_t>(bytes.size()));
+    out_.append(bytes);
+  }
+  void Null() { Put32(0xffffffffu); }
+  void Int8(int64_t value) {
+    Put32(8);
+    auto bits = static_cast<uint64_t>(value);
+    Put32(static_cast<uint32_t>(bits >> 32));
+    Put32(static_cast<uint32_t>(bits));
+  }
+  std::string Take() { return std::move(out_); }
+
+ private:
+  void Put32(uint32_t value) {
+    uint32_t big = htonl(value);
+    out_.append(reinterpret_cast<const char*>(&big), sizeof big);
+  }
+  std::string out_;
+};
+
+}  // namespace
 
 Params& Params::Add(std::string_view text) {
   if (text.find('\0') != std::string_view::npos && !error_) {
@@ -19,6 +67,50 @@ Params& Params::AddBytes(std::span<const uint8_t> bytes) {
   static const char kEmpty[] = "";
   const char* data = bytes.empty() ? kEmpty : reinterpret_cast<const char*>(bytes.data());
   return Push(data, static_cast<int>(bytes.size()), 1);
+}
+
+Params& Params::AddTextArray(std::span<const std::string_view> texts, bool empty_is_null) {
+  bool has_null = empty_is_null && std::any_of(texts.begin(), texts.end(),
+                                               [](std::string_view t) { return t.empty(); });
+  ArrayEncoder array(kTextOid, texts.size(), has_null);
+  for (std::string_view text : texts) {
+    if (text.find('\0') != std::string_view::npos && !error_) {
+      error_ = Error(ErrorCode::kInvalidArgument,
+                     "postgres: text array parameter " + std::to_string(values_.size() + 1) +
+                         " contains NUL, which PostgreSQL text cannot hold");
+    }
+    if (empty_is_null && text.empty()) {
+      array.Null();
+    } else {
+      array.Element(text);
+    }
+  }
+  return PushArray(array.Take());
+}
+
+Params& Params::AddBytesArray(std::span<const std::span<const uint8_t>> values) {
+  ArrayEncoder array(kByteaOid, values.size(), false);
+  for (std::span<const uint8_t> bytes : values) {
+    array.Element(std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()));
+  }
+  return PushArray(array.Take());
+}
+
+Params& Params::AddIntArray(std::span<const int64_t> values) {
+  ArrayEncoder array(kInt8Oid, values.size(), false);
+  for (int64_t value : values) array.Int8(value);
+  return PushArray(array.Take());
+}
+
+Params& Params::AddBoolArray(const std::vector<bool>& values) {
+  ArrayEncoder array(kBoolOid, values.size(), false);
+  for (bool value : values) array.Element(value ? "\x01"sv : "\x00"sv);
+  return PushArray(array.Take());
+}
+
+Params& Params::PushArray(std::string encoded) {
+  const std::string& stored = storage_.emplace_back(std::move(encoded));
+  return Push(stored.data(), static_cast<int>(stored.size()), 1);
 }
 
 Params& Params::Push(const char* value, int length, int format) {
@@ -115,34 +207,99 @@ Result<std::string> Connection::ExecScript(const char* sql) {
   return std::string(PQcmdStatus(rows.raw()));
 }
 
-CommitLane::CommitLane(std::unique_ptr<Connection> conn, WakeSignal& wake,
-                       std::string_view channel)
-    : conn_(std::move(conn)),
-      notify_commit_("NOTIFY " + std::string(channel) + "; COMMIT"),
-      committer_(GroupCommitter::Hooks{
-                     .begin = [this]() -> Result<void> {
-                       if (Result<void> up = conn_->EnsureConnected(); !up) return up;
-                       Result<std::string> begun = conn_->ExecScript("BEGIN");
-                       if (!begun) return tl::unexpected(begun.error());
-                       return {};
-                     },
-                     .commit = [this](bool wake) -> Result<void> {
-                       // NOTIFY is delivered at commit, to every listening store.
-                       Result<std::string> tag =
-                           conn_->ExecScript(wake ? notify_commit_.c_str() : "COMMIT");
-                       if (!tag) return tl::unexpected(tag.error());
-                       if (*tag != "COMMIT") {
-                         return MakeError(ErrorCode::kInternal,
-                                          "postgres: commit ended in " + *tag);
-                       }
-                       return {};
-                     },
-                     .rollback = [this] { (void)conn_->ExecScript("ROLLBACK"); },
-                     .committed =
-                         [&wake](bool woke) {
-                           if (woke) wake.Notify();
-                         },
-                 },
-                 kMaxCommitBatch) {}
+Notifier::Notifier(std::string url, std::string_view channel)
+    : url_(std::move(url)),
+      notify_("NOTIFY " + std::string(channel)),
+      thread_([this] { Loop(); }) {}
+
+Notifier::~Notifier() {
+  {
+    MutexLock lock(mu_);
+    stopping_ = true;
+  }
+  cv_.Signal();
+  thread_.join();
+}
+
+void Notifier::Request() {
+  {
+    MutexLock lock(mu_);
+    if (requested_) return;
+    requested_ = true;
+  }
+  cv_.Signal();
+}
+
+void Notifier::Loop() {
+  std::unique_ptr<Connection> conn;
+  while (true) {
+    {
+      MutexLock lock(mu_);
+      while (!requested_ && !stopping_) cv_.Wait(mu_);
+      if (stopping_) return;
+      requested_ = false;
+    }
+    if (conn == nullptr) {
+      Result<std::unique_ptr<Connection>> opened = Connection::Open(url_);
+      if (!opened) continue;
+      conn = std::move(*opened);
+    }
+    if (Result<void> up = conn->EnsureConnected(); !up) continue;
+    (void)conn->ExecScript(notify_.c_str());
+  }
+}
+
+CommitLanes::CommitLanes(std::vector<std::unique_ptr<Connection>> conns, WakeSignal& wake,
+                         Notifier& notifier, std::vector<Deferred*> deferred)
+    : conns_(std::move(conns)),
+      deferred_(std::move(deferred)),
+      committer_(
+          [&] {
+            std::vector<GroupCommitter::Hooks> lanes;
+            for (size_t lane = 0; lane < conns_.size(); ++lane) {
+              lanes.push_back(LaneHooks(lane, wake, notifier));
+            }
+            return lanes;
+          }(),
+          kMaxCommitBatch) {}
+
+GroupCommitter::Hooks CommitLanes::LaneHooks(size_t lane, WakeSignal& wake, Notifier& notifier) {
+  Connection* conn = conns_[lane].get();
+  Deferred* deferred = lane < deferred_.size() ? deferred_[lane] : nullptr;
+  return GroupCommitter::Hooks{
+      .begin = [conn, deferred]() -> Result<void> {
+        if (deferred != nullptr) deferred->Clear();
+        if (Result<void> up = conn->EnsureConnected(); !up) return up;
+        Result<std::string> begun = conn->ExecScript("BEGIN");
+        if (!begun) return tl::unexpected(begun.error());
+        return {};
+      },
+      .flush = [conn, deferred]() -> Result<bool> {
+        if (deferred == nullptr) return false;
+        Result<bool> flushed = deferred->Flush(*conn);
+        deferred->Clear();
+        return flushed;
+      },
+      .commit = [conn](bool) -> Result<void> {
+        Result<std::string> tag = conn->ExecScript("COMMIT");
+        if (!tag) return tl::unexpected(tag.error());
+        if (*tag != "COMMIT") {
+          return MakeError(ErrorCode::kInternal, "postgres: commit ended in " + *tag);
+        }
+        return {};
+      },
+      .rollback =
+          [conn, deferred] {
+            if (deferred != nullptr) deferred->Clear();
+            (void)conn->ExecScript("ROLLBACK");
+          },
+      .committed =
+          [&wake, &notifier](bool woke) {
+            if (!woke) return;
+            wake.Notify();
+            notifier.Request();
+          },
+  };
+}
 
 }  // namespace keel::jobs::pg

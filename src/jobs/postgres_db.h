@@ -15,10 +15,12 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
 #include "jobs/group_commit.h"
+#include "base/mutex.h"
 #include "jobs/internal.h"
 #include "keel/status.h"
 
@@ -38,6 +40,14 @@ class Params {
   Params& AddOrNull(std::string_view text) { return text.empty() ? AddNull() : Add(text); }
   Params& AddBytes(std::span<const uint8_t> bytes);
   Params& AddNull() { return Push(nullptr, 0, 0); }
+  // One-dimensional arrays, sent binary, for statements that take a whole
+  // batch at once (`unnest($1::text[], ...)`). In AddTextArray an empty
+  // string stands for NULL when `empty_is_null`; text with NUL is refused
+  // as in Add().
+  Params& AddTextArray(std::span<const std::string_view> texts, bool empty_is_null = false);
+  Params& AddBytesArray(std::span<const std::span<const uint8_t>> values);
+  Params& AddIntArray(std::span<const int64_t> values);
+  Params& AddBoolArray(const std::vector<bool>& values);
 
   int size() const { return static_cast<int>(values_.size()); }
   const char* const* values() const { return values_.data(); }
@@ -48,6 +58,8 @@ class Params {
 
  private:
   Params& Push(const char* value, int length, int format);
+  // Appends the binary array `encoded` (see ArrayEncoder in the .cc).
+  Params& PushArray(std::string encoded);
 
   std::deque<std::string> storage_;  // stable addresses
   std::vector<const char*> values_;
@@ -113,29 +125,81 @@ class Connection {
   std::unordered_map<std::string, std::string> prepared_;  // SQL -> statement name
 };
 
-// One write connection and the group committer that owns it. Several lanes
-// let round trips to the server overlap; the server orders their
-// transactions (row locks, SKIP LOCKED) as it does between processes. A
-// transaction whose operations made work claimable sends NOTIFY `channel`
-// and, once committed, wakes `wake`. Thread-safe; the destructor finishes
-// queued writes.
-class CommitLane {
+// Sends NOTIFY `channel` on a connection of its own after commits that made
+// work claimable, so that claimers in other processes wake. It is sent after
+// the commit, not in it: a transaction that notifies holds PostgreSQL's
+// global notify lock until it has committed, WAL flush included, which
+// would make every lane's commits wait for one another's. A NOTIFY alone
+// writes no WAL, so it is quick; requests that come while one is being sent
+// are merged into the next. Best effort: a NOTIFY lost to a broken
+// connection is made up for by the claimers' polling. Thread-safe.
+class Notifier {
  public:
-  using Op = std::function<Result<bool>(Connection&)>;
+  Notifier(std::string url, std::string_view channel);
+  ~Notifier();
+  Notifier(const Notifier&) = delete;
+  Notifier& operator=(const Notifier&) = delete;
 
-  CommitLane(std::unique_ptr<Connection> conn, WakeSignal& wake, std::string_view channel);
+  // Asks for a NOTIFY soon; returns at once.
+  void Request() EXCLUDES(mu_);
 
-  // See GroupCommitter::Run; `op` gets this lane's connection.
+ private:
+  void Loop() EXCLUDES(mu_);
+
+  const std::string url_;
+  const std::string notify_;  // "NOTIFY <channel>"
+  Mutex mu_;
+  CondVar cv_;
+  bool requested_ GUARDED_BY(mu_) = false;
+  bool stopping_ GUARDED_BY(mu_) = false;
+  std::thread thread_;  // last: starts once the members above exist
+};
+
+// Writes that the operations of one transaction queue on a lane, to be sent
+// together as one statement just before it commits (many submits as one
+// INSERT, many outcomes as one UPDATE). Used by the lane's thread only.
+class Deferred {
+ public:
+  virtual ~Deferred() = default;
+  // Sends what was queued; true if that made work claimable. An error
+  // aborts the transaction.
+  [[nodiscard]] virtual Result<bool> Flush(Connection& conn) = 0;
+  // Forgets what was queued (sent, or its transaction abandoned).
+  virtual void Clear() = 0;
+};
+
+// Write connections and the group committer whose lanes they are, one lane
+// per connection. Several lanes let transactions overlap (one waits for its
+// commit while the next begins); the server orders them (row locks, SKIP
+// LOCKED) as it does between processes. Once a transaction whose
+// operations made work claimable has committed, the lane wakes `wake` and
+// asks `notifier` for a NOTIFY. Thread-safe; the destructor finishes queued
+// writes.
+class CommitLanes {
+ public:
+  // `op` gets the connection of the lane that runs it, and its number.
+  using Op = std::function<Result<bool>(Connection&, size_t lane)>;
+
+  // `deferred[i]` (null: none) is lane i's: flushed before each of its
+  // commits and cleared when a transaction begins or is abandoned. Those
+  // must outlive the lanes.
+  CommitLanes(std::vector<std::unique_ptr<Connection>> conns, WakeSignal& wake,
+              Notifier& notifier, std::vector<Deferred*> deferred);
+
+  // See GroupCommitter::Run.
   [[nodiscard]] Result<void> Run(const Op& op) {
-    return committer_.Run([&] { return op(*conn_); });
+    return committer_.RunOnLane([&](size_t lane) { return op(*conns_[lane], lane); });
   }
 
   CommitStats stats() const { return committer_.stats(); }
 
  private:
-  std::unique_ptr<Connection> conn_;  // used by the committer thread only
-  const std::string notify_commit_;   // "NOTIFY <channel>; COMMIT"
-  GroupCommitter committer_;          // destroyed first, finishing its writes
+  GroupCommitter::Hooks LaneHooks(size_t lane, WakeSignal& wake, Notifier& notifier);
+
+  // Each used by its lane's thread only.
+  const std::vector<std::unique_ptr<Connection>> conns_;
+  const std::vector<Deferred*> deferred_;
+  GroupCommitter committer_;  // last: destroyed first, finishing its writes
 };
 
 }  // namespace keel::jobs::pg

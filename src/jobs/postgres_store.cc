@@ -8,7 +8,11 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <deque>
+#include <functional>
 #include <thread>
+#include <unordered_map>
+#include <unordered_set>
 #include <utility>
 
 #include "base/sha256.h"
@@ -21,13 +25,12 @@ namespace keel::jobs {
 namespace {
 
 using std::string_view_literals::operator""sv;
-using pg::CommitLane;
+using pg::CommitLanes;
 using pg::Connection;
 using pg::Params;
 using pg::Rows;
 
 constexpr size_t kMaxReaders = 4;
-constexpr size_t kCommitLanes = 4;
 constexpr std::chrono::milliseconds kReapInterval{100};
 constexpr int kReconnectDelayMs = 1000;
 // Serializes schema migrations between processes.
@@ -71,33 +74,60 @@ Job ReadJob(const Rows& rows, int r, bool payloads) {
   return job;
 }
 
-// Complete() in one statement, one round trip (see store.h for the rules):
-// $1 id, $2 claim, $3 succeeded, $4 retry wanted, $5 state if not retried,
-// $6 result, $7 error code, $8 error message, $9 kMaxRetryDelay in ms. SET
-// sees the row as it was, so the retry condition is spelled out each time,
-// with the attempt count this outcome makes (one more if the claim never
-// started). The shift is bounded: 2^27 ms exceeds the cap.
+// Many Complete()s in one statement, one round trip (see store.h for the
+// rules). One row per outcome: $1 id, $2 claim, $3 succeeded, $4 retry
+// wanted, $5 state if not retried, $6 result, $7 error code, $8 error
+// message; $9 kMaxRetryDelay in ms. SET sees the row as it was, so the retry
+// condition is spelled out each time, with the attempt count this outcome
+// makes (one more if the claim never started). The shift is bounded: 2^27
+// ms exceeds the cap. The batch never names a job twice (LaneWrites).
 const std::string& CompleteSql() {
   static const std::string sql = [] {
-    const std::string attempts = "(attempts + CASE WHEN started_us IS NULL THEN 1 ELSE 0 END)";
+    const std::string attempts =
+        "(j.attempts + CASE WHEN j.started_us IS NULL THEN 1 ELSE 0 END)";
     const std::string retried =
-        "NOT cancel_requested AND $4::boolean AND " + attempts + " < max_attempts";
-    return "UPDATE keel_jobs SET "
-           "state = CASE WHEN cancel_requested THEN 'cancelled' WHEN $3::boolean THEN 'succeeded' "
-           "WHEN NOT $4::boolean THEN $5::text WHEN " + attempts + " < max_attempts THEN 'queued' "
+        "NOT j.cancel_requested AND o.retry AND " + attempts + " < j.max_attempts";
+    return "UPDATE keel_jobs j SET "
+           "state = CASE WHEN j.cancel_requested THEN 'cancelled' WHEN o.ok THEN 'succeeded' "
+           "WHEN NOT o.retry THEN o.end_state WHEN " + attempts + " < j.max_attempts THEN 'queued' "
            "ELSE 'dead' END, "
            "not_before_us = keel_now_us() + CASE WHEN " + retried +
-           " THEN LEAST(LEAST(backoff_ms, $9) << LEAST(" + attempts +
+           " THEN LEAST(LEAST(j.backoff_ms, $9) << LEAST(" + attempts +
            " - 1, 27)::integer, $9) * 1000 ELSE 0 END, "
            "finished_us = CASE WHEN " + retried + " THEN NULL ELSE keel_now_us() END, "
-           "attempts = " + attempts + ", started_us = coalesce(started_us, keel_now_us()), "
-           "result = $6, error_code = $7, error_message = $8, lease_until_us = NULL, "
+           "attempts = " + attempts + ", started_us = coalesce(j.started_us, keel_now_us()), "
+           "result = CASE WHEN o.ok THEN o.result END, "
+           "error_code = CASE WHEN NOT o.ok THEN o.code END, "
+           "error_message = CASE WHEN NOT o.ok THEN o.message END, lease_until_us = NULL, "
            "updated_us = keel_now_us() "
-           "WHERE id = $1 AND state = 'running' AND claims = $2 "
-           "RETURNING state, not_before_us - updated_us";
+           "FROM unnest($1::text[], $2::bigint[], $3::boolean[], $4::boolean[], $5::text[], "
+           "$6::bytea[], $7::text[], $8::text[]) "
+           "AS o(id, claim, ok, retry, end_state, result, code, message) "
+           "WHERE j.id = o.id AND j.state = 'running' AND j.claims = o.claim "
+           "RETURNING j.id, j.state, j.not_before_us - j.updated_us";
   }();
   return sql;
 }
+
+// Many Submit()s in one statement: one row per job, in submit order (so
+// that seq, the claim order, follows it). A row whose idempotency key is
+// taken, by an earlier job or by an earlier row of the same batch, is
+// skipped; RETURNING names the rows inserted.
+constexpr char kInsertSql[] =
+    "INSERT INTO keel_jobs (id, module_digest, export_name, input, deadline_ms, "
+    "idempotency_key, max_attempts, backoff_ms, state, created_us, updated_us, not_before_us) "
+    "SELECT job_id, digest, export_name, input, deadline, job_key, attempts, backoff, 'queued', "
+    "keel_now_us(), keel_now_us(), keel_now_us() "
+    "FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::bigint[], $6::text[], "
+    "$7::bigint[], $8::bigint[]) WITH ORDINALITY "
+    "AS r(job_id, digest, export_name, input, deadline, job_key, attempts, backoff, n) "
+    "ORDER BY n "
+    "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id";
+
+// The jobs holding the keys in $1 (submits whose insert met its key).
+constexpr char kKeyedJobsSql[] =
+    "SELECT idempotency_key, id, module_digest, export_name, input, deadline_ms, "
+    "max_attempts, backoff_ms FROM keel_jobs WHERE idempotency_key = ANY($1::text[])";
 
 // Re-queues jobs whose lease expired ($1 the error, $2 that of a job
 // cancelled before it ran): one that had started has used its attempt and
@@ -159,6 +189,209 @@ ClaimedJob ReadClaimed(const Rows& rows, int r) {
   return job;
 }
 
+// Inside a write transaction, when (id, claim) matched no row: sets *out
+// to kNotFound if the job does not exist, else kFailedPrecondition naming
+// why. Returns false (nothing made claimable) or a database error.
+template <typename T>
+Result<bool> LostLease(Connection& db, std::string_view id, uint64_t claim, Result<T>* out) {
+  Result<Rows> rows = db.Exec(
+      "SELECT state = 'running' AND claims = $2 AND started_us IS NOT NULL FROM keel_jobs "
+      "WHERE id = $1",
+      Params().Add(id).Add(static_cast<int64_t>(claim)));
+  if (!rows) return tl::unexpected(rows.error());
+  bool exists = rows->size() == 1;
+  *out = tl::unexpected(LeaseError(id, claim, exists, exists && rows->Bool(0, 0)));
+  return false;
+}
+
+// The submits and outcomes queued on one lane during its transaction, sent
+// as one INSERT and one UPDATE before it commits. Each row's caller learns
+// its own answer from what the statements return; if a statement fails the
+// transaction is abandoned and the group committer runs its operations one
+// by one, so one bad row costs only its own submitter.
+class LaneWrites final : public pg::Deferred {
+ public:
+  void AddSubmit(const JobSpec& spec, SubmitResult* out) {
+    submits_.push_back({&spec, NewJobId(), out});
+  }
+
+  // A second outcome for a job already queued (a confused caller) first
+  // sends the batch, so that the statement names each job once and the two
+  // are applied in order.
+  Result<bool> AddOutcome(Connection& db, std::string_view id, uint64_t claim,
+                          const Outcome& outcome, Result<JobState>* out) {
+    bool wake = false;
+    if (outcome_ids_.contains(id)) {
+      Result<bool> flushed = FlushOutcomes(db);
+      if (!flushed) return flushed;
+      wake = *flushed;
+    }
+    outcome_ids_.insert(id);
+    outcomes_.push_back({id, claim, &outcome, out});
+    return wake;
+  }
+
+  Result<bool> Flush(Connection& db) override {
+    Result<bool> submitted = FlushSubmits(db);
+    if (!submitted) return submitted;
+    Result<bool> recorded = FlushOutcomes(db);
+    if (!recorded) return recorded;
+    return *submitted || *recorded;
+  }
+
+  void Clear() override {
+    submits_.clear();
+    outcomes_.clear();
+    outcome_ids_.clear();
+  }
+
+ private:
+  struct QueuedSubmit {
+    const JobSpec* spec;
+    std::string id;
+    SubmitResult* out;
+  };
+  struct QueuedOutcome {
+    std::string_view id;
+    uint64_t claim;
+    const Outcome* outcome;
+    Result<JobState>* out;
+  };
+
+  Result<bool> FlushSubmits(Connection& db);
+  // Answers the submits whose insert met their key with the job holding it.
+  Result<void> AnswerKeyed(Connection& db, const std::vector<QueuedSubmit*>& keyed);
+  Result<bool> FlushOutcomes(Connection& db);
+
+  std::vector<QueuedSubmit> submits_;
+  std::vector<QueuedOutcome> outcomes_;
+  std::unordered_set<std::string_view> outcome_ids_;
+};
+
+Result<bool> LaneWrites::FlushSubmits(Connection& db) {
+  if (submits_.empty()) return false;
+  std::vector<std::string_view> ids, digests, exports, keys;
+  std::vector<std::span<const uint8_t>> inputs;
+  std::vector<int64_t> deadlines, attempts, backoffs;
+  for (const QueuedSubmit& submit : submits_) {
+    const JobSpec& spec = *submit.spec;
+    ids.push_back(submit.id);
+    digests.push_back(spec.module_digest);
+    exports.push_back(spec.export_name);
+    keys.push_back(spec.idempotency_key);
+    inputs.push_back(spec.input);
+    deadlines.push_back(spec.deadline.count());
+    attempts.push_back(spec.max_attempts);
+    backoffs.push_back(spec.retry_backoff.count());
+  }
+  Params params;
+  params.AddTextArray(ids)
+      .AddTextArray(digests)
+      .AddTextArray(exports)
+      .AddBytesArray(inputs)
+      .AddIntArray(deadlines)
+      .AddTextArray(keys, /*empty_is_null=*/true)
+      .AddIntArray(attempts)
+      .AddIntArray(backoffs);
+  Result<Rows> inserted = db.Exec(kInsertSql, params);
+  if (!inserted) return tl::unexpected(inserted.error());
+  std::unordered_set<std::string> created;
+  for (int r = 0; r < inserted->size(); ++r) created.insert(inserted->Text(r, 0));
+  std::vector<QueuedSubmit*> keyed;
+  for (QueuedSubmit& submit : submits_) {
+    if (created.contains(submit.id)) {
+      *submit.out = SubmitResult{.id = submit.id, .module_digest = submit.spec->module_digest};
+    } else {
+      keyed.push_back(&submit);
+    }
+  }
+  if (!keyed.empty()) {
+    if (Result<void> answered = AnswerKeyed(db, keyed); !answered) {
+      return tl::unexpected(answered.error());
+    }
+  }
+  return !created.empty();
+}
+
+Result<void> LaneWrites::AnswerKeyed(Connection& db, const std::vector<QueuedSubmit*>& keyed) {
+  std::vector<std::string_view> keys;
+  for (const QueuedSubmit* submit : keyed) keys.push_back(submit->spec->idempotency_key);
+  Result<Rows> rows = db.Exec(kKeyedJobsSql, Params().AddTextArray(keys));
+  if (!rows) return tl::unexpected(rows.error());
+  std::unordered_map<std::string, int> row_of_key;
+  for (int r = 0; r < rows->size(); ++r) row_of_key.emplace(rows->Text(r, 0), r);
+  for (QueuedSubmit* submit : keyed) {
+    auto it = row_of_key.find(submit->spec->idempotency_key);
+    if (it == row_of_key.end()) {
+      return MakeError(ErrorCode::kInternal, "insert ignored without a conflict");
+    }
+    int r = it->second;
+    JobSpec held;
+    held.module_digest = rows->Text(r, 2);
+    held.export_name = rows->Text(r, 3);
+    held.input = rows->Bytes(r, 4);
+    held.deadline = std::chrono::milliseconds(rows->Int(r, 5));
+    held.max_attempts = static_cast<uint32_t>(rows->Int(r, 6));
+    held.retry_backoff = std::chrono::milliseconds(rows->Int(r, 7));
+    *submit->out = SubmitResult{.id = rows->Text(r, 1),
+                                .module_digest = held.module_digest,
+                                .created = false,
+                                .conflict = !SameWork(*submit->spec, held)};
+  }
+  return {};
+}
+
+Result<bool> LaneWrites::FlushOutcomes(Connection& db) {
+  if (outcomes_.empty()) return false;
+  std::vector<std::string_view> ids, end_states, codes, messages;
+  std::vector<int64_t> claims;
+  std::vector<bool> ok_flags, retry_flags;
+  std::vector<std::span<const uint8_t>> results;
+  std::deque<std::string> texts;  // valid-text messages, borrowed by `messages`
+  for (const QueuedOutcome& queued : outcomes_) {
+    const Outcome& outcome = *queued.outcome;
+    bool ok = outcome.kind == Outcome::Kind::kSucceeded;
+    ids.push_back(queued.id);
+    claims.push_back(static_cast<int64_t>(queued.claim));
+    ok_flags.push_back(ok);
+    retry_flags.push_back(!ok && outcome.retry);
+    end_states.push_back(outcome.kind == Outcome::Kind::kTimedOut ? "timed_out"sv : "failed"sv);
+    results.push_back(outcome.result);
+    codes.push_back(ok ? ""sv : ToString(outcome.error.code));
+    messages.push_back(ok ? ""sv : std::string_view(texts.emplace_back(
+                                       ToValidText(outcome.error.message))));
+  }
+  Params params;
+  params.AddTextArray(ids)
+      .AddIntArray(claims)
+      .AddBoolArray(ok_flags)
+      .AddBoolArray(retry_flags)
+      .AddTextArray(end_states)
+      .AddBytesArray(results)
+      .AddTextArray(codes)
+      .AddTextArray(messages)
+      .Add(static_cast<int64_t>(kMaxRetryDelay.count()));
+  Result<Rows> rows = db.Exec(CompleteSql(), params);
+  if (!rows) return tl::unexpected(rows.error());
+  std::unordered_map<std::string, int> row_of_id;
+  for (int r = 0; r < rows->size(); ++r) row_of_id.emplace(rows->Text(r, 0), r);
+  bool wake = false;
+  for (const QueuedOutcome& queued : outcomes_) {
+    auto it = row_of_id.find(std::string(queued.id));
+    if (it == row_of_id.end()) {
+      Result<bool> lost = LostLease(db, queued.id, queued.claim, queued.out);
+      if (!lost) return lost;
+      continue;
+    }
+    JobState state = ParseJobState(rows->Text(it->second, 1)).value_or(JobState::kFailed);
+    *queued.out = state;
+    wake = wake || (state == JobState::kQueued && rows->Int(it->second, 2) == 0);
+  }
+  outcomes_.clear();
+  outcome_ids_.clear();
+  return wake;
+}
+
 // The migration driver's view of a connection inside the migration's
 // transaction.
 class SchemaDatabase final : public schema::Database {
@@ -196,14 +429,20 @@ class SchemaDatabase final : public schema::Database {
 class PostgresStore final : public JobStore {
  public:
   PostgresStore(const std::string& url, std::vector<std::unique_ptr<Connection>> writers,
-                int stop_read, int stop_write)
+                int stop_read, int stop_write, std::chrono::milliseconds poll_interval)
       : url_(url),
+        poll_interval_(poll_interval),
         readers_([url] { return Connection::Open(url); }, kMaxReaders),
         stop_read_(stop_read),
-        stop_write_(stop_write) {
-    for (auto& conn : writers) {
-      lanes_.push_back(std::make_unique<CommitLane>(std::move(conn), wake_, kNotifyChannel));
+        stop_write_(stop_write),
+        notifier_(url, kNotifyChannel) {
+    std::vector<pg::Deferred*> deferred;
+    for (size_t i = 0; i < writers.size(); ++i) {
+      writes_.push_back(std::make_unique<LaneWrites>());
+      deferred.push_back(writes_.back().get());
     }
+    lanes_ = std::make_unique<CommitLanes>(std::move(writers), wake_, notifier_,
+                                           std::move(deferred));
     listener_ = std::thread([this] { ListenLoop(); });
   }
 
@@ -250,26 +489,8 @@ class PostgresStore final : public JobStore {
       return tl::unexpected(known.error());
     }
     SubmitResult out;
-    Result<void> run = Write([&](Connection& db) -> Result<bool> {
-      out = SubmitResult{.id = NewJobId(), .module_digest = spec.module_digest};
-      Result<Rows> inserted = db.Exec(
-          "INSERT INTO keel_jobs (id, module_digest, export_name, input, deadline_ms, "
-          "idempotency_key, max_attempts, backoff_ms, state, created_us, updated_us, "
-          "not_before_us) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued', keel_now_us(), "
-          "keel_now_us(), keel_now_us()) ON CONFLICT (idempotency_key) DO NOTHING RETURNING seq",
-          Params()
-              .Add(out.id)
-              .Add(spec.module_digest)
-              .Add(spec.export_name)
-              .AddBytes(spec.input)
-              .Add(static_cast<int64_t>(spec.deadline.count()))
-              .AddOrNull(spec.idempotency_key)
-              .Add(static_cast<int64_t>(spec.max_attempts))
-              .Add(static_cast<int64_t>(spec.retry_backoff.count())));
-      if (!inserted) return tl::unexpected(inserted.error());
-      if (inserted->size() == 1) return true;
-      Result<void> existing = ReadKeyedJob(db, spec, &out);
-      if (!existing) return tl::unexpected(existing.error());
+    Result<void> run = Defer([&](Connection&, LaneWrites& writes) -> Result<bool> {
+      writes.AddSubmit(spec, &out);
       return false;
     });
     if (!run) return tl::unexpected(run.error());
@@ -326,7 +547,7 @@ class PostgresStore final : public JobStore {
     if (Result<void> valid = ValidateClaim(request); !valid) {
       return tl::unexpected(valid.error());
     }
-    return ClaimWithWait(wake_, request, [&] { return ClaimReady(request); });
+    return ClaimWithWait(wake_, request, poll_interval_, [&] { return ClaimReady(request); });
   }
 
   Result<TimePoint> Start(std::string_view id, uint64_t claim,
@@ -342,27 +563,9 @@ class PostgresStore final : public JobStore {
   Result<JobState> Complete(std::string_view id, uint64_t claim,
                             const Outcome& outcome) override {
     if (!IsJobId(id)) return NoSuchJob(id);
-    bool succeeded = outcome.kind == Outcome::Kind::kSucceeded;
-    Params params;
-    params.Add(id)
-        .Add(static_cast<int64_t>(claim))
-        .AddBool(succeeded)
-        .AddBool(!succeeded && outcome.retry)
-        .Add(outcome.kind == Outcome::Kind::kTimedOut ? "timed_out"sv : "failed"sv);
-    if (succeeded) {
-      params.AddBytes(outcome.result).AddNull().AddNull();
-    } else {
-      params.AddNull().Add(ToString(outcome.error.code)).Add(ToValidText(outcome.error.message));
-    }
-    params.Add(static_cast<int64_t>(kMaxRetryDelay.count()));
     Result<JobState> out;
-    Result<void> run = Write([&](Connection& db) -> Result<bool> {
-      Result<Rows> rows = db.Exec(CompleteSql(), params);
-      if (!rows) return tl::unexpected(rows.error());
-      if (rows->size() == 0) return LostLease(db, id, claim, &out);
-      JobState state = ParseJobState(rows->Text(0, 0)).value_or(JobState::kFailed);
-      out = state;
-      return state == JobState::kQueued && rows->Int(0, 1) == 0;
+    Result<void> run = Defer([&](Connection& db, LaneWrites& writes) -> Result<bool> {
+      return writes.AddOutcome(db, id, claim, outcome, &out);
     });
     if (!run) return tl::unexpected(run.error());
     return out;
@@ -433,15 +636,7 @@ class PostgresStore final : public JobStore {
     return deleted;
   }
 
-  CommitStats commit_stats() const override {
-    CommitStats total;
-    for (const auto& lane : lanes_) {
-      CommitStats stats = lane->stats();
-      total.transactions += stats.transactions;
-      total.operations += stats.operations;
-    }
-    return total;
-  }
+  CommitStats commit_stats() const override { return lanes_->stats(); }
 
  private:
   // True at most once per kReapInterval: re-queueing expired leases costs a
@@ -453,9 +648,16 @@ class PostgresStore final : public JobStore {
                              due, now + std::chrono::microseconds(kReapInterval).count());
   }
 
-  // Runs a write on the next lane, round robin.
-  [[nodiscard]] Result<void> Write(const CommitLane::Op& op) {
-    return lanes_[next_lane_.fetch_add(1, std::memory_order_relaxed) % lanes_.size()]->Run(op);
+  // Runs a write in the next transaction of any lane.
+  [[nodiscard]] Result<void> Write(const std::function<Result<bool>(Connection&)>& op) {
+    return lanes_->Run([&](Connection& db, size_t) { return op(db); });
+  }
+
+  // Like Write, for operations that queue rows on the lane's LaneWrites
+  // (sent with the others of the transaction just before it commits).
+  using DeferredOp = std::function<Result<bool>(Connection&, LaneWrites&)>;
+  [[nodiscard]] Result<void> Defer(const DeferredOp& op) {
+    return lanes_->Run([&](Connection& db, size_t lane) { return op(db, *writes_[lane]); });
   }
 
   // Success if the module is stored; kNotFound if not. Modules are never
@@ -471,31 +673,6 @@ class PostgresStore final : public JobStore {
     if (!found) return tl::unexpected(found.error());
     if (!*found) return MakeError(ErrorCode::kNotFound, "no module " + digest);
     known_modules_.Add(digest);
-    return {};
-  }
-
-  // Inside a write transaction, after an insert of `spec` met its key: sets
-  // *out to the job holding the key, flagged if it is other work.
-  Result<void> ReadKeyedJob(Connection& db, const JobSpec& spec, SubmitResult* out) {
-    Result<Rows> rows = db.Exec(
-        "SELECT id, module_digest, export_name, input, deadline_ms, max_attempts, backoff_ms "
-        "FROM keel_jobs WHERE idempotency_key = $1",
-        Params().Add(spec.idempotency_key));
-    if (!rows) return tl::unexpected(rows.error());
-    if (rows->size() != 1) {
-      return MakeError(ErrorCode::kInternal, "insert ignored without a conflict");
-    }
-    JobSpec held;
-    held.module_digest = rows->Text(0, 1);
-    held.export_name = rows->Text(0, 2);
-    held.input = rows->Bytes(0, 3);
-    held.deadline = std::chrono::milliseconds(rows->Int(0, 4));
-    held.max_attempts = static_cast<uint32_t>(rows->Int(0, 5));
-    held.retry_backoff = std::chrono::milliseconds(rows->Int(0, 6));
-    *out = SubmitResult{.id = rows->Text(0, 0),
-                        .module_digest = held.module_digest,
-                        .created = false,
-                        .conflict = !SameWork(spec, held)};
     return {};
   }
 
@@ -525,21 +702,6 @@ class PostgresStore final : public JobStore {
     });
     if (!run) return tl::unexpected(run.error());
     return out;
-  }
-
-  // Inside a write transaction, when (id, claim) matched no row: sets *out
-  // to kNotFound if the job does not exist, else kFailedPrecondition naming
-  // why. Returns false (nothing made claimable) or a database error.
-  template <typename T>
-  Result<bool> LostLease(Connection& db, std::string_view id, uint64_t claim, Result<T>* out) {
-    Result<Rows> rows = db.Exec(
-        "SELECT state = 'running' AND claims = $2 AND started_us IS NOT NULL FROM keel_jobs "
-        "WHERE id = $1",
-        Params().Add(id).Add(static_cast<int64_t>(claim)));
-    if (!rows) return tl::unexpected(rows.error());
-    bool exists = rows->size() == 1;
-    *out = tl::unexpected(LeaseError(id, claim, exists, exists && rows->Bool(0, 0)));
-    return false;
   }
 
   // One claim attempt: re-queues expired leases, then leases ready jobs.
@@ -606,6 +768,7 @@ class PostgresStore final : public JobStore {
   }
 
   const std::string url_;
+  const std::chrono::milliseconds poll_interval_;
   ConnectionPool<Connection> readers_;
 
   KnownModules known_modules_;
@@ -613,8 +776,10 @@ class PostgresStore final : public JobStore {
   WakeSignal wake_;
   const int stop_read_;  // the listener's stop pipe
   const int stop_write_;
-  std::vector<std::unique_ptr<CommitLane>> lanes_;
-  std::atomic<size_t> next_lane_ = 0;
+  pg::Notifier notifier_;  // outlives the lanes, which use it
+  // One per lane, used by its thread only; outlives the lanes.
+  std::vector<std::unique_ptr<LaneWrites>> writes_;
+  std::unique_ptr<CommitLanes> lanes_;
   std::atomic<int64_t> next_reap_us_ = 0;
   std::thread listener_;  // joined by the destructor
 };
@@ -642,9 +807,13 @@ Result<void> MigrateSchema(Connection& conn) {
 
 }  // namespace
 
-Result<std::unique_ptr<JobStore>> OpenPostgresStore(const std::string& url) {
+Result<std::unique_ptr<JobStore>> OpenPostgresStore(const std::string& url,
+                                                   const StoreOptions& options) {
   std::vector<std::unique_ptr<Connection>> writers;
-  for (size_t i = 0; i < kCommitLanes; ++i) {
+  if (options.commit_lanes < 1) {
+    return MakeError(ErrorCode::kInvalidArgument, "commit_lanes must be at least 1");
+  }
+  for (size_t i = 0; i < options.commit_lanes; ++i) {
     Result<std::unique_ptr<Connection>> conn = Connection::Open(url);
     if (!conn) return tl::unexpected(conn.error());
     writers.push_back(std::move(*conn));
@@ -656,7 +825,8 @@ Result<std::unique_ptr<JobStore>> OpenPostgresStore(const std::string& url) {
   if (pipe2(stop, O_CLOEXEC) != 0) {
     return MakeError(ErrorCode::kInternal, "postgres: cannot create the listener's pipe");
   }
-  return std::make_unique<PostgresStore>(url, std::move(writers), stop[0], stop[1]);
+  return std::make_unique<PostgresStore>(url, std::move(writers), stop[0], stop[1],
+                                         options.claim_poll_interval);
 }
 
 }  // namespace keel::jobs

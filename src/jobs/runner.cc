@@ -25,8 +25,10 @@ using SteadyClock = std::chrono::steady_clock;
 using Key = std::pair<std::string, uint64_t>;  // (job id, claim): names a lease
 
 // Threads that make the store calls of starts, outcomes and releases;
-// several let the store's group commit batch them.
-constexpr int kStoreWorkers = 64;
+// many let the store's group commit batch them (on PostgreSQL, outcomes
+// that share a transaction go as one statement), as each call blocks
+// until its commit.
+constexpr int kStoreWorkers = 256;
 constexpr std::chrono::milliseconds kMaxClaimLease{5000};
 constexpr std::chrono::milliseconds kBackpressureRetry{5};
 constexpr std::chrono::milliseconds kClaimErrorDelay{100};

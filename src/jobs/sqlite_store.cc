@@ -170,8 +170,10 @@ std::pair<std::pair<int64_t, int64_t>, ClaimedJob> ReadClaimed(const Statement& 
 
 class SqliteStore final : public JobStore {
  public:
-  SqliteStore(const std::string& path, std::unique_ptr<Connection> writer)
-      : writer_(std::move(writer)),
+  SqliteStore(const std::string& path, std::unique_ptr<Connection> writer,
+              std::chrono::milliseconds poll_interval)
+      : poll_interval_(poll_interval),
+        writer_(std::move(writer)),
         readers_([path] { return Connection::Open(path); }, kMaxReaders),
         committer_(GroupCommitter::Hooks{
                        .begin = [this] { return writer_->Exec("BEGIN IMMEDIATE"); },
@@ -299,7 +301,7 @@ class SqliteStore final : public JobStore {
     if (Result<void> valid = ValidateClaim(request); !valid) {
       return tl::unexpected(valid.error());
     }
-    return ClaimWithWait(wake_, request, [&] { return ClaimReady(request); });
+    return ClaimWithWait(wake_, request, poll_interval_, [&] { return ClaimReady(request); });
   }
 
   Result<TimePoint> Start(std::string_view id, uint64_t claim,
@@ -537,6 +539,7 @@ class SqliteStore final : public JobStore {
     return claimed;
   }
 
+  const std::chrono::milliseconds poll_interval_;
   std::unique_ptr<Connection> writer_;  // used by the committer thread only
 
   ConnectionPool<Connection> readers_;
@@ -565,7 +568,8 @@ Result<void> MigrateSchema(Connection& writer, const std::string& path) {
 
 }  // namespace
 
-Result<std::unique_ptr<JobStore>> OpenSqliteStore(const std::string& path) {
+Result<std::unique_ptr<JobStore>> OpenSqliteStore(const std::string& path,
+                                               const StoreOptions& options) {
   Result<std::unique_ptr<Connection>> writer = Connection::Open(path);
   if (!writer) return tl::unexpected(writer.error());
   // WAL lets readers run beside the writer; FULL makes each commit durable
@@ -587,7 +591,7 @@ Result<std::unique_ptr<JobStore>> OpenSqliteStore(const std::string& path) {
   if (Result<void> migrated = MigrateSchema(**writer, path); !migrated) {
     return tl::unexpected(migrated.error());
   }
-  return std::make_unique<SqliteStore>(path, std::move(*writer));
+  return std::make_unique<SqliteStore>(path, std::move(*writer), options.claim_poll_interval);
 }
 
 }  // namespace keel::jobs

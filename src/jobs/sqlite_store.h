@@ -23,7 +23,8 @@ namespace keel::jobs {
 
 // Opens (creating if missing) the database file at `path` and its schema.
 // Returns the store; kUnavailable if the file cannot be opened or set up.
-[[nodiscard]] Result<std::unique_ptr<JobStore>> OpenSqliteStore(const std::string& path);
+[[nodiscard]] Result<std::unique_ptr<JobStore>> OpenSqliteStore(const std::string& path,
+                                                               const StoreOptions& options);
 
 }  // namespace keel::jobs
 

@@ -64,10 +64,11 @@ Outcome Outcome::TimedOut(Error error, bool retry) {
   return outcome;
 }
 
-Result<std::unique_ptr<JobStore>> OpenStore(std::string_view url_or_dir) {
+Result<std::unique_ptr<JobStore>> OpenStore(std::string_view url_or_dir,
+                                           const StoreOptions& options) {
   if (url_or_dir.empty()) return MakeError(ErrorCode::kInvalidArgument, "empty store name");
   if (url_or_dir.starts_with("postgresql://") || url_or_dir.starts_with("postgres://")) {
-    return OpenPostgresStore(std::string(url_or_dir));
+    return OpenPostgresStore(std::string(url_or_dir), options);
   }
   std::filesystem::path dir(url_or_dir);
   std::error_code ec;
@@ -76,7 +77,7 @@ Result<std::unique_ptr<JobStore>> OpenStore(std::string_view url_or_dir) {
     return MakeError(ErrorCode::kUnavailable,
                      "cannot create data directory " + dir.string() + ": " + ec.message());
   }
-  return OpenSqliteStore((dir / "keel.db").string());
+  return OpenSqliteStore((dir / "keel.db").string(), options);
 }
 
 }  // namespace keel::jobs

@@ -160,6 +160,7 @@ using StateCounts = std::array<int64_t, kJobStateCount>;
 struct CommitStats {
   uint64_t transactions = 0;  // committed write transactions
   uint64_t operations = 0;    // writes they carried (submits, claims, ...)
+  uint64_t waiting = 0;       // writes handed over and not yet committed (now)
 };
 
 // The store interface. Thread-safe; several processes may share one
@@ -238,6 +239,19 @@ class JobStore {
   virtual CommitStats commit_stats() const = 0;
 };
 
+// Settings of one store object; the defaults suit production.
+struct StoreOptions {
+  // How often a claimer waiting for work looks again when no wake-up came:
+  // that finds jobs whose backoff ended, expired leases and, on SQLite,
+  // other processes' submits. Submits through this store (and, on
+  // PostgreSQL, through any store) wake waiting claimers at once.
+  std::chrono::milliseconds claim_poll_interval{200};
+  // PostgreSQL: write connections, whose transactions overlap (>= 1). Each
+  // takes everything waiting as one transaction when it is free. SQLite has
+  // one writer.
+  size_t commit_lanes = 8;
+};
+
 // Opens the store named by `url_or_dir`: a postgresql:// or postgres:// URL
 // opens PostgreSQL (libpq connection URL), anything else is a data
 // directory, created if missing, holding the SQLite file keel.db. Creates the
@@ -245,7 +259,8 @@ class JobStore {
 // store; kInvalidArgument for an empty name, kUnavailable if the database
 // cannot be opened, kFailedPrecondition if its schema is newer than this
 // keel's.
-[[nodiscard]] Result<std::unique_ptr<JobStore>> OpenStore(std::string_view url_or_dir);
+[[nodiscard]] Result<std::unique_ptr<JobStore>> OpenStore(std::string_view url_or_dir,
+                                                         const StoreOptions& options = {});
 
 }  // namespace keel::jobs
 

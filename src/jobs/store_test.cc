@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <libpq-fe.h>
 #include <spawn.h>
+#include <sqlite3.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -16,6 +17,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <set>
 #include <string>
 #include <thread>
@@ -93,6 +95,53 @@ void PgCommand(const std::string& url, const std::string& sql) {
   PQfinish(conn);
 }
 
+// Holds the store's write lock from a connection of its own (PostgreSQL: an
+// EXCLUSIVE lock on keel_jobs, which admits reads; SQLite: a write
+// transaction), so that writes handed to the store wait and then go in as
+// few transactions as its lanes allow once Release()d.
+class WriteBlocker {
+ public:
+  WriteBlocker(Backend backend, const std::string& pg_url, const std::string& schema,
+               const std::filesystem::path& dir) {
+    if (backend == Backend::kPostgres) {
+      pg_ = PQconnectdb(pg_url.c_str());
+      EXPECT_EQ(PQstatus(pg_), CONNECTION_OK) << PQerrorMessage(pg_);
+      Pg("BEGIN");
+      Pg("LOCK TABLE " + schema + ".keel_jobs IN EXCLUSIVE MODE");
+    } else {
+      EXPECT_EQ(sqlite3_open((dir / "keel.db").c_str(), &sqlite_), SQLITE_OK);
+      Sqlite("BEGIN IMMEDIATE");
+    }
+  }
+  ~WriteBlocker() {
+    Release();
+    if (pg_ != nullptr) PQfinish(pg_);
+    if (sqlite_ != nullptr) sqlite3_close(sqlite_);
+  }
+
+  void Release() {
+    if (released_) return;
+    released_ = true;
+    if (pg_ != nullptr) Pg("COMMIT");
+    if (sqlite_ != nullptr) Sqlite("COMMIT");
+  }
+
+ private:
+  void Pg(const std::string& sql) {
+    PGresult* result = PQexec(pg_, sql.c_str());
+    EXPECT_EQ(PQresultStatus(result), PGRES_COMMAND_OK) << PQresultErrorMessage(result);
+    PQclear(result);
+  }
+  void Sqlite(const char* sql) {
+    EXPECT_EQ(sqlite3_exec(sqlite_, sql, nullptr, nullptr, nullptr), SQLITE_OK)
+        << sqlite3_errmsg(sqlite_);
+  }
+
+  PGconn* pg_ = nullptr;
+  sqlite3* sqlite_ = nullptr;
+  bool released_ = false;
+};
+
 class StoreTest : public ::testing::TestWithParam<Backend> {
  protected:
   void SetUp() override {
@@ -127,8 +176,8 @@ class StoreTest : public ::testing::TestWithParam<Backend> {
     if (!dir_.empty()) std::filesystem::remove_all(dir_);
   }
 
-  std::unique_ptr<JobStore> Open() {
-    Result<std::unique_ptr<JobStore>> store = OpenStore(name_);
+  std::unique_ptr<JobStore> Open(const StoreOptions& options = {}) {
+    Result<std::unique_ptr<JobStore>> store = OpenStore(name_, options);
     EXPECT_TRUE(store) << store.error().ToString();
     return store ? std::move(*store) : nullptr;
   }
@@ -181,6 +230,43 @@ class StoreTest : public ::testing::TestWithParam<Backend> {
     Result<Job> job = store_->Get(id);
     EXPECT_TRUE(job) << job.error().ToString();
     return job ? *job : Job();
+  }
+
+  // Runs `calls` (each a store call on its own thread) while the store's
+  // writes are held back, until all of them are waiting for `store`; then
+  // lets them go, so that they share transactions (with one commit lane,
+  // one transaction: the batch paths), and joins them.
+  void RunBatched(JobStore& store, std::vector<std::function<void()>> calls) {
+    WriteBlocker blocker(GetParam(), pg_url_, schema_, dir_);
+    uint64_t before = store.commit_stats().waiting;
+    std::vector<std::thread> threads;
+    for (auto& call : calls) threads.emplace_back(std::move(call));
+    auto give_up = std::chrono::steady_clock::now() + 20s;
+    while (store.commit_stats().waiting < before + threads.size() &&
+           std::chrono::steady_clock::now() < give_up) {
+      std::this_thread::yield();
+    }
+    EXPECT_EQ(store.commit_stats().waiting, before + threads.size());
+    blocker.Release();
+    for (auto& thread : threads) thread.join();
+  }
+
+  // Fails jobs with this export name in the database itself (a constraint
+  // keel does not know of), so that one row of a batch fails there.
+  void RefuseExportInDatabase(std::string_view export_name) {
+    if (GetParam() == Backend::kPostgres) {
+      PgCommand(pg_url_, "ALTER TABLE " + schema_ + ".keel_jobs ADD CONSTRAINT test_refused "
+                         "CHECK (export_name <> '" + std::string(export_name) + "')");
+      return;
+    }
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open((dir_ / "keel.db").c_str(), &db), SQLITE_OK);
+    std::string sql = "CREATE TRIGGER test_refused BEFORE INSERT ON keel_jobs WHEN "
+                      "NEW.export_name = '" + std::string(export_name) +
+                      "' BEGIN SELECT RAISE(ABORT, 'refused by test_refused'); END";
+    EXPECT_EQ(sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr), SQLITE_OK)
+        << sqlite3_errmsg(db);
+    sqlite3_close(db);
   }
 
   std::string pg_url_;
@@ -890,26 +976,42 @@ TEST_P(StoreTest, ListAndCountByState) {
   EXPECT_EQ(store_->List(filter)->size(), 1u);
 }
 
+// A waiting claimer is woken by the submit itself, not found by polling:
+// the stores poll once an hour here, and the claim must end long before its
+// wait would. On PostgreSQL the second store is another store object (as
+// another process would be), woken by NOTIFY; on SQLite, where only polling
+// finds other stores' submits, it polls every 50 ms and shows that path.
 TEST_P(StoreTest, WaitingClaimerWakesOnSubmit) {
-  std::unique_ptr<JobStore> other = Open();  // on PostgreSQL, woken by NOTIFY
+  constexpr milliseconds kWait = 60s;
+  bool postgres = GetParam() == Backend::kPostgres;
+  std::unique_ptr<JobStore> submitter = Open({.claim_poll_interval = 1h});
+  std::unique_ptr<JobStore> other = Open({.claim_poll_interval = postgres ? 1h : 50ms});
+  ASSERT_NE(submitter, nullptr);
   ASSERT_NE(other, nullptr);
-  for (JobStore* claimer : {store_.get(), other.get()}) {
-    std::atomic<bool> started = false;
+  for (JobStore* claimer : {submitter.get(), other.get()}) {
+    uint64_t claims_before = claimer->commit_stats().transactions;
     Result<std::vector<ClaimedJob>> claimed;
     std::thread waiter([&] {
       ClaimRequest request;
       request.runner = "waiter";
-      request.wait = 20s;
-      started = true;
+      request.wait = kWait;
       claimed = claimer->Claim(request);
     });
-    while (!started) std::this_thread::yield();
-    std::this_thread::sleep_for(100ms);
-    std::string id = SubmitOk(Spec());
+    // Its first look (a write transaction) found nothing: it now waits.
+    auto give_up = std::chrono::steady_clock::now() + 20s;
+    while (claimer->commit_stats().transactions == claims_before &&
+           std::chrono::steady_clock::now() < give_up) {
+      std::this_thread::yield();
+    }
+    auto submitted = std::chrono::steady_clock::now();
+    Result<SubmitResult> submit = submitter->Submit(Spec());
     waiter.join();
+    ASSERT_TRUE(submit) << submit.error().ToString();
+    auto waited = std::chrono::steady_clock::now() - submitted;
     ASSERT_TRUE(claimed) << claimed.error().ToString();
     ASSERT_EQ(claimed->size(), 1u);
-    EXPECT_EQ((*claimed)[0].id, id);
+    EXPECT_EQ((*claimed)[0].id, submit->id);
+    EXPECT_LT(waited, kWait / 2) << "the claimer was not woken by the submit";
   }
   // With nothing to claim, the wait ends empty.
   ClaimRequest request;
@@ -918,6 +1020,165 @@ TEST_P(StoreTest, WaitingClaimerWakesOnSubmit) {
   Result<std::vector<ClaimedJob>> none = store_->Claim(request);
   ASSERT_TRUE(none);
   EXPECT_TRUE(none->empty());
+}
+
+// Submits that share one transaction (on PostgreSQL one INSERT) each get
+// their own answer: a key submitted twice in the batch creates one job, a
+// rival with the same key and other work is a conflict, a key held by an
+// earlier job names it.
+TEST_P(StoreTest, SubmitsSharingATransactionEachGetTheirAnswer) {
+  JobSpec held = Spec("held");
+  held.idempotency_key = "held";
+  std::string held_id = SubmitOk(held);
+  std::unique_ptr<JobStore> store = Open({.commit_lanes = 1});
+  ASSERT_NE(store, nullptr);
+  JobSpec twice = Spec("twice");
+  twice.idempotency_key = "twice";
+  JobSpec rival = Spec("rival");
+  rival.idempotency_key = "twice";
+  JobSpec held_other = held;
+  held_other.input = Bytes("other work");
+  std::vector<JobSpec> specs = {Spec("a"), twice, held,  Spec("b"),
+                                twice,     held_other, rival, Spec("c")};
+  std::vector<Result<SubmitResult>> results(specs.size());
+  std::vector<std::function<void()>> calls;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    calls.push_back([&, i] { results[i] = store->Submit(specs[i]); });
+  }
+  uint64_t transactions = store->commit_stats().transactions;
+  RunBatched(*store, std::move(calls));
+  // The first write may have gone alone before the others queued.
+  EXPECT_LE(store->commit_stats().transactions - transactions, 2u);
+  for (auto& result : results) ASSERT_TRUE(result) << result.error().ToString();
+
+  std::set<std::string> plain_ids;
+  for (size_t i : {0, 3, 7}) {
+    EXPECT_TRUE(results[i]->created);
+    EXPECT_FALSE(results[i]->conflict);
+    EXPECT_EQ(GetOk(results[i]->id).spec.input, specs[i].input);
+    plain_ids.insert(results[i]->id);
+  }
+  EXPECT_EQ(plain_ids.size(), 3u);
+
+  // Whichever of the three with key "twice" came first created the job.
+  std::vector<size_t> keyed = {1, 4, 6};
+  auto creator = std::find_if(keyed.begin(), keyed.end(), [&](size_t i) {
+    return results[i]->created;
+  });
+  ASSERT_NE(creator, keyed.end());
+  Job job = GetOk(results[*creator]->id);
+  EXPECT_EQ(job.spec.input, specs[*creator].input);
+  for (size_t i : keyed) {
+    EXPECT_EQ(results[i]->id, job.id);
+    if (i == *creator) continue;
+    EXPECT_FALSE(results[i]->created);
+    EXPECT_EQ(results[i]->conflict, specs[i].input != specs[*creator].input) << i;
+  }
+
+  EXPECT_FALSE(results[2]->created);
+  EXPECT_FALSE(results[2]->conflict);
+  EXPECT_EQ(results[2]->id, held_id);
+  EXPECT_FALSE(results[5]->created);
+  EXPECT_TRUE(results[5]->conflict);
+  EXPECT_EQ(results[5]->id, held_id);
+  EXPECT_EQ(store->CountByState()->at(static_cast<size_t>(JobState::kQueued)), 5);
+}
+
+// A row the database refuses (here a constraint keel does not know of)
+// fails only its own submitter: the batch is retried one by one.
+TEST_P(StoreTest, OneRefusedRowInABatchFailsOnlyItsSubmitter) {
+  ASSERT_NO_FATAL_FAILURE(RefuseExportInDatabase("refused"));
+  std::unique_ptr<JobStore> store = Open({.commit_lanes = 1});
+  ASSERT_NE(store, nullptr);
+  std::vector<JobSpec> specs;
+  for (int i = 0; i < 8; ++i) specs.push_back(Spec("job " + std::to_string(i)));
+  specs[2].export_name = "refused";
+  specs[5].export_name = "refused";
+  specs[6].idempotency_key = "kept";
+  std::vector<Result<SubmitResult>> results(specs.size());
+  std::vector<std::function<void()>> calls;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    calls.push_back([&, i] { results[i] = store->Submit(specs[i]); });
+  }
+  RunBatched(*store, std::move(calls));
+  for (size_t i = 0; i < specs.size(); ++i) {
+    if (specs[i].export_name == "refused") {
+      ASSERT_FALSE(results[i]) << i;
+      EXPECT_NE(results[i].error().message.find("test_refused"), std::string::npos)
+          << results[i].error().ToString();
+      continue;
+    }
+    ASSERT_TRUE(results[i]) << i << ": " << results[i].error().ToString();
+    EXPECT_TRUE(results[i]->created);
+    EXPECT_EQ(GetOk(results[i]->id).spec.input, specs[i].input);
+  }
+  EXPECT_EQ(store->CountByState()->at(static_cast<size_t>(JobState::kQueued)), 6);
+  Result<SubmitResult> again = store->Submit(specs[6]);
+  ASSERT_TRUE(again);
+  EXPECT_FALSE(again->created);
+  EXPECT_EQ(again->id, results[6]->id);
+}
+
+// Outcomes that share one transaction (on PostgreSQL one UPDATE) each get
+// their own answer, including a lost lease, an unknown job, a cancelled job
+// and two outcomes for one lease (the first recorded wins).
+TEST_P(StoreTest, OutcomesSharingATransactionEachGetTheirAnswer) {
+  std::vector<std::string> ids;
+  for (int i = 0; i < 6; ++i) ids.push_back(SubmitOk(Spec("job " + std::to_string(i))));
+  ASSERT_EQ(ClaimOk(*store_, 6).size(), 6u);
+  ASSERT_EQ(store_->Cancel(ids[5]), CancelOutcome::kDetached);
+  std::unique_ptr<JobStore> store = Open({.commit_lanes = 1});
+  ASSERT_NE(store, nullptr);
+  std::string unknown = NewJobId();
+  struct Call {
+    std::string id;
+    uint64_t claim;
+    Outcome outcome;
+    Result<JobState> result;
+  };
+  std::vector<Call> calls_made = {
+      {ids[0], 1, Outcome::Succeeded(Bytes("r0")), {}},
+      {ids[1], 1, Outcome::Failed(Error(ErrorCode::kInternal, "boom \xff"), true), {}},
+      {ids[2], 1, Outcome::TimedOut(Error(ErrorCode::kDeadlineExceeded, "slow"), false), {}},
+      {ids[3], 2, Outcome::Succeeded({}), {}},
+      {unknown, 1, Outcome::Succeeded({}), {}},
+      {ids[4], 1, Outcome::Succeeded(Bytes("first")), {}},
+      {ids[4], 1, Outcome::Failed(Error(ErrorCode::kInternal, "second"), false), {}},
+      {ids[5], 1, Outcome::Failed(Error(ErrorCode::kInternal, "late"), false), {}},
+  };
+  std::vector<std::function<void()>> calls;
+  for (Call& call : calls_made) {
+    calls.push_back([&] { call.result = store->Complete(call.id, call.claim, call.outcome); });
+  }
+  RunBatched(*store, std::move(calls));
+
+  EXPECT_EQ(calls_made[0].result, JobState::kSucceeded);
+  EXPECT_EQ(GetOk(ids[0]).result, Bytes("r0"));
+  EXPECT_EQ(calls_made[1].result, JobState::kQueued);
+  Job retried = GetOk(ids[1]);
+  EXPECT_EQ(retried.state, JobState::kQueued);
+  EXPECT_EQ(retried.attempts, 1u);
+  ASSERT_TRUE(retried.error);
+  EXPECT_EQ(retried.error->message, "boom \xef\xbf\xbd");
+  EXPECT_EQ(calls_made[2].result, JobState::kTimedOut);
+  EXPECT_EQ(GetOk(ids[2]).error->code, ErrorCode::kDeadlineExceeded);
+  ASSERT_FALSE(calls_made[3].result);
+  EXPECT_EQ(calls_made[3].result.error().code, ErrorCode::kFailedPrecondition);
+  EXPECT_EQ(GetOk(ids[3]).state, JobState::kRunning);
+  ASSERT_FALSE(calls_made[4].result);
+  EXPECT_EQ(calls_made[4].result.error().code, ErrorCode::kNotFound);
+  // One of the two outcomes for ids[4] was recorded, the other refused.
+  Call& first = calls_made[5];
+  Call& second = calls_made[6];
+  ASSERT_NE(first.result.has_value(), second.result.has_value());
+  Call& recorded = first.result ? first : second;
+  Call& refused = first.result ? second : first;
+  EXPECT_EQ(refused.result.error().code, ErrorCode::kFailedPrecondition);
+  Job twice = GetOk(ids[4]);
+  EXPECT_EQ(twice.state, *recorded.result);
+  EXPECT_EQ(twice.attempts, 1u);
+  EXPECT_EQ(calls_made[7].result, JobState::kCancelled);
+  EXPECT_EQ(GetOk(ids[5]).state, JobState::kCancelled);
 }
 
 TEST_P(StoreTest, ReopenedStoreHasEverythingCommitted) {
