@@ -1416,7 +1416,7 @@ class SmEngine final : public Engine {
     // memory.grow goes through a grant, so that a runtime's memory budget
     // (ContextOptions::memory_budget) holds. Instantiation (start function)
     // grows within the cap; contexts with a budget set the grant per call.
-    extra.grow_grant = options.max_memory_pages;
+    if (!extra.grow_grant) extra.grow_grant = options.max_memory_pages;
     auto rewritten = Rewrite(bytes, extra);
     if (!rewritten) return MakeError(rewritten.error());
     if (info->memory) {
