@@ -22,7 +22,7 @@ std::string EngineName(const ::testing::TestParamInfo<EngineKind>& info) {
 class MemoryBudgetTest : public ::testing::TestWithParam<EngineKind> {
  protected:
   // A context whose instances share a budget of `pages` pages.
-  void StartContext(uint64_t pages) {
+  void StartContext(uint64_t pages, const std::string& fixture = "budget_grow") {
     budget_ = std::make_shared<MemoryBudget>(pages * kPage);
     auto engine = GetEngine(GetParam());
     ASSERT_TRUE(engine) << engine.error().ToString();
@@ -30,7 +30,7 @@ class MemoryBudgetTest : public ::testing::TestWithParam<EngineKind> {
     auto ctx = engine_->NewContext({.stack_quota_bytes = 1 << 20, .memory_budget = budget_});
     ASSERT_TRUE(ctx) << ctx.error().ToString();
     ctx_ = std::move(*ctx);
-    auto bytes = ReadFile(std::string(KEEL_FIXTURE_DIR) + "/budget_grow.wasm");
+    auto bytes = ReadFile(std::string(KEEL_FIXTURE_DIR) + "/" + fixture + ".wasm");
     ASSERT_TRUE(bytes) << bytes.error().ToString();
     auto module = engine_->Compile(*bytes, {.max_memory_pages = 16});
     ASSERT_TRUE(module) << module.error().ToString();
@@ -118,6 +118,22 @@ TEST_P(MemoryBudgetTest, ThePerInstanceCapStillHoldsUnderALargeBudget) {
   EXPECT_EQ(Run(**a, "grow", {Value::I32(14)}), 2);
   EXPECT_EQ(Run(**a, "grow", {Value::I32(1)}), -1);
   EXPECT_EQ(budget_->used(), 16 * kPage);
+}
+
+TEST_P(MemoryBudgetTest, AMemoryTheModuleDoesNotExportIsChargedToo) {
+  if (GetParam() == EngineKind::kWasmtime) {
+    GTEST_SKIP() << "Wasmtime's C API reaches exported memories only (EXECUTOR.md, Memory budget)";
+  }
+  StartContext(3, "budget_hidden");
+  auto a = Instantiate();
+  ASSERT_TRUE(a) << a.error().ToString();
+  EXPECT_EQ(budget_->used(), 2 * kPage);
+  EXPECT_EQ(Run(**a, "grow", {Value::I32(2)}), -1);
+  EXPECT_EQ(Run(**a, "grow", {Value::I32(1)}), 2);
+  EXPECT_EQ(budget_->used(), 3 * kPage);
+  auto b = Instantiate();
+  ASSERT_FALSE(b);
+  EXPECT_EQ(b.error().code, ErrorCode::kResourceExhausted);
 }
 
 TEST(MemoryBudget, ChargesAndGrantsStayWithinTheLimit) {

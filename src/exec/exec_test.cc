@@ -612,6 +612,9 @@ TEST_F(ExecTest, MemoryBudgetRefusesInstancesAndGrowthPastItWithoutDisturbingCal
   // A call in flight on the first pool while a third instance is refused.
   Call held = Submit(**first, "gated_grow", {Value::I32(41), Value::I32(0)});
   ASSERT_TRUE(host_.WaitEntered(41));
+  // A slot on each worker: the free one instantiates while the other is
+  // held by the call.
+  options.instances = 2;
   options.quarantine = {.failures = 1, .initial_backoff = 60s, .max_backoff = 60s};
   auto third = runtime_->CreatePool(*module, options);
   ASSERT_TRUE(third) << third.error().ToString();

@@ -1097,9 +1097,12 @@ Result<void> SmInstance::Initialize(uint64_t call_tag) {
       }
     }
   }
-  if (mem) {
+  // A memory the module does not export is reached through keel's export.
+  const std::optional<std::string>& hidden = module_->rewrite().memory_export;
+  if (mem || hidden) {
     JS::RootedValue m(cx_);
-    const std::string& name = module_->rewrite().exports[mem - info.exports.data()].name;
+    const std::string& name =
+        mem ? module_->rewrite().exports[mem - info.exports.data()].name : *hidden;
     if (GetNamed(cx_, exports_, name, &m) && m.isObject()) memory_ = &m.toObject();
     JS_ClearPendingException(cx_);
   }
