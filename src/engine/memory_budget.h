@@ -23,6 +23,10 @@ class MemoryBudget {
 
   uint64_t limit() const { return limit_; }
   uint64_t used() const { return used_.load(std::memory_order_relaxed); }
+  uint64_t available() const {
+    uint64_t used_now = used();
+    return used_now >= limit_ ? 0 : limit_ - used_now;
+  }
 
   // Adds `bytes` to the use if it stays within the limit; false (nothing
   // charged) otherwise.

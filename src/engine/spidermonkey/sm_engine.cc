@@ -568,7 +568,8 @@ class SmInstance final : public Instance, public Caller {
   std::optional<Error> host_error_;  // the error a host function ended the call with
   std::vector<HostBinding> host_bindings_;  // by import index; never reallocated
   std::unique_ptr<InstanceSnapshot> snapshot_;
-  std::optional<MemoryCharge> charge_;  // with a budget and a memory that can grow
+  std::optional<MemoryCharge> charge_;  // with a budget and a memory
+  bool grows_on_budget_ = false;         // charge_, and code with memory.grow
   std::optional<uint64_t> grant_pages_;  // the grant global's value, when known
   friend class SmContext;
 };
@@ -641,7 +642,6 @@ class SmContext final : public Context {
 
   JSContext* cx() const { return cx_; }
   InterruptState& interrupt_state() { return *interrupt_; }
-  const std::shared_ptr<MemoryBudget>& budget() const { return budget_; }
 
   // Marks the start of guest call `tag`. False when an interrupt for it was
   // already requested (the call must then not enter the guest).
@@ -915,13 +915,13 @@ Result<void> SmInstance::Call(const Func& func, std::span<const Value> args,
     js_args.infallibleAppend(js);
   }
   JS::RootedValue rval(cx_);
-  if (charge_) {
+  if (grows_on_budget_) {
     if (auto granted = GrantForCall(); !granted) return granted;
   }
   auto called = Guarded(call_tag, "call", [&] {
     return JS::Call(cx_, JS::UndefinedHandleValue, fn, JS::HandleValueArray(js_args), &rval);
   });
-  if (charge_) SettleAfterCall();
+  if (grows_on_budget_) SettleAfterCall();
   if (!called) return called;
   return ReadResults(cx_, rval, exp.func, bits, results);
 }
@@ -1174,9 +1174,9 @@ Result<void> SmInstance::ChargeTo(std::shared_ptr<MemoryBudget> budget) {
   }
   const RewriteResult& rewrite = module_->rewrite();
   // Code without memory.grow never takes a grant: its charge is final.
-  if (!rewrite.grant_export || !rewrite.features.memory_grow) return {};
+  grows_on_budget_ = rewrite.grant_export && rewrite.features.memory_grow;
   // Until a call takes a grant, memory.grow has none.
-  return SetGrant(0);
+  return grows_on_budget_ ? SetGrant(0) : Result<void>();
 }
 
 Result<void> SmInstance::SetGrant(uint64_t pages) {
@@ -1191,16 +1191,19 @@ Result<void> SmInstance::SetGrant(uint64_t pages) {
 }
 
 Result<void> SmInstance::GrantForCall() {
-  const RewriteResult& rewrite = module_->rewrite();
-  if (!rewrite.grant_export || !rewrite.features.memory_grow) return {};
-  uint64_t committed = MemoryBytes();
+  // Memory changes size only in calls, and each ends charging it exactly.
+  uint64_t committed = charge_->charged();
   uint64_t cap =
       module_->info().memory->max.value_or(module_->options().max_memory_pages) * kWasmPageSize;
-  uint64_t granted = charge_->Grant(committed, cap > committed ? cap - committed : 0);
-  return SetGrant(granted / kWasmPageSize);
+  uint64_t pages = charge_->Grant(committed, cap > committed ? cap - committed : 0) / kWasmPageSize;
+  // memory.grow takes whole pages: the rest of the grant goes back now.
+  charge_->Settle(committed + pages * kWasmPageSize);
+  return SetGrant(pages);
 }
 
 void SmInstance::SettleAfterCall() {
+  // Without a grant the memory cannot have grown.
+  if (grant_pages_ == 0) return;
   uint64_t committed = MemoryBytes();
   // The guest spent part of the grant when it grew: the global's value is
   // no longer known.
@@ -1347,7 +1350,7 @@ Result<std::unique_ptr<Instance>> SmContext::Instantiate(std::shared_ptr<const M
   if (budget_ && instance->module().info().memory) {
     // Refused before anything runs when even the initial memory cannot fit.
     uint64_t initial = instance->module().info().memory->min * kWasmPageSize;
-    if (initial > budget_->limit() - std::min(budget_->used(), budget_->limit())) {
+    if (initial > budget_->available()) {
       return tl::unexpected(BudgetExceeded(*budget_, "instantiation", initial));
     }
   }

@@ -936,7 +936,7 @@ Result<std::unique_ptr<Instance>> WtContext::Instantiate(std::shared_ptr<const M
   if (budget_ && wt_module->info().memory) {
     // Refused before anything runs when even the initial memory cannot fit.
     uint64_t initial = wt_module->info().memory->min * kWasmPageSize;
-    if (initial > budget_->limit() - std::min(budget_->used(), budget_->limit())) {
+    if (initial > budget_->available()) {
       return tl::unexpected(BudgetExceeded(*budget_, "instantiation", initial));
     }
   }
