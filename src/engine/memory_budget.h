@@ -61,8 +61,9 @@ class MemoryCharge {
   // Makes the charge exactly `bytes`. Growing it fails (false, unchanged)
   // when the budget has not that much free; shrinking always succeeds.
   [[nodiscard]] bool Set(uint64_t bytes);
-  // After a call: charges exactly the memory's size now, which the grant
-  // covered (memory that exists is counted even past the limit).
+  // Charges exactly `committed`: after a call, the memory's size then (the
+  // grant covered its growth; memory that exists is counted even past the
+  // limit), or before one, the part of a grant the call can use.
   void Settle(uint64_t committed);
   // Before a call: adds up to `more` bytes beyond `committed` (the memory's
   // size now), as much as the budget has free. Returns what was granted;
