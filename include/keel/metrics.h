@@ -89,6 +89,12 @@ struct EngineMemoryCounts {
   uint64_t committed_bytes = 0;
 };
 
+// RuntimeOptions::memory_budget_bytes and what instances hold of it now.
+struct MemoryBudgetCounts {
+  uint64_t limit_bytes = 0;
+  uint64_t used_bytes = 0;
+};
+
 struct MetricsSnapshot {
   uint64_t submitted = 0;          // accepted by Submit
   uint64_t rejected_overloaded = 0;
@@ -105,6 +111,7 @@ struct MetricsSnapshot {
   uint64_t modules_refused = 0;    // by Compile's start-function check
   SpareCounts spares;
   EngineMemoryCounts engine_memory;
+  MemoryBudgetCounts memory_budget;
   // Gauges.
   int64_t queued = 0;
   int64_t running = 0;

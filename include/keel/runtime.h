@@ -90,7 +90,20 @@ struct RuntimeOptions {
   // Default drain period of Shutdown() and of the destructor.
   std::chrono::milliseconds drain_grace{5000};
   FairnessOptions fairness;
+  // Budget on the committed linear memory (current pages x 64 KiB, not the
+  // address space engines reserve) of all this runtime's instances. Past
+  // it, an instantiation fails with kResourceExhausted naming the budget
+  // and the amounts (calls of a pool that cannot get an instance fail as
+  // its quarantine says), and memory.grow returns -1 to the guest; nothing
+  // else is disturbed. Memory comes back when instances are dropped
+  // (replaced, recycled, pools closed). A running call holds, for its
+  // memory.grow, what is free up to its instance's cap, and returns what
+  // it did not use when it ends. 0: DefaultMemoryBudget().
+  uint64_t memory_budget_bytes = 0;
 };
+
+// Half the machine's physical memory (sysconf); 4 GiB when unknown.
+uint64_t DefaultMemoryBudget();
 
 struct ModuleOptions {
   std::string name;                    // for errors and metrics

@@ -8,6 +8,7 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include "base/byte_size.h"
 #include "base/duration.h"
 #include "base/file.h"
 #include "cli/commands.h"
@@ -27,6 +28,19 @@ CLI::Validator Millis(std::chrono::milliseconds* out) {
         return "";
       },
       "DURATION");
+}
+
+// CLI11 check+conversion of a positive size ("4GiB") into bytes.
+CLI::Validator Bytes(uint64_t* out) {
+  return CLI::Validator(
+      [out](const std::string& text) -> std::string {
+        auto bytes = ParseByteSize(text);
+        if (!bytes) return bytes.error().message;
+        if (*bytes == 0) return "the size must be above 0";
+        *out = *bytes;
+        return "";
+      },
+      "SIZE");
 }
 
 CLI::Validator EngineChoice(EngineKind* out) {
@@ -63,6 +77,9 @@ CLI::App* AddServeCommand(CLI::App& app, ServeArgs& args) {
   cmd->add_option("--workers", o.workers, "WebAssembly worker threads (default: one per core)");
   cmd->add_option("--engine", "WebAssembly engine: spidermonkey (default) or wasmtime")
       ->check(EngineChoice(&o.engine));
+  cmd->add_option("--memory-budget",
+                  "Linear memory all instances may hold, e.g. 4GiB (default: half the physical memory)")
+      ->check(Bytes(&o.memory_budget_bytes));
   cmd->add_option("--token-file", args.token_file, "File holding the bearer token every /v1 route and /metrics need");
   cmd->add_flag("--public-metrics", o.public_metrics, "With --token-file: serve /metrics without the token");
   cmd->add_option("--modules", o.module_dirs, "Load every *.wasm here under its stem (repeatable; skips hostile_*)");

@@ -15,6 +15,7 @@
 #include <string_view>
 #include <vector>
 
+#include "engine/memory_budget.h"
 #include "engine/module_info.h"
 #include "keel/host.h"
 #include "keel/status.h"
@@ -176,6 +177,14 @@ struct ContextOptions {
   // Engines whose guest stack limit is engine-wide (Wasmtime: 1 MiB) use
   // their own limit and refuse a quota below it (kInvalidArgument).
   size_t stack_quota_bytes = 1 << 20;
+  // Every instance this context makes charges its committed linear memory
+  // to this budget: an instantiation that would pass it fails with
+  // kResourceExhausted (BudgetExceeded), and memory.grow returns -1 past
+  // it. A running call holds, as a grant, what its memory.grow may still
+  // take (the budget's free bytes, up to the instance's cap); what it did
+  // not grow returns when the call ends. A start function grows within the
+  // cap only, charged (or refused) when instantiation ends. Null: no budget.
+  std::shared_ptr<MemoryBudget> memory_budget;
 };
 
 // One per thread: the engine's per-thread state. Created, used and

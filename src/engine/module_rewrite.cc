@@ -674,6 +674,13 @@ class Rewriter {
     new_globals_.push_back(std::move(global));
     new_exports_.push_back({kGrantExport, 0x03, grant_global});
     result_.grant_export = kGrantExport;
+    // The host must see the memory's size to charge it.
+    const bool exported = std::any_of(p_.info.exports.begin(), p_.info.exports.end(),
+                                      [](const ExportInfo& e) { return e.kind == ExternKind::kMemory; });
+    if (!exported) {
+      new_exports_.push_back({kMemoryExport, 0x02, 0});
+      result_.memory_export = kMemoryExport;
+    }
     grow_func_ = AppendFunction(TypeIndexOf({{type}, {type}}), GrowBody(grant_global, is64));
   }
 

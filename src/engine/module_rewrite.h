@@ -16,7 +16,8 @@
 //    export (no renumbering: the import keeps its index);
 //  - export every mutable global (reserved names for the unexported);
 //  - route every memory.grow through an appended function that charges a
-//    grant held in an exported mutable global;
+//    grant held in an exported mutable global (and export the memory when
+//    the module does not, so that the host can see its size);
 //  - report which table- and segment-mutating instructions the code holds.
 //
 // Reserved names start with "\x01keel:" (wasm::kReservedPrefix); modules that
@@ -154,6 +155,9 @@ struct RewriteResult {
   // With grow_grant and a memory: the mutable global holding the grant
   // (i32; i64 for a 64-bit memory).
   std::optional<std::string> grant_export;
+  // With grow_grant and a memory the module does not export: keel's export
+  // of it.
+  std::optional<std::string> memory_export;
   CodeFeatures features;
   // Functions of the original module; higher indices are keel's wrappers.
   uint32_t original_functions = 0;
@@ -175,6 +179,7 @@ struct RewriteResult {
 };
 
 inline constexpr char kGrantExport[] = "\x01keel:grant";
+inline constexpr char kMemoryExport[] = "\x01keel:memory";
 
 // Applies `options` to `bytes`. kInvalidModule when the module cannot be
 // read or its code cannot be decoded (needed only by the options that touch

@@ -416,6 +416,23 @@ TEST(RewriteTest, GrowGoesThroughTheAppendedFunction) {
   EXPECT_FALSE(none->grant_export);
 }
 
+TEST(RewriteTest, GrowGrantExportsAMemoryTheModuleKeepsToItself) {
+  auto exported = RewriteModule(LoadFixture("rewrite_grow"), {.grow_grant = 1});
+  ASSERT_TRUE(exported);
+  EXPECT_FALSE(exported->memory_export);
+  auto hidden = RewriteModule(LoadFixture("budget_hidden"), {.grow_grant = 1});
+  ASSERT_TRUE(hidden) << hidden.error().message;
+  ASSERT_EQ(hidden->memory_export, std::string(kMemoryExport));
+  auto info = ReadRewrittenModuleInfo(hidden->bytes);
+  ASSERT_TRUE(info) << info.error().message;
+  const ExportInfo* memory = info->FindExport(kMemoryExport);
+  ASSERT_NE(memory, nullptr);
+  EXPECT_EQ(memory->kind, ExternKind::kMemory);
+  if (auto ok = WabtValidates(hidden->bytes)) {
+    EXPECT_TRUE(*ok);
+  }
+}
+
 TEST(RewriteTest, OffsetsMapBackToTheOriginal) {
   for (const char* stem : {"values_exact", "rewrite_grow", "names_exact", "engine_host"}) {
     Bytes bytes = LoadFixture(stem);

@@ -350,6 +350,9 @@ class Prober {
 struct RuntimeCore {
   RuntimeOptions options;
   engine::Engine* engine = nullptr;  // options.engine's; process-wide
+  // The linear memory of every instance of this runtime (every worker's
+  // context charges it).
+  std::shared_ptr<engine::MemoryBudget> memory_budget;
   Metrics metrics;
   std::atomic<bool> shutting_down{false};
   std::atomic<uint64_t> next_call_id{1};

@@ -577,6 +577,76 @@ TEST_F(ExecTest, CloseCancelsQueuedCallsAndRefusesNewOnes) {
   EXPECT_TRUE(blocker.Wait());
 }
 
+// --- Memory budget -------------------------------------------------------------------
+
+constexpr uint64_t kPage = 65536;
+
+TEST_F(ExecTest, MemoryBudgetDefaultsToHalfThePhysicalMemory) {
+  MetricsSnapshot m = runtime_->Metrics();
+  EXPECT_EQ(m.memory_budget.limit_bytes, DefaultMemoryBudget());
+  EXPECT_GT(m.memory_budget.limit_bytes, 0u);
+  EXPECT_EQ(m.memory_budget.used_bytes, 0u);
+}
+
+// budget_gate.wasm holds two pages; the budget five: two instances fit, a
+// third is refused while calls on the two go on, and a grow past the budget
+// answers -1 until another instance is dropped.
+TEST_F(ExecTest, MemoryBudgetRefusesInstancesAndGrowthPastItWithoutDisturbingCalls) {
+  runtime_->Shutdown(10s);
+  StartRuntime(2, {.memory_budget_bytes = 5 * kPage});
+  auto bytes = ReadFile(std::string(KEEL_FIXTURE_DIR) + "/budget_gate.wasm");
+  ASSERT_TRUE(bytes);
+  auto module = runtime_->Compile(*bytes, {.name = "budget_gate"});
+  ASSERT_TRUE(module) << module.error().ToString();
+  PoolOptions options{.instances = 1, .linker = host_.linker()};
+  options.recycle.state = StatePolicy::kKeep;
+  auto first = runtime_->CreatePool(*module, options);
+  auto second = runtime_->CreatePool(*module, options);
+  ASSERT_TRUE(first && second);
+  ASSERT_TRUE(Eventually([&] {
+    return (*first)->Stats().healthy_instances == 1 && (*second)->Stats().healthy_instances == 1;
+  }));
+  EXPECT_EQ(runtime_->Metrics().memory_budget.used_bytes, 4 * kPage);
+  EXPECT_EQ(runtime_->Metrics().memory_budget.limit_bytes, 5 * kPage);
+
+  // A call in flight on the first pool while a third instance is refused.
+  Call held = Submit(**first, "gated_grow", {Value::I32(41), Value::I32(0)});
+  ASSERT_TRUE(host_.WaitEntered(41));
+  // A slot on each worker: the free one instantiates while the other is
+  // held by the call.
+  options.instances = 2;
+  options.quarantine = {.failures = 1, .initial_backoff = 60s, .max_backoff = 60s};
+  auto third = runtime_->CreatePool(*module, options);
+  ASSERT_TRUE(third) << third.error().ToString();
+  ASSERT_TRUE(Eventually([&] { return (*third)->Stats().quarantined; }));
+  EXPECT_THAT((*third)->Stats().quarantine_reason, HasSubstr("resource_exhausted"));
+  EXPECT_THAT((*third)->Stats().quarantine_reason,
+              HasSubstr("budget of " + std::to_string(5 * kPage) + " bytes"));
+  auto refused = (*third)->Submit("size", {});
+  EXPECT_FALSE(refused && (*refused).Wait());
+  host_.Open(41);
+  const CallResult& r = held.Wait();
+  ASSERT_TRUE(r) << r.error().ToString();
+  EXPECT_EQ(r->values, std::vector<Value>{Value::I32(2)});
+  (*third)->Close();
+
+  // 2 + 2 pages held: a grow by 2 would make 6.
+  Call grow = Submit(**first, "grow", {Value::I32(2)});
+  ASSERT_TRUE(grow.Wait());
+  EXPECT_EQ(grow.Wait()->values, std::vector<Value>{Value::I32(-1)});
+  Call size = Submit(**second, "size", {});
+  ASSERT_TRUE(size.Wait());
+  EXPECT_EQ(size.Wait()->values, std::vector<Value>{Value::I32(2)});
+  EXPECT_EQ(runtime_->Metrics().memory_budget.used_bytes, 4 * kPage);
+
+  (*second)->Close();
+  ASSERT_TRUE(Eventually([&] { return runtime_->Metrics().memory_budget.used_bytes == 2 * kPage; }));
+  Call regrow = Submit(**first, "grow", {Value::I32(2)});
+  ASSERT_TRUE(regrow.Wait());
+  EXPECT_EQ(regrow.Wait()->values, std::vector<Value>{Value::I32(2)});
+  EXPECT_EQ(runtime_->Metrics().memory_budget.used_bytes, 4 * kPage);
+}
+
 // --- Invariants under load -----------------------------------------------------------
 
 // Random cancels at random moments and random deadlines over many calls on

@@ -2,6 +2,8 @@
 #include <algorithm>
 #include <thread>
 
+#include <unistd.h>
+
 #include "abi/bytecall.h"
 #include "base/sha256.h"
 #include "exec/core.h"
@@ -94,15 +96,25 @@ Runtime::Runtime(std::unique_ptr<RuntimeImpl> impl) : impl_(std::move(impl)) {}
 
 Runtime::~Runtime() { Shutdown(); }
 
+uint64_t DefaultMemoryBudget() {
+  long pages = sysconf(_SC_PHYS_PAGES);
+  long page_size = sysconf(_SC_PAGE_SIZE);
+  // Unknown: 4 GiB.
+  if (pages <= 0 || page_size <= 0) return uint64_t{4} << 30;
+  return static_cast<uint64_t>(pages) * static_cast<uint64_t>(page_size) / 2;
+}
+
 Result<std::unique_ptr<Runtime>> Runtime::Create(RuntimeOptions options) {
   if (options.workers <= 0) options.workers = std::max(1u, std::thread::hardware_concurrency());
   if (options.worker_stack_bytes < (2 << 20)) options.worker_stack_bytes = 2 << 20;
+  if (options.memory_budget_bytes == 0) options.memory_budget_bytes = DefaultMemoryBudget();
   auto engine = engine::GetEngine(InternalKind(options.engine));
   if (!engine) return MakeError(engine.error());
   auto impl = std::make_unique<RuntimeImpl>();
   auto core = std::make_shared<exec::RuntimeCore>();
   core->options = options;
   core->engine = *engine;
+  core->memory_budget = std::make_shared<engine::MemoryBudget>(options.memory_budget_bytes);
   core->executor = std::make_unique<exec::CallbackExecutor>(options.callback_threads);
   core->waker = std::make_unique<exec::CallbackExecutor>(1);
   core->watchdog = std::make_unique<exec::Watchdog>(core.get());
@@ -253,6 +265,7 @@ MetricsSnapshot Runtime::Metrics() const {
   snapshot.callback_exceptions = core.executor->exceptions() + core.waker->exceptions();
   engine::MemoryStats memory = core.engine->memory_stats();
   snapshot.engine_memory = {memory.live_memories, memory.reserved_bytes, memory.committed_bytes};
+  snapshot.memory_budget = {core.memory_budget->limit(), core.memory_budget->used()};
   return snapshot;
 }
 

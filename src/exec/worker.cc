@@ -60,7 +60,8 @@ void* Worker::ThreadMain(void* self) {
   auto* worker = static_cast<Worker*>(self);
   size_t stack = worker->core_->options.worker_stack_bytes;
   // Leave the guest all but a margin for host functions and the engine.
-  engine::ContextOptions options{.stack_quota_bytes = stack - std::max<size_t>(stack / 4, 1 << 20)};
+  engine::ContextOptions options{.stack_quota_bytes = stack - std::max<size_t>(stack / 4, 1 << 20),
+                                 .memory_budget = worker->core_->memory_budget};
   auto context = worker->core_->engine->NewContext(options);
   {
     MutexLock lock(worker->start_mu_);

@@ -172,6 +172,12 @@ std::string RenderPrometheus(const MetricsInput& in) {
         m.engine_memory.reserved_bytes);
   w.One("keel_engine_memory_committed_bytes", "gauge", "Current byte length of those memories.",
         m.engine_memory.committed_bytes);
+  w.One("keel_memory_budget_bytes", "gauge",
+        "The runtime's budget on its instances' linear memory (--memory-budget).",
+        m.memory_budget.limit_bytes);
+  w.One("keel_memory_budget_used_bytes", "gauge",
+        "Linear memory the runtime's instances hold of that budget (and calls' grants).",
+        m.memory_budget.used_bytes);
 
   w.Family("keel_instance_resets_total", "counter",
            "Instances brought back to their snapshot after a call (state policy reset), by how: the pages "

@@ -40,6 +40,9 @@ struct ServerOptions {
 
   // Threads.
   int workers = 0;     // WebAssembly worker threads; 0: one per core
+  // RuntimeOptions::memory_budget_bytes: all instances' linear memory;
+  // 0: half the machine's physical memory.
+  uint64_t memory_budget_bytes = 0;
   int io_threads = 1;  // HTTP threads, one io_context each
   int blocking_threads = 2;  // store queries and commits, off the HTTP threads
   int compile_threads = 2;   // module uploads (validation, compilation), off the HTTP and store threads

@@ -118,6 +118,25 @@ TEST(ServeProcessTest, RefusesPublicAddressWithoutToken) {
   EXPECT_NE(r.exit_code, 0);
 }
 
+// --memory-budget takes sizes as people write them, shows in /metrics and
+// /v1/status, and a bad value exits 64 naming the flag.
+TEST(ServeProcessTest, MemoryBudgetFlag) {
+  TempDir dir;
+  for (const char* bad : {"lots", "4GB", "0", "-1GiB", "1.5GiB"}) {
+    auto r = keel::testing::RunProcess({KEEL_BIN, "serve", "--data", dir.path(), "--memory-budget", bad});
+    EXPECT_EQ(r.exit_code, 64) << bad;
+    EXPECT_THAT(r.err, HasSubstr("--memory-budget")) << bad;
+  }
+  ServeProcess serve(dir.path(), {"--memory-budget", "96MiB"});
+  uint16_t port = serve.WaitListening();
+  ASSERT_NE(port, 0) << serve.log();
+  Client c(port);
+  EXPECT_THAT(c.Get("/metrics").body, HasSubstr("keel_memory_budget_bytes " + std::to_string(96 << 20)));
+  EXPECT_EQ(c.Get("/v1/status").json().at("runtime").at("memory_budget_bytes"), 96 << 20);
+  ASSERT_EQ(serve.Signal(SIGTERM), 0);
+  EXPECT_EQ(serve.Wait(), 0);
+}
+
 TEST(ServeProcessTest, TokenFile) {
   TempDir dir;
   std::ofstream(dir.path() + "/token") << "from-a-file\n";

@@ -2,6 +2,7 @@
 // the disconnect-detach behaviour, jobs, persistence and draining.
 #include "server/server.h"
 
+#include <atomic>
 #include <future>
 #include <thread>
 
@@ -717,23 +718,33 @@ TEST_F(ServerTest, UploadsSurviveRestart) {
 
 TEST_F(ServerTest, ShutdownDrainsCallsInFlight) {
   Start();
-  Upload("loop", Guest("hostile_loop"));
-  auto slow = std::async(std::launch::async, [&] {
-    return Client(port()).PostJson("/v1/modules/loop/call/busy_ms", "{\"args\":[400]}");
+  Upload("gate", Guest("hostile_gate"));
+  auto held = std::async(std::launch::async, [&] {
+    return Client(port()).PostBytes("/v1/modules/gate/call/gated_echo?timeout=30s", "drained whole");
   });
-  ASSERT_TRUE(Eventually([&] { return Metrics().running == 1; }));
+  // The call is running: its guest is blocked in the gate.
+  ASSERT_TRUE(gate_.WaitEntered(1));
   Client idle(port());
   EXPECT_EQ(idle.Get("/healthz").status, 200);
-  auto stopping = std::async(std::launch::async, [&] { server_->Shutdown(5s); });
+  std::atomic<bool> released{false};
+  auto stopping = std::async(std::launch::async, [&] {
+    server_->Shutdown(30s);
+    // Shutdown must not return before the gate let the call finish.
+    return released.load();
+  });
   ASSERT_TRUE(Eventually([&] { return server_->service().draining(); }));
   // New requests are refused while the call drains.
   Reply refused = idle.Get("/readyz");
   EXPECT_TRUE(refused.status == 503 || refused.status == 0) << refused.status;
-  Reply r = slow.get();
+  EXPECT_NE(stopping.wait_for(0s), std::future_status::ready) << "shutdown did not wait for the call";
+  released.store(true);
+  gate_.Open();
+  Reply r = held.get();
   EXPECT_EQ(r.status, 200);
-  EXPECT_EQ(r.body, "{\"results\":[400]}\n");
-  stopping.get();
+  EXPECT_EQ(r.body, "drained whole");
+  EXPECT_TRUE(stopping.get()) << "shutdown returned while the call was still held";
   EXPECT_EQ(Metrics().resolved.shutting_down, 0u);
+  EXPECT_EQ(Metrics().resolved.ok, 1u);
 }
 
 TEST_F(ServerTest, ShutdownInterruptsAfterGrace) {

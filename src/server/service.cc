@@ -38,6 +38,7 @@ Result<std::unique_ptr<Service>> Service::Create(ServerOptions options) {
       .workers = o.workers,
       .detached_sink = [s](CallId id, const CallResult& result) { s->OnDetachedResult(id, result); },
       .drain_grace = o.drain_grace,
+      .memory_budget_bytes = o.memory_budget_bytes,
   });
   if (!runtime) return MakeError(runtime.error());
   s->runtime_ = std::move(*runtime);
@@ -269,6 +270,8 @@ std::string Service::StatusJson(std::string_view pools_json) {
       {"reset_p50_us", r.reset_time.Quantile(0.5) * 1e6},
       {"p50_ms", r.end_to_end.Quantile(0.5) * 1e3},
       {"p99_ms", r.end_to_end.Quantile(0.99) * 1e3},
+      {"memory_budget_bytes", r.memory_budget.limit_bytes},
+      {"memory_budget_used_bytes", r.memory_budget.used_bytes},
   };
   json::object jobs;
   if (m.job_states) {

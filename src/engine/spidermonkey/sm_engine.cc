@@ -498,6 +498,9 @@ class SmInstance final : public Instance, public Caller {
   void SetInterruptHook(std::function<void()> hook) override;
 
   Result<void> Initialize(uint64_t call_tag);
+  // Charges the memory instantiation left to `budget`; kResourceExhausted
+  // when it does not fit.
+  Result<void> ChargeTo(std::shared_ptr<MemoryBudget> budget);
   static bool HostTrampoline(JSContext* cx, unsigned argc, JS::Value* vp);
   // The exported WebAssembly.Global `name` (rewritten module's name).
   Result<Value> GetGlobal(std::string_view name, ValType type);
@@ -523,6 +526,14 @@ class SmInstance final : public Instance, public Caller {
   Result<void> SaveGlobals(InstanceSnapshot& snapshot);
   Result<ResetStats> ResetToSnapshot();
   Result<uint32_t> RestoreGlobals();
+  // The memory's byte length now (0 without one), read afresh.
+  uint64_t MemoryBytes() { return Memory().size(); }
+  // Around a call on a budget: grants memory.grow what the budget has free
+  // (up to the cap) through the rewrite's grant global; then charges what
+  // the call kept.
+  Result<void> GrantForCall();
+  void SettleAfterCall();
+  Result<void> SetGrant(uint64_t pages);
   std::string Backtrace(std::string_view raw) const {
     return FormatBacktrace(
         raw, [this](uint32_t index) { return module_->FuncName(index); }, module_->rewrite());
@@ -544,6 +555,9 @@ class SmInstance final : public Instance, public Caller {
   std::optional<Error> host_error_;  // the error a host function ended the call with
   std::vector<HostBinding> host_bindings_;  // by import index; never reallocated
   std::unique_ptr<InstanceSnapshot> snapshot_;
+  std::optional<MemoryCharge> charge_;  // with a budget and a memory
+  bool grows_on_budget_ = false;         // charge_, and code with memory.grow
+  std::optional<uint64_t> grant_pages_;  // the grant global's value, when known
   friend class SmContext;
 };
 
@@ -563,7 +577,7 @@ class SmContext final : public Context {
       JS_DestroyContext(cx);
       return MakeError(ErrorCode::kInternal, "JS::InitSelfHostedCode failed");
     }
-    auto ctx = std::unique_ptr<SmContext>(new SmContext(cx));
+    auto ctx = std::unique_ptr<SmContext>(new SmContext(cx, options.memory_budget));
     live_contexts.fetch_add(1);
     if (auto ok = ctx->Init(); !ok) return MakeError(ok.error());
     return ctx;
@@ -644,7 +658,8 @@ class SmContext final : public Context {
   JSObject* instance_ctor() const { return instance_ctor_->get(); }
 
  private:
-  explicit SmContext(JSContext* cx) : cx_(cx), interrupt_(std::make_shared<InterruptState>()) {
+  SmContext(JSContext* cx, std::shared_ptr<MemoryBudget> budget)
+      : cx_(cx), interrupt_(std::make_shared<InterruptState>()), budget_(std::move(budget)) {
     MutexLock lock(interrupt_->mu);
     interrupt_->cx = cx;
   }
@@ -695,6 +710,7 @@ class SmContext final : public Context {
   std::optional<JS::PersistentRootedObject> instance_ctor_;
   std::unordered_map<const SmModule*, ModuleEntry> module_objects_;
   std::vector<std::unique_ptr<TrackedMemory>> memories_;
+  std::shared_ptr<MemoryBudget> budget_;
   bool realm_entered_ = false;
 };
 
@@ -886,9 +902,13 @@ Result<void> SmInstance::Call(const Func& func, std::span<const Value> args,
     js_args.infallibleAppend(js);
   }
   JS::RootedValue rval(cx_);
+  if (grows_on_budget_) {
+    if (auto granted = GrantForCall(); !granted) return granted;
+  }
   auto called = Guarded(call_tag, "call", [&] {
     return JS::Call(cx_, JS::UndefinedHandleValue, fn, JS::HandleValueArray(js_args), &rval);
   });
+  if (grows_on_budget_) SettleAfterCall();
   if (!called) return called;
   return ReadResults(cx_, rval, exp.func, bits, results);
 }
@@ -1064,9 +1084,12 @@ Result<void> SmInstance::Initialize(uint64_t call_tag) {
       }
     }
   }
-  if (mem) {
+  // A memory the module does not export is reached through keel's export.
+  const std::optional<std::string>& hidden = module_->rewrite().memory_export;
+  if (mem || hidden) {
     JS::RootedValue m(cx_);
-    const std::string& name = module_->rewrite().exports[mem - info.exports.data()].name;
+    const std::string& name =
+        mem ? module_->rewrite().exports[mem - info.exports.data()].name : *hidden;
     if (GetNamed(cx_, exports_, name, &m) && m.isObject()) memory_ = &m.toObject();
     JS_ClearPendingException(cx_);
   }
@@ -1122,6 +1145,57 @@ Result<void> SmInstance::SetGlobal(std::string_view name, const Value& value) {
                      "global " + MessageName(name) + ": " + exc.message);
   }
   return {};
+}
+
+// ---------------------------------------------------------------------------
+// SmInstance and the memory budget
+
+Result<void> SmInstance::ChargeTo(std::shared_ptr<MemoryBudget> budget) {
+  if (!memory_) return {};
+  uint64_t bytes = MemoryBytes();
+  charge_.emplace(std::move(budget));
+  if (!charge_->Set(bytes)) {
+    Error error = BudgetExceeded(charge_->budget(), "instantiation", bytes);
+    charge_.reset();
+    return tl::unexpected(std::move(error));
+  }
+  const RewriteResult& rewrite = module_->rewrite();
+  // Code without memory.grow never takes a grant: its charge is final.
+  grows_on_budget_ = rewrite.grant_export && rewrite.features.memory_grow;
+  // Until a call takes a grant, memory.grow has none.
+  return grows_on_budget_ ? SetGrant(0) : Result<void>();
+}
+
+Result<void> SmInstance::SetGrant(uint64_t pages) {
+  if (grant_pages_ == pages) return {};
+  // The grant is an i64 for a 64-bit memory.
+  const std::string& name = *module_->rewrite().grant_export;
+  auto set = SetGlobal(name, Value::I32(static_cast<int32_t>(pages)));
+  if (!set) set = SetGlobal(name, Value::I64(static_cast<int64_t>(pages)));
+  if (!set) return set;
+  grant_pages_ = pages;
+  return {};
+}
+
+Result<void> SmInstance::GrantForCall() {
+  // Memory changes size only in calls, and each ends charging it exactly.
+  uint64_t committed = charge_->charged();
+  uint64_t cap =
+      module_->info().memory->max.value_or(module_->options().max_memory_pages) * kWasmPageSize;
+  uint64_t pages = charge_->Grant(committed, cap > committed ? cap - committed : 0) / kWasmPageSize;
+  // memory.grow takes whole pages: the rest of the grant goes back now.
+  charge_->Settle(committed + pages * kWasmPageSize);
+  return SetGrant(pages);
+}
+
+void SmInstance::SettleAfterCall() {
+  // Without a grant the memory cannot have grown.
+  if (grant_pages_ == 0) return;
+  uint64_t committed = MemoryBytes();
+  // The guest spent part of the grant when it grew: the global's value is
+  // no longer known.
+  if (committed != charge_->charged()) grant_pages_.reset();
+  charge_->Settle(committed);
 }
 
 // ---------------------------------------------------------------------------
@@ -1260,7 +1334,17 @@ Result<std::unique_ptr<Instance>> SmContext::Instantiate(std::shared_ptr<const M
   if (!sm_module) return MakeError(ErrorCode::kInvalidArgument, "module of another engine");
   auto instance = std::make_unique<SmInstance>(this, std::move(sm_module), std::move(linker),
                                                std::move(host_state));
+  if (budget_ && instance->module().info().memory) {
+    // Refused before anything runs when even the initial memory cannot fit.
+    uint64_t initial = instance->module().info().memory->min * kWasmPageSize;
+    if (initial > budget_->available()) {
+      return tl::unexpected(BudgetExceeded(*budget_, "instantiation", initial));
+    }
+  }
   if (auto ok = instance->Initialize(call_tag); !ok) return MakeError(ok.error());
+  if (budget_) {
+    if (auto charged = instance->ChargeTo(budget_); !charged) return MakeError(charged.error());
+  }
   return std::unique_ptr<Instance>(std::move(instance));
 }
 
@@ -1322,6 +1406,10 @@ class SmEngine final : public Engine {
     // and to know whether the code changes tables or segments.
     extra.export_mutable_globals = true;
     extra.scan_code = true;
+    // memory.grow goes through a grant, so that a runtime's memory budget
+    // (ContextOptions::memory_budget) holds. Instantiation (start function)
+    // grows within the cap; contexts with a budget set the grant per call.
+    if (!extra.grow_grant) extra.grow_grant = options.max_memory_pages;
     auto rewritten = Rewrite(bytes, extra);
     if (!rewritten) return MakeError(rewritten.error());
     if (info->memory) {

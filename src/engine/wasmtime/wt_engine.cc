@@ -527,6 +527,9 @@ class WtInstance final : public Instance, public Caller {
 
   // Instantiates from `pre` (start function included) and runs _initialize.
   Result<void> Initialize(const wasmtime_instance_pre_t* pre, uint64_t call_tag);
+  // Charges the memory instantiation left to `budget`; kResourceExhausted
+  // when it does not fit.
+  Result<void> ChargeTo(std::shared_ptr<MemoryBudget> budget);
 
   // Instance
   Result<Func> Lookup(std::string_view name) const override {
@@ -580,6 +583,13 @@ class WtInstance final : public Instance, public Caller {
   Result<void> SaveGlobals(InstanceSnapshot& snapshot);
   Result<ResetStats> ResetToSnapshot();
   Result<uint32_t> RestoreGlobals();
+  uint64_t MemoryBytes() const { return memory_ ? wasmtime_memory_data_size(cx_, &*memory_) : 0; }
+  // Around a call on a budget: the store's limiter lets memory.grow take
+  // what the budget has free (up to the cap); then the call's memory is
+  // charged and the rest returned.
+  void GrantForCall();
+  // The store limiter's bound on the memory's size.
+  void SetLimit(uint64_t bytes);
 
   std::shared_ptr<InterruptState> interrupt_;
   std::shared_ptr<const WtModule> module_;
@@ -591,6 +601,9 @@ class WtInstance final : public Instance, public Caller {
   wasmtime_instance_t instance_{};
   std::optional<wasmtime_memory_t> memory_;
   uint64_t counted_bytes_ = 0;  // this memory's share of memory_counters.bytes
+  uint64_t cap_bytes_ = 0;      // the per-instance cap
+  uint64_t limit_bytes_ = 0;    // what the store limiter allows now
+  std::optional<MemoryCharge> charge_;  // with a budget and a memory
   // Exported functions by export index, resolved on first call.
   std::vector<std::optional<wasmtime_func_t>> funcs_;
   std::vector<wasmtime_val_raw_t> raw_;  // arguments in, results out
@@ -614,8 +627,10 @@ WtInstance::WtInstance(std::shared_ptr<InterruptState> interrupt,
       cx_(wasmtime_store_context(store_.get())),
       funcs_(module_->info().exports.size()),
       raw_(module_->raw_slots()) {
-  int64_t memory_bytes = int64_t{module_->options().max_memory_pages} * kWasmPageSize;
-  wasmtime_store_limiter(store_.get(), memory_bytes, -1, -1, -1, -1);
+  // Instantiation (start function, _initialize) grows within the cap; a
+  // budget is charged when it ends (ChargeTo).
+  cap_bytes_ = uint64_t{module_->options().max_memory_pages} * kWasmPageSize;
+  SetLimit(cap_bytes_);
   wasmtime_store_epoch_deadline_callback(store_.get(), &WtInstance::OnEpochDeadline, this, nullptr);
 }
 
@@ -625,6 +640,32 @@ WtInstance::~WtInstance() {
   if (snapshot_ && snapshot_->memory) snapshot_->memory->StopTracking(Memory());
   memory_counters.live.fetch_sub(1);
   memory_counters.bytes.fetch_sub(counted_bytes_);
+}
+
+void WtInstance::SetLimit(uint64_t bytes) {
+  if (bytes == limit_bytes_) return;
+  wasmtime_store_limiter(store_.get(), static_cast<int64_t>(bytes), -1, -1, -1, -1);
+  limit_bytes_ = bytes;
+}
+
+Result<void> WtInstance::ChargeTo(std::shared_ptr<MemoryBudget> budget) {
+  if (!memory_) return {};
+  uint64_t bytes = MemoryBytes();
+  charge_.emplace(std::move(budget));
+  if (!charge_->Set(bytes)) {
+    Error error = BudgetExceeded(charge_->budget(), "instantiation", bytes);
+    charge_.reset();
+    return tl::unexpected(std::move(error));
+  }
+  // Until a call takes a grant, the memory cannot grow.
+  SetLimit(bytes);
+  return {};
+}
+
+void WtInstance::GrantForCall() {
+  uint64_t committed = MemoryBytes();
+  uint64_t granted = charge_->Grant(committed, cap_bytes_ > committed ? cap_bytes_ - committed : 0);
+  SetLimit(committed + granted);
 }
 
 void WtInstance::CountMemory() {
@@ -776,9 +817,11 @@ Result<void> WtInstance::Call(const Func& func, std::span<const Value> args,
   auto fn = ResolveFunc(func.export_index);
   if (!fn) return MakeError(fn.error());
   for (size_t i = 0; i < args.size(); ++i) raw_[i] = ToRaw(args[i]);
+  if (charge_) GrantForCall();
   auto called = Guarded(call_tag, "call", [&](wasm_trap_t** trap) {
     return wasmtime_func_call_unchecked(cx_, *fn, raw_.data(), raw_.size(), trap);
   });
+  if (charge_) charge_->Settle(MemoryBytes());
   CountMemory();
   if (!called) return called;
   const std::vector<ValType>& types = (*exp)->func.results;
@@ -972,8 +1015,8 @@ Result<ResetStats> WtInstance::Reset() {
 
 class WtContext final : public Context {
  public:
-  explicit WtContext(std::shared_ptr<EngineSet> engines)
-      : interrupt_(std::make_shared<InterruptState>(std::move(engines))) {}
+  WtContext(std::shared_ptr<EngineSet> engines, std::shared_ptr<MemoryBudget> budget)
+      : interrupt_(std::make_shared<InterruptState>(std::move(engines))), budget_(std::move(budget)) {}
 
   Result<std::unique_ptr<Instance>> Instantiate(std::shared_ptr<const Module> module,
                                                 std::shared_ptr<const Linker> linker,
@@ -1016,6 +1059,7 @@ class WtContext final : public Context {
   // Entries of modules or linkers that are gone are dropped before their
   // addresses could be reused.
   std::unordered_map<PreKey, PreEntry, PreKeyHash> pres_;
+  std::shared_ptr<MemoryBudget> budget_;
 };
 
 // Binds `module`'s imports to the host functions of `linker` (already
@@ -1070,9 +1114,19 @@ Result<std::unique_ptr<Instance>> WtContext::Instantiate(std::shared_ptr<const M
   if (!linker) linker = *kNoImports;
   auto pre = InstancePre(wt_module, linker);
   if (!pre) return MakeError(pre.error());
+  if (budget_ && wt_module->info().memory) {
+    // Refused before anything runs when even the initial memory cannot fit.
+    uint64_t initial = wt_module->info().memory->min * kWasmPageSize;
+    if (initial > budget_->available()) {
+      return tl::unexpected(BudgetExceeded(*budget_, "instantiation", initial));
+    }
+  }
   auto instance = std::make_unique<WtInstance>(interrupt_, std::move(wt_module), std::move(linker),
                                                std::move(host_state));
   if (auto ok = instance->Initialize(*pre, call_tag); !ok) return MakeError(ok.error());
+  if (budget_) {
+    if (auto charged = instance->ChargeTo(budget_); !charged) return MakeError(charged.error());
+  }
   return std::unique_ptr<Instance>(std::move(instance));
 }
 
@@ -1165,7 +1219,7 @@ class WtEngine final : public Engine {
                            " bytes is below Wasmtime's guest stack of " +
                            std::to_string(kMaxWasmStack) + " bytes");
     }
-    return std::unique_ptr<Context>(std::make_unique<WtContext>(*engines_));
+    return std::unique_ptr<Context>(std::make_unique<WtContext>(*engines_, options.memory_budget));
   }
 
   std::string_view name() const override { return "wasmtime-" WASMTIME_VERSION; }
