@@ -457,6 +457,12 @@ class Runner::Impl {
     heartbeater_.join();
   }
 
+  void StopClaiming() EXCLUDES(state_->mu) {
+    MutexLock lock(state_->mu);
+    state_->claiming = false;
+    state_->claim_cv.SignalAll();
+  }
+
   bool Abort(std::string_view id) EXCLUDES(state_->mu) {
     std::shared_ptr<Call> call;
     {
@@ -853,5 +859,7 @@ void Runner::Stop(std::chrono::milliseconds grace) { impl_->Stop(grace); }
 RunnerStats Runner::Stats() const { return impl_->Stats(); }
 
 bool Runner::Abort(std::string_view id) { return impl_->Abort(id); }
+
+void Runner::StopClaiming() { impl_->StopClaiming(); }
 
 }  // namespace keel::jobs
