@@ -104,15 +104,25 @@ class SqliteCluster final : public ClusterStore {
     return snapshot;
   }
 
-  Result<int64_t> DeleteUnreferencedModules(std::string_view digest) override {
+  Result<int64_t> DeleteUnreferencedModules(const std::set<std::string>& keep) override {
     return InTransaction<int64_t>([&](sqlite::Connection& db) -> Result<int64_t> {
-      auto remove = db.Prepare(
-          "DELETE FROM keel_modules WHERE digest IN (SELECT g.digest FROM keel_module_garbage g "
-          "WHERE (?1 = '' OR g.digest = ?1) AND NOT EXISTS (SELECT 1 FROM keel_module_names n "
-          "WHERE n.digest = g.digest) AND NOT EXISTS (SELECT 1 FROM keel_jobs j WHERE "
-          "j.module_digest = g.digest))");
-      if (auto ok = remove.Bind(1, digest).Run(); !ok) return tl::unexpected(ok.error());
-      int64_t deleted = db.changes();
+      std::vector<std::string> candidates;
+      auto garbage = db.Prepare("SELECT digest FROM keel_module_garbage");
+      while (true) {
+        Result<bool> row = garbage.Step();
+        if (!row) return tl::unexpected(row.error());
+        if (!*row) break;
+        if (!keep.contains(garbage.Text(0))) candidates.push_back(garbage.Text(0));
+      }
+      int64_t deleted = 0;
+      for (const std::string& digest : candidates) {
+        auto remove = db.Prepare(
+            "DELETE FROM keel_modules WHERE digest = ?1 AND NOT EXISTS (SELECT 1 FROM "
+            "keel_module_names WHERE digest = ?1) AND NOT EXISTS (SELECT 1 FROM keel_jobs WHERE "
+            "module_digest = ?1)");
+        if (auto ok = remove.Bind(1, digest).Run(); !ok) return tl::unexpected(ok.error());
+        deleted += db.changes();
+      }
       auto forget = db.Prepare(
           "DELETE FROM keel_module_garbage WHERE digest NOT IN (SELECT digest FROM keel_modules)");
       if (auto ok = forget.Run(); !ok) return tl::unexpected(ok.error());
@@ -319,24 +329,31 @@ class PostgresCluster final : public ClusterStore {
     return snapshot;
   }
 
-  Result<int64_t> DeleteUnreferencedModules(std::string_view digest) override {
+  Result<int64_t> DeleteUnreferencedModules(const std::set<std::string>& keep) override {
     // Under the registry lock (InTransaction), so that no name can come to
     // refer to a digest between the check and the delete.
     return InTransaction<int64_t>(
         [&](Connection& db) -> Result<int64_t> {
-          Result<Rows> removed = db.Exec(
-              "DELETE FROM keel_modules m USING keel_module_garbage g WHERE m.digest = g.digest "
-              "AND ($1 = '' OR g.digest = $1) AND NOT EXISTS (SELECT 1 FROM keel_module_names n "
-              "WHERE n.digest = g.digest) AND NOT EXISTS (SELECT 1 FROM keel_jobs j WHERE "
-              "j.module_digest = g.digest)",
-              Params().Add(digest));
-          if (!removed) return tl::unexpected(removed.error());
+          Result<Rows> garbage = db.Exec("SELECT digest FROM keel_module_garbage", Params());
+          if (!garbage) return tl::unexpected(garbage.error());
+          int64_t deleted = 0;
+          for (int r = 0; r < garbage->size(); ++r) {
+            std::string digest = garbage->Text(r, 0);
+            if (keep.contains(digest)) continue;
+            Result<Rows> removed = db.Exec(
+                "DELETE FROM keel_modules WHERE digest = $1 AND NOT EXISTS (SELECT 1 FROM "
+                "keel_module_names WHERE digest = $1) AND NOT EXISTS (SELECT 1 FROM keel_jobs "
+                "WHERE module_digest = $1)",
+                Params().Add(digest));
+            if (!removed) return tl::unexpected(removed.error());
+            deleted += removed->affected();
+          }
           Result<Rows> forget = db.Exec(
               "DELETE FROM keel_module_garbage g WHERE NOT EXISTS (SELECT 1 FROM keel_modules m "
               "WHERE m.digest = g.digest)",
               Params());
           if (!forget) return tl::unexpected(forget.error());
-          return removed->affected();
+          return deleted;
         },
         /*notify=*/false);
   }

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <set>
 #include <span>
 #include <string>
 #include <string_view>
@@ -70,9 +71,11 @@ class ClusterStore {
   // The current registry version (cheap: one row).
   [[nodiscard]] virtual Result<uint64_t> RegistryVersion() = 0;
   [[nodiscard]] virtual Result<RegistrySnapshot> Names() = 0;
-  // Deletes the bytes of `digest` (every digest, if empty) that no name and
-  // no job refers to. Returns how many modules were deleted.
-  [[nodiscard]] virtual Result<int64_t> DeleteUnreferencedModules(std::string_view digest) = 0;
+  // Deletes the bytes that a name referred to once and that no name and no
+  // job refers to now, but for those in `keep` (e.g. what this process's
+  // unstored names use). Returns how many modules were deleted.
+  [[nodiscard]] virtual Result<int64_t> DeleteUnreferencedModules(
+      const std::set<std::string>& keep) = 0;
 
   // Records a heartbeat of `node` (started_at: now, on the first of a run).
   [[nodiscard]] virtual Result<void> Heartbeat(const NodeReport& node, bool first) = 0;

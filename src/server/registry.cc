@@ -173,7 +173,13 @@ Result<void> Registry::Remove(std::string_view name) {
 }
 
 Result<int64_t> Registry::CollectGarbage() {
-  auto deleted = cluster_->DeleteUnreferencedModules("");
+  // Names from --modules directories are not in the store: keep their bytes
+  // for the jobs submitted on them.
+  std::set<std::string> keep;
+  for (const auto& entry : List()) {
+    if (!entry->persisted) keep.insert(entry->module->digest());
+  }
+  auto deleted = cluster_->DeleteUnreferencedModules(keep);
   if (!deleted) {
     spdlog::warn("deleting unreferenced module bytes failed: {}", deleted.error().ToString());
   } else if (*deleted > 0) {
