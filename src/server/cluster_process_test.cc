@@ -93,6 +93,7 @@ class Node {
     pid_ = -1;
     return code;
   }
+  void Signal(int sig) { kill(pid_, sig); }
   uint16_t port() const { return port_; }
   std::string log() const { return Slurp(log_); }
 
@@ -158,10 +159,14 @@ class ClusterTest : public ::testing::Test {
 
 TEST_F(ClusterTest, UploadReplaceAndDeleteReachEveryNode) {
   const std::string sha = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
-  ASSERT_EQ(Client(Port(0)).Put("/v1/modules/shared", ReadBytes(Guest("sha256"))).status, 201);
+  Reply put = Client(Port(0)).Put("/v1/modules/shared", ReadBytes(Guest("sha256")));
+  ASSERT_EQ(put.status, 201) << put.body;
+  const json::value version = put.json().at("version");
   for (int i = 0; i < 3; ++i) {
     EXPECT_TRUE(Eventually([&] { return Call(i, "shared", "hash", "abc").body == sha; }, kPropagation))
         << Name(i) << "\n" << nodes_[i]->log();
+    // Every node has the upload's version.
+    EXPECT_EQ(Client(Port(i)).Get("/v1/modules/shared").json().at("version"), version);
   }
   // Replaced through another node: every node calls the new bytes.
   ASSERT_EQ(Client(Port(1)).Put("/v1/modules/shared", ReadBytes(Guest("hostile_loop"))).status, 200);
@@ -218,15 +223,41 @@ TEST_F(ClusterTest, NodesListShowsDeathAndReturnUnderTheSameName) {
   EXPECT_NE(S(nodes.at("node2").at("started_at")), started);
 }
 
+// Makes node 2 run a job that spins until its 1 s deadline (nodes 0 and 1
+// are stopped meanwhile, so that node 2 claims it), then kills node 2 -9.
+// Returns the job's id.
+std::string KillNode2WhileItRunsAJob(std::vector<std::unique_ptr<Node>>& nodes) {
+  nodes[0]->Signal(SIGSTOP);
+  nodes[1]->Signal(SIGSTOP);
+  Client c(nodes[2]->port());
+  Reply r = c.PostJson("/v1/jobs", R"({"module": "loop", "export": "spin_bytes", "timeout_ms": 1000, )"
+                                   R"("max_attempts": 2, "retry_backoff_ms": 0})");
+  EXPECT_EQ(r.status, 202) << r.body;
+  std::string id = r.status == 202 ? S(r.json().at("id")) : "";
+  EXPECT_TRUE(Eventually([&] {
+    json::value job = c.Get("/v1/jobs/" + id).json();
+    return job.at("state") == "running" && job.as_object().contains("started_at");
+  }, kPropagation));
+  nodes[2]->Kill();
+  nodes[0]->Signal(SIGCONT);
+  nodes[1]->Signal(SIGCONT);
+  return id;
+}
+
 // 300 jobs under idempotency keys, submitted round-robin; node 2 is killed
-// -9 half-way. Submits it did not answer go to another node under the same
-// key. Every job succeeds, exactly one job exists per key.
+// -9 half-way, while it runs a job. Submits it did not answer go to another
+// node under the same key. Every job succeeds, exactly one job exists per
+// key, and the job node 2 was running is run again by another node once its
+// lease expires.
 TEST_F(ClusterTest, JobsSurviveANodeKilledMidway) {
   ASSERT_EQ(Client(Port(0)).Put("/v1/modules/hasher", ReadBytes(Guest("sha256"))).status, 201);
+  ASSERT_EQ(Client(Port(0)).Put("/v1/modules/loop", ReadBytes(Guest("hostile_loop"))).status, 201);
   for (int i = 0; i < 3; ++i) {
-    ASSERT_TRUE(Eventually([&] { return Client(Port(i)).Get("/v1/modules/hasher").status == 200; },
+    ASSERT_TRUE(Eventually([&] { return Client(Port(i)).Get("/v1/modules/hasher").status == 200 &&
+                                        Client(Port(i)).Get("/v1/modules/loop").status == 200; },
                            kPropagation));
   }
+  std::string spinner;
   constexpr int kJobs = 300;
   auto body = [](int k) {
     return R"({"module": "hasher", "export": "hash", "input_base64": "YWJj", "max_attempts": 5, )"
@@ -236,7 +267,7 @@ TEST_F(ClusterTest, JobsSurviveANodeKilledMidway) {
   std::set<int> alive = {0, 1, 2};
   for (int k = 0; k < kJobs; ++k) {
     if (k == kJobs / 2) {
-      nodes_[2]->Kill();
+      spinner = KillNode2WhileItRunsAJob(nodes_);
       alive.erase(2);
     }
     int via = k % 3;
@@ -272,9 +303,18 @@ TEST_F(ClusterTest, JobsSurviveANodeKilledMidway) {
     ASSERT_EQ(r.status, 200) << r.body;
     EXPECT_EQ(S(r.json().at("id")), ids[k]);
   }
+  // Node 2's lease on the spinning job expired; another node ran its second
+  // and last attempt, which hit its deadline too.
+  json::value job;
+  EXPECT_TRUE(Eventually([&] {
+    job = Client(Port(0)).Get("/v1/jobs/" + spinner).json();
+    return job.at("state") == "dead" || job.at("state") == "timed_out";
+  }, 60s)) << job;
+  EXPECT_EQ(job.at("attempts"), 2);
+  EXPECT_NE(job.at("runner"), "node2");
   Reply list = Client(Port(0)).Get("/v1/jobs?limit=1000");
   ASSERT_EQ(list.status, 200);
-  EXPECT_EQ(list.json().at("jobs").as_array().size(), static_cast<size_t>(kJobs));
+  EXPECT_EQ(list.json().at("jobs").as_array().size(), static_cast<size_t>(kJobs + 1));
   EXPECT_TRUE(Eventually([&] { return Nodes(0).at("node2").at("alive") == false; }, kPropagation));
 }
 
