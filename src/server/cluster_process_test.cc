@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <map>
@@ -162,9 +163,15 @@ TEST_F(ClusterTest, UploadReplaceAndDeleteReachEveryNode) {
   Reply put = Client(Port(0)).Put("/v1/modules/shared", ReadBytes(Guest("sha256")));
   ASSERT_EQ(put.status, 201) << put.body;
   const json::value version = put.json().at("version");
+  const auto uploaded = std::chrono::steady_clock::now();
   for (int i = 0; i < 3; ++i) {
     EXPECT_TRUE(Eventually([&] { return Call(i, "shared", "hash", "abc").body == sha; }, kPropagation))
         << Name(i) << "\n" << nodes_[i]->log();
+    // For the reader: how long the upload took to reach each node.
+    std::printf("upload callable on %s after %lld ms\n", Name(i).c_str(),
+                static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                           std::chrono::steady_clock::now() - uploaded)
+                                           .count()));
     // Every node has the upload's version.
     EXPECT_EQ(Client(Port(i)).Get("/v1/modules/shared").json().at("version"), version);
   }
