@@ -781,6 +781,24 @@ TEST_F(ServerTest, DeletingANameDeletesBytesNothingElseUses) {
   EXPECT_EQ(stored(), (std::set<std::string>{"hostile_loop", "wordfreq"}));
 }
 
+// A draining node claims no more jobs: one submitted afterwards is left in
+// the queue for other nodes (here: a claim of the test's own).
+TEST_F(ServerTest, DrainingNodeStopsClaiming) {
+  Start();
+  server_->service().SetDraining();
+  jobs::JobStore& store = server_->service().store();
+  jobs::JobSpec spec;
+  spec.module_digest = Sha256Hex(ReadBytes(Guest("sha256")));
+  spec.export_name = "hash";
+  auto submitted = store.Submit(spec);
+  ASSERT_TRUE(submitted) << submitted.error().ToString();
+  auto claimed = store.Claim({.runner = "another-node", .max_jobs = 1, .lease = 30s, .wait = 10s});
+  ASSERT_TRUE(claimed) << claimed.error().ToString();
+  ASSERT_EQ(claimed->size(), 1u);
+  EXPECT_EQ((*claimed)[0].id, submitted->id);
+  EXPECT_EQ(Client(port()).Get("/readyz").status, 503);
+}
+
 TEST_F(ServerTest, ShutdownDrainsCallsInFlight) {
   Start();
   Upload("loop", Guest("hostile_loop"));
