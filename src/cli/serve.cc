@@ -74,6 +74,9 @@ CLI::App* AddServeCommand(CLI::App& app, ServeArgs& args) {
   cmd->add_option("--listen", o.listen, "ADDR:PORT (non-loopback needs --token-file)")->capture_default_str();
   cmd->add_option("--data", o.data_dir, "Data directory: uploaded modules and the SQLite job store")->required();
   cmd->add_option("--store", o.store, "Job store: a directory or postgresql:// URL (default: --data)");
+  cmd->add_option("--node-name", o.node_name, "This node's name in the cluster (default: hostname:port)");
+  cmd->add_option("--lease", "Job lease once started, and how long a silent node counts as alive (30s)")
+      ->check(Millis(&o.lease));
   cmd->add_option("--workers", o.workers, "WebAssembly worker threads (default: one per core)");
   cmd->add_option("--engine", "WebAssembly engine: spidermonkey (default) or wasmtime")
       ->check(EngineChoice(&o.engine));

@@ -459,6 +459,12 @@ class Runner::Impl {
     heartbeater_.join();
   }
 
+  void StopClaiming() EXCLUDES(state_->mu) {
+    MutexLock lock(state_->mu);
+    state_->claiming = false;
+    state_->claim_cv.SignalAll();
+  }
+
   bool Abort(std::string_view id) EXCLUDES(state_->mu) {
     std::shared_ptr<Call> call;
     {
@@ -493,6 +499,18 @@ class Runner::Impl {
  private:
   const RunnerOptions& options() const { return state_->options; }
 
+  // A claim that returned after StopClaiming() or Stop() is given back at
+  // once (false): a draining runner takes no job, even one its last claim
+  // was waiting for.
+  bool StillClaiming(const std::vector<ClaimedJob>& claimed) EXCLUDES(state_->mu) {
+    {
+      MutexLock lock(state_->mu);
+      if (state_->claiming) return true;
+    }
+    for (const ClaimedJob& job : claimed) (void)store_->Release(job.id, job.claim);
+    return false;
+  }
+
   void ClaimLoop() {
     auto last_purge = SteadyClock::now();
     for (;;) {
@@ -514,6 +532,7 @@ class Runner::Impl {
         if (state_->claiming) state_->claim_cv.WaitFor(state_->mu, kClaimErrorDelay);
         continue;
       }
+      if (!claimed->empty() && !StillClaiming(*claimed)) return;
       if (!claimed->empty()) AddClaimed(std::move(*claimed));
       if (SteadyClock::now() - last_purge > std::chrono::minutes(1)) {
         (void)store_->Purge(options().retention);
@@ -855,5 +874,7 @@ void Runner::Stop(std::chrono::milliseconds grace) { impl_->Stop(grace); }
 RunnerStats Runner::Stats() const { return impl_->Stats(); }
 
 bool Runner::Abort(std::string_view id) { return impl_->Abort(id); }
+
+void Runner::StopClaiming() { impl_->StopClaiming(); }
 
 }  // namespace keel::jobs

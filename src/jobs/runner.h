@@ -93,6 +93,10 @@ class Runner {
 
   RunnerStats Stats() const;
 
+  // Claims no more jobs (a draining node); the jobs held run on until
+  // Stop(). Idempotent.
+  void StopClaiming();
+
   // Interrupts the running call of job `id` (Call::Abort: at its next safe
   // point; its instance is replaced) if this runner runs it. The job is
   // then recorded as its cancellation says (JobStore::Cancel first). False

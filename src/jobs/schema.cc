@@ -107,13 +107,90 @@ UPDATE keel_jobs SET claims = attempts,
   started_us = CASE WHEN state = 'running' THEN updated_us END;
 )sql";
 
+// Version 3: the cluster's shared state. Module names (each change bumps the
+// single keel_registry_version row, which also serializes registry writes
+// and the deletion of unreferenced module bytes), the digests no name
+// refers to any more (deleted once no job does either), the nodes with their
+// heartbeats, and abort requests for jobs running on another node.
+constexpr char kSqliteV3[] = R"sql(
+CREATE TABLE keel_module_names (
+  name TEXT PRIMARY KEY,
+  digest TEXT NOT NULL,
+  state TEXT NOT NULL,
+  settings TEXT NOT NULL DEFAULT '{}',
+  version INTEGER NOT NULL,
+  updated_us INTEGER NOT NULL
+);
+CREATE TABLE keel_registry_version (
+  id INTEGER PRIMARY KEY CHECK (id = 1),
+  version INTEGER NOT NULL
+);
+INSERT INTO keel_registry_version (id, version) VALUES (1, 0);
+CREATE TABLE keel_nodes (
+  name TEXT PRIMARY KEY,
+  started_us INTEGER NOT NULL,
+  last_seen_us INTEGER NOT NULL,
+  lease_ms INTEGER NOT NULL,
+  workers INTEGER NOT NULL,
+  version TEXT NOT NULL,
+  address TEXT NOT NULL,
+  draining INTEGER NOT NULL DEFAULT 0,
+  stopped INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE keel_module_garbage (
+  digest TEXT PRIMARY KEY,
+  since_us INTEGER NOT NULL
+);
+CREATE TABLE keel_abort_requests (
+  job_id TEXT PRIMARY KEY,
+  requested_us INTEGER NOT NULL
+);
+)sql";
+
+constexpr char kPostgresV3[] = R"sql(
+CREATE TABLE keel_module_names (
+  name TEXT PRIMARY KEY,
+  digest TEXT NOT NULL,
+  state TEXT NOT NULL,
+  settings TEXT NOT NULL DEFAULT '{}',
+  version BIGINT NOT NULL,
+  updated_us BIGINT NOT NULL
+);
+CREATE TABLE keel_registry_version (
+  id BIGINT PRIMARY KEY CHECK (id = 1),
+  version BIGINT NOT NULL
+);
+INSERT INTO keel_registry_version (id, version) VALUES (1, 0);
+CREATE TABLE keel_nodes (
+  name TEXT PRIMARY KEY,
+  started_us BIGINT NOT NULL,
+  last_seen_us BIGINT NOT NULL,
+  lease_ms BIGINT NOT NULL,
+  workers BIGINT NOT NULL,
+  version TEXT NOT NULL,
+  address TEXT NOT NULL,
+  draining BOOLEAN NOT NULL DEFAULT false,
+  stopped BOOLEAN NOT NULL DEFAULT false
+);
+CREATE TABLE keel_module_garbage (
+  digest TEXT PRIMARY KEY,
+  since_us BIGINT NOT NULL
+);
+CREATE TABLE keel_abort_requests (
+  job_id TEXT PRIMARY KEY,
+  requested_us BIGINT NOT NULL
+);
+)sql";
+
 constexpr Migration kSqliteMigrations[] = {
     {1, "job queue: keel_modules, keel_jobs", kSqliteV1},
     {2, "keel_jobs: claims name leases; started_us", kSqliteV2},
+    {3, "cluster: module names, nodes, abort requests", kSqliteV3},
 };
 constexpr Migration kPostgresMigrations[] = {
     {1, "job queue: keel_modules, keel_jobs, keel_now_us()", kPostgresV1},
     {2, "keel_jobs: claims name leases; started_us", kPostgresV2},
+    {3, "cluster: module names, nodes, abort requests", kPostgresV3},
 };
 static_assert(std::size(kSqliteMigrations) == kSchemaVersion);
 static_assert(std::size(kPostgresMigrations) == kSchemaVersion);

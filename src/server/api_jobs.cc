@@ -33,6 +33,8 @@ json::object JobJson(const jobs::Job& job) {
       {"created_at", FormatTime(job.created_at)},
       {"updated_at", FormatTime(job.updated_at)},
   };
+  // The node holding (or that last held) its lease.
+  if (!job.runner.empty()) out["runner"] = job.runner;
   if (job.started_at) out["started_at"] = FormatTime(*job.started_at);
   if (job.finished_at) out["finished_at"] = FormatTime(*job.finished_at);
   if (job.state == jobs::JobState::kSucceeded || !job.result.empty()) out["result_bytes"] = job.result.size();

@@ -39,6 +39,8 @@ json::object ModuleJson(const ModuleEntry& entry, bool detail) {
       {"loaded_at", FormatTime(entry.loaded_at)},
       {"exports", std::move(exports)},
   };
+  // The registry version of the upload, shared by every node.
+  if (entry.persisted) out["version"] = entry.version;
   if (detail) {
     json::array imports;
     for (const Module::Import& i : module.imports()) {

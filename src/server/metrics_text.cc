@@ -255,6 +255,10 @@ std::string RenderPrometheus(const MetricsInput& in) {
 
   w.One("keel_draining", "gauge", "1 while the service drains before stopping.", uint64_t{in.draining ? 1u : 0u});
   w.One("keel_uptime_seconds", "gauge", "Seconds since the service started.", in.uptime_seconds);
+  if (!in.node.empty()) {
+    w.Family("keel_node_info", "gauge", "1, labelled with this node's name in the cluster.");
+    w.Sample("keel_node_info", Label("node", in.node), uint64_t{1});
+  }
   return w.Take();
 }
 

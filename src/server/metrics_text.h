@@ -32,6 +32,7 @@ struct MetricsInput {
   std::optional<jobs::RunnerStats> runner;
   jobs::CommitStats commits;
   bool draining = false;
+  std::string node;  // this node's name (keel_node_info)
   double uptime_seconds = 0;
 };
 

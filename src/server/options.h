@@ -25,6 +25,12 @@ struct ServerOptions {
   std::string data_dir;
   // Empty: the data directory. Otherwise a directory or postgresql:// URL.
   std::string store;
+  // This node's name in the cluster (the nodes table, the lease holder of
+  // its jobs); empty: hostname:port.
+  std::string node_name;
+  // A job's lease once started, and how long a silent node stays alive:
+  // the jobs of a node that stops heartbeating go to others after this.
+  milliseconds lease{30000};
   // The bearer token every /v1 route requires; empty: no auth, and then
   // only loopback addresses may be listened on.
   std::string token;

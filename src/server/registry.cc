@@ -1,13 +1,9 @@
 #include "server/registry.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <cerrno>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <system_error>
 
 #include <spdlog/spdlog.h>
@@ -27,36 +23,13 @@ bool IsHexDigest(std::string_view text) {
          std::all_of(text.begin(), text.end(), [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
 }
 
-std::string ErrnoText(const std::string& what, int err) { return what + ": " + std::strerror(err); }
-
-// Writes `text` to `path` so that readers see the old or the new content,
-// never a torn file, also across a crash.
-Result<void> WriteFileAtomically(const fs::path& path, const std::string& text) {
-  fs::path tmp = path.parent_path() / ("." + path.filename().string() + ".tmp");
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return MakeError(ErrorCode::kInternal, ErrnoText("cannot write " + tmp.string(), errno));
-  bool ok = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) && ::fsync(fd) == 0;
-  int err = errno;
-  ::close(fd);
-  if (!ok || ::rename(tmp.c_str(), path.c_str()) != 0) {
-    if (ok) err = errno;
-    ::unlink(tmp.c_str());
-    return MakeError(ErrorCode::kInternal, ErrnoText("cannot write " + path.string(), err));
-  }
-  // Make the rename itself durable.
-  if (int dir = ::open(path.parent_path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC); dir >= 0) {
-    ::fsync(dir);
-    ::close(dir);
-  }
-  return {};
-}
-
 }  // namespace
 
-Registry::Registry(Runtime* runtime, jobs::JobStore* store, std::string data_dir,
-                   PoolOptions pool_options)
+Registry::Registry(Runtime* runtime, jobs::JobStore* store, jobs::ClusterStore* cluster,
+                   std::string data_dir, PoolOptions pool_options)
     : runtime_(runtime),
       store_(store),
+      cluster_(cluster),
       modules_dir_((fs::path(data_dir) / "modules").string()),
       pool_options_(std::move(pool_options)) {}
 
@@ -107,57 +80,64 @@ Result<PutResult> Registry::Put(std::string_view name, std::span<const uint8_t> 
       previous->state == policy) {
     return PutResult{previous, false};
   }
-  // Reuse the pool of identical bytes and policy (another name, or a job's
-  // module).
-  const PoolKey key{digest, policy};
-  std::shared_ptr<Pool> pool;
-  {
-    MutexLock lock(mu_);
-    if (auto it = digests_.find(key); it != digests_.end()) pool = it->second.pool;
-  }
-  bool new_pool = !pool;
-  if (new_pool) {
-    auto made = MakePool(*module, policy);
-    if (!made) return MakeError(made.error());
-    pool = *made;
-  }
+  bool new_pool = false;
+  auto pool = PoolFor({digest, policy}, *module, new_pool);
+  if (!pool) return MakeError(pool.error());
   auto fail = [&](Error error) -> Result<PutResult> {
-    if (new_pool) pool->Close();
+    if (new_pool) (*pool)->Close();
     return MakeError(std::move(error));
   };
-  auto stored = store_->PutModule(bytes);
-  if (!stored) return fail(stored.error());
+  uint64_t version = 0;
   if (persist) {
-    if (auto ok = PersistName(std::string(name), digest, policy); !ok) return fail(ok.error());
+    // The bytes and the name in one transaction: visible to every node.
+    auto set = cluster_->SetName(name, digest, bytes, ToString(policy), "{}");
+    if (!set) return fail(set.error());
+    version = *set;
+  } else if (auto stored = store_->PutModule(bytes); !stored) {
+    return fail(stored.error());
   }
-
-  auto entry = std::make_shared<ModuleEntry>();
-  entry->name = std::string(name);
-  entry->module = *module;
-  entry->pool = pool;
-  entry->state = policy;
-  entry->persisted = persist;
-  entry->loaded_at = std::chrono::system_clock::now();
-  {
-    MutexLock lock(mu_);
-    // A job may have built a pool for these bytes in the meantime: keep one.
-    if (!Reference(key, pool) && new_pool) {
-      pool->Close();
-      entry->pool = digests_[key].pool;
-    }
-    if (previous) Unreference(KeyOf(*previous));
-    names_[entry->name] = entry;
+  auto entry = Install(name, *module, *pool, new_pool, policy, persist, version, previous);
+  if (persist && previous && previous->persisted && previous->module->digest() != digest) {
+    (void)CollectGarbage();
   }
   return PutResult{entry, previous == nullptr};
 }
 
-Result<void> Registry::PersistName(const std::string& name, const std::string& digest,
-                                  StatePolicy state) {
-  std::error_code ec;
-  fs::create_directories(modules_dir_, ec);
-  if (ec) return MakeError(ErrorCode::kInternal, "cannot create " + modules_dir_ + ": " + ec.message());
-  return WriteFileAtomically(fs::path(modules_dir_) / name,
-                             digest + "\nstate " + std::string(ToString(state)) + "\n");
+Result<std::shared_ptr<Pool>> Registry::PoolFor(const PoolKey& key,
+                                                const std::shared_ptr<const Module>& module,
+                                                bool& made) {
+  // Reuse the pool of identical bytes and policy (another name, or a job's
+  // module).
+  {
+    MutexLock lock(mu_);
+    if (auto it = digests_.find(key); it != digests_.end()) return it->second.pool;
+  }
+  made = true;
+  return MakePool(module, key.state);
+}
+
+std::shared_ptr<const ModuleEntry> Registry::Install(
+    std::string_view name, std::shared_ptr<const Module> module, std::shared_ptr<Pool> pool,
+    bool new_pool, StatePolicy policy, bool persist, uint64_t version,
+    const std::shared_ptr<const ModuleEntry>& previous) {
+  auto entry = std::make_shared<ModuleEntry>();
+  entry->name = std::string(name);
+  entry->module = std::move(module);
+  entry->pool = pool;
+  entry->state = policy;
+  entry->persisted = persist;
+  entry->version = version;
+  entry->loaded_at = std::chrono::system_clock::now();
+  const PoolKey key = KeyOf(*entry);
+  MutexLock lock(mu_);
+  // A job may have built a pool for these bytes in the meantime: keep one.
+  if (!Reference(key, pool) && new_pool) {
+    pool->Close();
+    entry->pool = digests_[key].pool;
+  }
+  if (previous) Unreference(KeyOf(*previous));
+  names_[entry->name] = entry;
+  return entry;
 }
 
 std::shared_ptr<const ModuleEntry> Registry::Find(std::string_view name) const {
@@ -179,15 +159,83 @@ Result<void> Registry::Remove(std::string_view name) {
   auto entry = Find(name);
   if (!entry) return MakeError(ErrorCode::kNotFound, "no module named '" + std::string(name) + "'");
   if (entry->persisted) {
-    fs::path path = fs::path(modules_dir_) / entry->name;
-    if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
-      return MakeError(ErrorCode::kInternal, ErrnoText("cannot remove " + path.string(), errno));
-    }
+    // Gone from the store already (another node deleted it): drop it here.
+    auto deleted = cluster_->DeleteName(entry->name);
+    if (!deleted && deleted.error().code != ErrorCode::kNotFound) return MakeError(deleted.error());
   }
-  MutexLock lock(mu_);
-  names_.erase(entry->name);
-  Unreference(KeyOf(*entry));
+  {
+    MutexLock lock(mu_);
+    names_.erase(entry->name);
+    Unreference(KeyOf(*entry));
+  }
+  if (entry->persisted) (void)CollectGarbage();
   return {};
+}
+
+Result<int64_t> Registry::CollectGarbage() {
+  // Names from --modules directories are not in the store: keep their bytes
+  // for the jobs submitted on them.
+  std::set<std::string> keep;
+  for (const auto& entry : List()) {
+    if (!entry->persisted) keep.insert(entry->module->digest());
+  }
+  auto deleted = cluster_->DeleteUnreferencedModules(keep);
+  if (!deleted) {
+    spdlog::warn("deleting unreferenced module bytes failed: {}", deleted.error().ToString());
+  } else if (*deleted > 0) {
+    spdlog::info("deleted {} unreferenced modules from the store", *deleted);
+  }
+  return deleted;
+}
+
+Result<uint64_t> Registry::Sync() {
+  MutexLock write_lock(write_mu_);
+  auto version = cluster_->RegistryVersion();
+  if (!version) return MakeError(version.error());
+  if (synced_ && *version == synced_version_) return *version;
+  auto snapshot = cluster_->Names();
+  if (!snapshot) return MakeError(snapshot.error());
+  std::set<std::string, std::less<>> in_store;
+  for (const jobs::ModuleName& name : snapshot->names) {
+    in_store.insert(name.name);
+    SyncName(name);
+  }
+  for (const auto& entry : List()) {
+    if (!entry->persisted || in_store.contains(entry->name)) continue;
+    spdlog::info("module name={} deleted through another node", entry->name);
+    MutexLock lock(mu_);
+    names_.erase(entry->name);
+    Unreference(KeyOf(*entry));
+  }
+  synced_ = true;
+  synced_version_ = snapshot->version;
+  return snapshot->version;
+}
+
+void Registry::SyncName(const jobs::ModuleName& name) {
+  std::shared_ptr<const ModuleEntry> previous = Find(name.name);
+  auto policy = ParseStatePolicy(name.state);
+  if (!policy) {
+    spdlog::warn("module name={} skipped: {}", name.name, policy.error().ToString());
+    return;
+  }
+  if (previous && previous->persisted && previous->module->digest() == name.digest &&
+      previous->state == *policy) {
+    return;
+  }
+  auto warn = [&](const Error& error) {
+    spdlog::warn("module name={} digest={} skipped: {}", name.name, name.digest, error.ToString());
+  };
+  auto bytes = store_->GetModule(name.digest);
+  if (!bytes) return warn(bytes.error());
+  auto module = runtime_->Compile(*bytes, {.name = name.name});
+  if (!module) return warn(module.error());
+  bool new_pool = false;
+  auto pool = PoolFor({name.digest, *policy}, *module, new_pool);
+  if (!pool) return warn(pool.error());
+  Install(name.name, *module, *pool, new_pool, *policy, /*persist=*/true, name.version, previous);
+  spdlog::info("module name={} digest={} version={} loaded from the store", name.name, name.digest,
+               name.version);
 }
 
 Result<std::shared_ptr<Pool>> Registry::PoolForDigest(const std::string& digest) {
@@ -286,43 +334,63 @@ Result<size_t> Registry::LoadDirectory(const std::string& dir) {
   return files.size();
 }
 
+bool Registry::MigrateFile(const fs::path& path, const jobs::RegistrySnapshot& snapshot) {
+  std::string name = path.filename().string();
+  // e.g. a temporary file of an interrupted upload
+  if (!ValidName(name)) return false;
+  std::string digest, key, policy_name;
+  std::ifstream(path) >> digest >> key >> policy_name;
+  if (!IsHexDigest(digest)) {
+    spdlog::warn("module name={} skipped: {} does not hold a digest", name, path.string());
+    return false;
+  }
+  // Names persisted before policies existed have none: the default.
+  StatePolicy policy = pool_options_.recycle.state;
+  if (key == "state") {
+    auto parsed = ParseStatePolicy(policy_name);
+    if (!parsed) {
+      spdlog::warn("module name={} skipped: {}", name, parsed.error().ToString());
+      return false;
+    }
+    policy = *parsed;
+  }
+  bool known = std::any_of(snapshot.names.begin(), snapshot.names.end(),
+                           [&](const jobs::ModuleName& n) { return n.name == name; });
+  if (known) return true;  // the store's is newer: the file is left over
+  auto bytes = store_->GetModule(digest);
+  if (!bytes) {
+    spdlog::warn("module name={} digest={} skipped: {}", name, digest, bytes.error().ToString());
+    return false;
+  }
+  auto set = cluster_->SetName(name, digest, *bytes, ToString(policy), "{}");
+  if (!set) {
+    spdlog::warn("module name={} digest={} not moved to the store: {}", name, digest,
+                 set.error().ToString());
+    return false;
+  }
+  spdlog::info("module name={} moved from {} to the store", name, path.string());
+  return true;
+}
+
 Result<size_t> Registry::LoadPersisted() {
   std::error_code ec;
-  if (!fs::exists(modules_dir_, ec)) return size_t{0};
-  fs::directory_iterator it(modules_dir_, ec);
-  if (ec) return MakeError(ErrorCode::kInternal, "cannot read " + modules_dir_ + ": " + ec.message());
-  size_t loaded = 0;
-  for (const auto& file : it) {
-    std::string name = file.path().filename().string();
-    if (!ValidName(name)) continue;  // e.g. a temporary file of an interrupted upload
-    std::string digest, key, policy_name;
-    std::ifstream(file.path()) >> digest >> key >> policy_name;
-    if (!IsHexDigest(digest)) {
-      spdlog::warn("module name={} skipped: {} does not hold a digest", name, file.path().string());
-      continue;
+  if (fs::exists(modules_dir_, ec)) {
+    fs::directory_iterator it(modules_dir_, ec);
+    if (ec) return MakeError(ErrorCode::kInternal, "cannot read " + modules_dir_ + ": " + ec.message());
+    auto snapshot = cluster_->Names();
+    if (!snapshot) return MakeError(snapshot.error());
+    const fs::path migrated = modules_dir_ + ".migrated";
+    for (const auto& file : it) {
+      if (!MigrateFile(file.path(), *snapshot)) continue;
+      fs::create_directories(migrated, ec);
+      fs::rename(file.path(), migrated / file.path().filename(), ec);
+      if (ec) spdlog::warn("cannot move {} to {}: {}", file.path().string(), migrated.string(), ec.message());
     }
-    // Names persisted before policies existed have none: the default.
-    std::optional<StatePolicy> policy;
-    if (key == "state") {
-      auto parsed = ParseStatePolicy(policy_name);
-      if (!parsed) {
-        spdlog::warn("module name={} skipped: {}", name, parsed.error().ToString());
-        continue;
-      }
-      policy = *parsed;
-    }
-    auto bytes = store_->GetModule(digest);
-    if (!bytes) {
-      spdlog::warn("module name={} digest={} skipped: {}", name, digest, bytes.error().ToString());
-      continue;
-    }
-    auto put = Put(name, *bytes, /*persist=*/true, policy);
-    if (!put) {
-      spdlog::warn("module name={} digest={} skipped: {}", name, digest, put.error().ToString());
-      continue;
-    }
-    ++loaded;
   }
+  auto synced = Sync();
+  if (!synced) return MakeError(synced.error());
+  size_t loaded = 0;
+  for (const auto& entry : List()) loaded += entry->persisted ? 1 : 0;
   return loaded;
 }
 

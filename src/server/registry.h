@@ -2,10 +2,13 @@
 // digest -> pool so that a job always runs the exact module it was
 // submitted with, even after its name was replaced or deleted.
 //
-// Persistence: the bytes of every module go to the job store (PutModule,
-// by digest); each uploaded name is a file <data>/modules/<name> holding
-// the digest and the name's state policy, replaced atomically (write +
-// rename).
+// Persistence: uploaded names live in the cluster store
+// (jobs/cluster_store.h) with their bytes, state policy and a version per
+// change; on PostgreSQL every node shares them. Sync() brings this node's
+// names to the store's (compiling what changed), and is called when the
+// store reports a change. Names a keel before the cluster store kept as
+// files <data>/modules/<name> are moved into the store at start. Bytes no
+// name and no job refers to any more are deleted from the store.
 //
 // Pools are per digest and state policy: names with the same bytes and
 // policy share one; a job runs on a pool of its digest (a name's, if one
@@ -16,6 +19,7 @@
 #define KEEL_SERVER_REGISTRY_H_
 
 #include <chrono>
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <optional>
@@ -24,6 +28,7 @@
 #include <vector>
 
 #include "base/mutex.h"
+#include "jobs/cluster_store.h"
 #include "jobs/store.h"
 #include "keel/runtime.h"
 
@@ -35,6 +40,7 @@ struct ModuleEntry {
   std::shared_ptr<Pool> pool;
   StatePolicy state = StatePolicy::kReset;  // what a call sees of earlier calls
   bool persisted = false;  // uploaded (true) or loaded from a --modules directory
+  uint64_t version = 0;    // registry version of the upload (persisted names)
   std::chrono::system_clock::time_point loaded_at;
 };
 
@@ -43,14 +49,15 @@ struct PutResult {
   bool created = false;  // false: the name existed (replaced or unchanged)
 };
 
-// Thread-safe. `runtime` and `store` must outlive it. Its pools live as
+// Thread-safe. `runtime`, `store` and `cluster` must outlive it. Its pools live as
 // long as the runtime: destroy it after the runtime has shut down (closing
 // pools of a stopped runtime would leave them referenced by its workers).
 class Registry {
  public:
   // `pool_options` applies to every pool (linker, host state, limits); its
   // recycle.state is the policy of names put without one.
-  Registry(Runtime* runtime, jobs::JobStore* store, std::string data_dir, PoolOptions pool_options);
+  Registry(Runtime* runtime, jobs::JobStore* store, jobs::ClusterStore* cluster,
+           std::string data_dir, PoolOptions pool_options);
 
   // Module names: 1-128 of [A-Za-z0-9._-], not starting with '.' or '-'.
   static bool ValidName(std::string_view name);
@@ -59,9 +66,20 @@ class Registry {
   // Returns how many were loaded; kNotFound if `dir` cannot be read; a
   // module that fails to load is an error naming it.
   [[nodiscard]] Result<size_t> LoadDirectory(const std::string& dir);
-  // Loads the names persisted in <data>/modules. Names whose bytes are
-  // missing or fail to compile are skipped with a warning.
+  // Moves names persisted as files in <data>/modules into the cluster
+  // store (unless the store has the name already; the files go to
+  // <data>/modules.migrated), then Sync()s. Returns how many names the
+  // store has. Names whose bytes are missing or fail to compile are skipped
+  // with a warning.
   [[nodiscard]] Result<size_t> LoadPersisted();
+
+  // Makes this node's uploaded names those of the cluster store, if its
+  // version changed since the last Sync: compiles names new or changed,
+  // drops names deleted. Calls queued on a replaced or dropped module still
+  // run on it. Returns the version synced to; store errors.
+  [[nodiscard]] Result<uint64_t> Sync();
+  // Deletes module bytes that no name and no job refers to any more.
+  [[nodiscard]] Result<int64_t> CollectGarbage();
 
   // Validates and compiles `bytes`, creates its pool, stores the bytes and
   // (if `persist`) the name, then makes `name` refer to it. Calls already
@@ -109,8 +127,20 @@ class Registry {
   static PoolKey KeyOf(const ModuleEntry& entry) { return {entry.module->digest(), entry.state}; }
   [[nodiscard]] Result<std::shared_ptr<Pool>> MakePool(std::shared_ptr<const Module> module,
                                                        StatePolicy state);
-  [[nodiscard]] Result<void> PersistName(const std::string& name, const std::string& digest,
-                                         StatePolicy state);
+  // The pool for `key` (an existing one, else a new one, then `made`).
+  [[nodiscard]] Result<std::shared_ptr<Pool>> PoolFor(const PoolKey& key,
+                                                      const std::shared_ptr<const Module>& module,
+                                                      bool& made) EXCLUDES(mu_);
+  // Makes `name` refer to `module` on `pool`, replacing `previous`.
+  std::shared_ptr<const ModuleEntry> Install(std::string_view name, std::shared_ptr<const Module> module,
+                                             std::shared_ptr<Pool> pool, bool new_pool,
+                                             StatePolicy policy, bool persist, uint64_t version,
+                                             const std::shared_ptr<const ModuleEntry>& previous)
+      EXCLUDES(mu_);
+  // Sync() of one name of the store.
+  void SyncName(const jobs::ModuleName& name) REQUIRES(write_mu_);
+  // Moves the name file `path` into the store; false if skipped.
+  bool MigrateFile(const std::filesystem::path& path, const jobs::RegistrySnapshot& snapshot);
   // Takes a reference to `key`'s pool, adding `pool` if there is none
   // yet (then true).
   bool Reference(const PoolKey& key, const std::shared_ptr<Pool>& pool) REQUIRES(mu_);
@@ -118,11 +148,15 @@ class Registry {
 
   Runtime* runtime_;
   jobs::JobStore* store_;
+  jobs::ClusterStore* cluster_;
   std::string modules_dir_;
   PoolOptions pool_options_;
 
-  // Serializes Put/Remove so that disk and memory agree; taken before mu_.
+  // Serializes Put/Remove/Sync so that store and memory agree; taken
+  // before mu_.
   Mutex write_mu_ ACQUIRED_BEFORE(mu_);
+  uint64_t synced_version_ GUARDED_BY(write_mu_) = 0;
+  bool synced_ GUARDED_BY(write_mu_) = false;
   mutable Mutex mu_;
   std::map<std::string, std::shared_ptr<const ModuleEntry>, std::less<>> names_ GUARDED_BY(mu_);
   std::map<PoolKey, DigestPool> digests_ GUARDED_BY(mu_);

@@ -97,6 +97,12 @@ boost::asio::awaitable<Response> Route(Service& service, RequestContext& ctx) {
     // POST is taken by the session (StartCall) before routing.
     if (segments.size() == 3 && segments[1] == "call") co_return MethodNotAllowed("POST");
     if (segments.size() <= 1) co_return co_await HandleModules(service, ctx, segments);
+  } else if (family == "nodes" && segments.empty()) {
+    if (ctx.request.method() != http::verb::get) co_return MethodNotAllowed("GET");
+    auto query = [&service] { return service.NodesJson(); };
+    Result<std::string> nodes = co_await OffThread(service, std::move(query));
+    if (!nodes) co_return ErrorResponse(nodes.error());
+    co_return JsonResponse(200, *nodes);
   } else if (family == "jobs") {
     if (segments.size() <= 1 || (segments.size() == 2 && segments[1] == "result")) {
       co_return co_await HandleJobs(service, ctx, segments);

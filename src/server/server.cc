@@ -260,6 +260,7 @@ Result<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   if (auto ok = impl->Listen(*endpoint); !ok) return MakeError(ok.error());
   auto server = std::unique_ptr<Server>(new Server(std::move(impl)));
   server->service().set_address(server->address());
+  if (auto ok = server->service().StartJobs(); !ok) return MakeError(ok.error());
   server->impl_->Run();
   spdlog::info("listening on http://{}", server->address());
   return server;

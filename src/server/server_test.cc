@@ -3,7 +3,10 @@
 #include "server/server.h"
 
 #include <atomic>
+#include <filesystem>
+#include <fstream>
 #include <future>
+#include <set>
 #include <thread>
 
 #include <boost/json.hpp>
@@ -714,6 +717,81 @@ TEST_F(ServerTest, UploadsSurviveRestart) {
   server_.reset();
   Start();
   EXPECT_EQ(Client(port()).Get("/v1/modules/words").status, 404);
+}
+
+// Names an older keel kept as files <data>/modules/<name> ("digest\nstate
+// X") move into the store at start, policy and all, and stay there.
+TEST_F(ServerTest, NameFilesOfAnOlderKeelMoveIntoTheStore) {
+  const std::string digest = Sha256Hex(ReadBytes(Guest("wordfreq")));
+  {
+    Start();
+    Upload("words", Guest("wordfreq"));  // puts the bytes in the store
+    server_->Shutdown(1s);
+    server_.reset();
+  }
+  std::filesystem::create_directories(dir_.path() + "/modules");
+  std::ofstream(dir_.path() + "/modules/legacy") << digest << "\nstate keep\n";
+  std::ofstream(dir_.path() + "/modules/no_digest") << "not a digest\n";
+  for (int run = 0; run < 2; ++run) {
+    Start();
+    Reply r = Client(port()).Get("/v1/modules/legacy");
+    ASSERT_EQ(r.status, 200) << r.body;
+    EXPECT_EQ(S(r.json().at("digest")), digest);
+    EXPECT_EQ(r.json().at("state"), "keep");
+    EXPECT_EQ(r.json().at("source"), "upload");
+    EXPECT_EQ(Client(port()).PostBytes("/v1/modules/legacy/call/count", "x y x").body, "x 2\ny 1\n");
+    EXPECT_EQ(Client(port()).Get("/v1/modules/no_digest").status, 404);
+    server_->Shutdown(1s);
+    server_.reset();
+    // Moved aside once in the store; the file that was no name stays.
+    EXPECT_FALSE(std::filesystem::exists(dir_.path() + "/modules/legacy"));
+    EXPECT_TRUE(std::filesystem::exists(dir_.path() + "/modules.migrated/legacy"));
+    EXPECT_TRUE(std::filesystem::exists(dir_.path() + "/modules/no_digest"));
+  }
+}
+
+// Bytes that no name and no job refer to are deleted from the store; those
+// a job refers to stay, and so do those of --modules names (not stored).
+TEST_F(ServerTest, DeletingANameDeletesBytesNothingElseUses) {
+  Start();
+  auto stored = [&] {
+    auto store = jobs::OpenStore(dir_.path());
+    std::set<std::string> found;
+    for (const char* guest : {"hostile_post_trap", "hostile_loop", "wordfreq"}) {
+      if ((*store)->GetModule(Sha256Hex(ReadBytes(Guest(guest))))) found.insert(guest);
+    }
+    return found;
+  };
+  Upload("unused", Guest("hostile_post_trap"));
+  Upload("loop", Guest("hostile_loop"));
+  Upload("words", Guest("wordfreq"));  // also the --modules name "wordfreq"
+  Reply r = Client(port()).PostJson(
+      "/v1/jobs", R"({"module": "loop", "export": "spin_bytes", "timeout_ms": 50, "max_attempts": 1})");
+  ASSERT_EQ(r.status, 202) << r.body;
+  EXPECT_EQ(stored(), (std::set<std::string>{"hostile_post_trap", "hostile_loop", "wordfreq"}));
+  Client c(port());
+  for (const char* name : {"unused", "loop", "words"}) {
+    EXPECT_EQ(c.Send(http::verb::delete_, std::string("/v1/modules/") + name).status, 200);
+  }
+  EXPECT_EQ(stored(), (std::set<std::string>{"hostile_loop", "wordfreq"}));
+}
+
+// A draining node claims no more jobs: one submitted afterwards is left in
+// the queue for other nodes (here: a claim of the test's own).
+TEST_F(ServerTest, DrainingNodeStopsClaiming) {
+  Start();
+  server_->service().SetDraining();
+  jobs::JobStore& store = server_->service().store();
+  jobs::JobSpec spec;
+  spec.module_digest = Sha256Hex(ReadBytes(Guest("sha256")));
+  spec.export_name = "hash";
+  auto submitted = store.Submit(spec);
+  ASSERT_TRUE(submitted) << submitted.error().ToString();
+  auto claimed = store.Claim({.runner = "another-node", .max_jobs = 1, .lease = 30s, .wait = 10s});
+  ASSERT_TRUE(claimed) << claimed.error().ToString();
+  ASSERT_EQ(claimed->size(), 1u);
+  EXPECT_EQ((*claimed)[0].id, submitted->id);
+  EXPECT_EQ(Client(port()).Get("/readyz").status, 503);
 }
 
 TEST_F(ServerTest, ShutdownDrainsCallsInFlight) {

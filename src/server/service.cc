@@ -1,5 +1,8 @@
 #include "server/service.h"
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <filesystem>
 
 #include <boost/json.hpp>
@@ -11,6 +14,37 @@
 namespace keel::server {
 
 namespace json = boost::json;
+
+namespace {
+
+// hostname:port of `address` ("ADDR:PORT").
+std::string DefaultNodeName(const std::string& address) {
+  char host[256] = {};
+  gethostname(host, sizeof host - 1);
+  return std::string(host) + address.substr(address.rfind(':'));
+}
+
+}  // namespace
+
+json::array NodesArray(const std::vector<jobs::NodeRow>& nodes, std::string_view self) {
+  json::array out;
+  for (const jobs::NodeRow& node : nodes) {
+    out.push_back({
+        {"name", node.report.name},
+        {"alive", node.alive},
+        {"self", node.report.name == self},
+        {"last_seen", FormatTime(node.last_seen)},
+        {"started_at", FormatTime(node.started_at)},
+        {"workers", node.report.workers},
+        {"version", node.report.version},
+        {"address", node.report.address},
+        {"lease_ms", node.report.lease.count()},
+        {"draining", node.report.draining},
+        {"stopped", node.stopped},
+    });
+  }
+  return out;
+}
 
 Service::Service(ServerOptions options)
     : options_(std::move(options)),
@@ -32,6 +66,9 @@ Result<std::unique_ptr<Service>> Service::Create(ServerOptions options) {
   auto store = jobs::OpenStore(o.store.empty() ? o.data_dir : o.store);
   if (!store) return MakeError(store.error());
   s->store_ = std::move(*store);
+  auto cluster = jobs::OpenClusterStore(o.store.empty() ? o.data_dir : o.store);
+  if (!cluster) return MakeError(cluster.error());
+  s->cluster_ = std::move(*cluster);
 
   auto runtime = Runtime::Create({
       .engine = o.engine,
@@ -56,7 +93,8 @@ Result<std::unique_ptr<Service>> Service::Create(ServerOptions options) {
     o.extend_linker(*linker);
     pool->linker = std::move(linker);
   }
-  s->registry_ = std::make_unique<Registry>(s->runtime_.get(), s->store_.get(), o.data_dir, std::move(*pool));
+  s->registry_ = std::make_unique<Registry>(s->runtime_.get(), s->store_.get(), s->cluster_.get(), o.data_dir,
+                                            std::move(*pool));
   for (const std::string& dir : o.module_dirs) {
     auto loaded = s->registry_->LoadDirectory(dir);
     if (!loaded) return MakeError(loaded.error());
@@ -66,25 +104,46 @@ Result<std::unique_ptr<Service>> Service::Create(ServerOptions options) {
   if (!persisted) return MakeError(persisted.error());
   if (*persisted > 0) spdlog::info("loaded {} uploaded modules", *persisted);
 
-  Registry* registry = s->registry_.get();
+  s->RefreshJobCounts();
+  return service;
+}
+
+Result<void> Service::StartJobs() {
+  node_name_ = options_.node_name.empty() ? DefaultNodeName(address_) : options_.node_name;
+  Registry* registry = registry_.get();
   jobs::RunnerOptions runner_options;
+  // The lease holder is the node: its jobs are found by its name.
+  runner_options.name = node_name_;
+  runner_options.lease = options_.lease;
   // Jobs run at most one per worker thread, whatever the pools' sizes.
-  runner_options.concurrency = static_cast<size_t>(s->runtime_->workers());
+  runner_options.concurrency = static_cast<size_t>(runtime_->workers());
   // An idle claim returns within this, and stopping waits for it: keep
   // shutdown quick. Submits of this process wake it at once anyway.
   runner_options.idle_wait = std::chrono::milliseconds(250);
   auto runner = jobs::Runner::Start(
-      s->store_.get(), [registry](const std::string& digest) { return registry->PoolForDigest(digest); },
+      store_.get(), [registry](const std::string& digest) { return registry->PoolForDigest(digest); },
       runner_options);
   if (!runner) return MakeError(runner.error());
-  s->runner_ = std::move(*runner);
-  s->RefreshJobCounts();
-  return service;
+  runner_ = std::move(*runner);
+  ClusterNode::Options node;
+  node.report = {.name = node_name_,
+                 .address = address_,
+                 .version = KEEL_VERSION,
+                 .workers = runtime_->workers(),
+                 .lease = options_.lease};
+  node.heartbeat_every = std::max(std::chrono::milliseconds(1), std::min(options_.lease / 5, std::chrono::milliseconds(1000)));
+  node.draining = [this] { return draining(); };
+  auto started = ClusterNode::Start(cluster_.get(), registry, runner_.get(), std::move(node));
+  if (!started) return MakeError(started.error());
+  node_ = std::move(*started);
+  return {};
 }
 
 Service::~Service() {
   Stop(std::chrono::milliseconds(0));
   JoinThreads();
+  node_.reset();
+  runner_.reset();
   registry_.reset();
   runtime_.reset();
   store_.reset();
@@ -95,6 +154,8 @@ void Service::Stop(std::chrono::milliseconds grace) {
     draining_.store(true);
     auto until = std::chrono::steady_clock::now() + grace;
     if (runner_) runner_->Stop(grace);
+    // Its jobs are recorded or released: shown dead at once.
+    if (node_) node_->Stop(/*left=*/true);
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now());
     if (runtime_) runtime_->Shutdown(std::max(left, std::chrono::milliseconds(0)));
   });
@@ -168,7 +229,21 @@ Result<CancelOutcome> Service::CancelJob(std::string_view id, bool abort) {
   auto outcome = store_->Cancel(id);
   if (!outcome || !abort || *outcome != CancelOutcome::kDetached) return outcome;
   if (runner_ && runner_->Abort(id)) return CancelOutcome::kAborted;
+  // Running on another node (or about to start here): its owner aborts it
+  // at its next heartbeat, woken by NOTIFY on PostgreSQL.
+  if (auto requested = cluster_->RequestAbort(id); !requested) return MakeError(requested.error());
   return outcome;
+}
+
+void Service::SetDraining() {
+  draining_.store(true);
+  if (runner_) runner_->StopClaiming();
+}
+
+Result<std::string> Service::NodesJson() {
+  auto nodes = cluster_->Nodes();
+  if (!nodes) return MakeError(nodes.error());
+  return json::serialize(json::value{{"nodes", NodesArray(*nodes, node_name_)}});
 }
 
 double Service::uptime_seconds() const {
@@ -200,6 +275,7 @@ MetricsInput Service::CollectMetrics() {
   if (runner_) in.runner = runner_->Stats();
   in.commits = store_->commit_stats();
   in.draining = draining();
+  in.node = node_name_;
   in.uptime_seconds = uptime_seconds();
   return in;
 }
@@ -251,6 +327,8 @@ std::string Service::StatusJson(std::string_view pools_json) {
   out["draining"] = m.draining;
   out["workers"] = runtime_->workers();
   out["listen"] = address_;
+  out["node"] = node_name_;
+  if (node_) out["nodes"] = NodesArray(node_->nodes(), node_name_);
   out["runtime"] = {
       {"submitted", r.submitted},
       {"queued", r.queued},

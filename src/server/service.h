@@ -17,9 +17,11 @@
 #include <boost/json/value.hpp>
 
 #include "base/mutex.h"
+#include "jobs/cluster_store.h"
 #include "jobs/runner.h"
 #include "jobs/store.h"
 #include "keel/runtime.h"
+#include "server/cluster_node.h"
 #include "server/metrics_text.h"
 #include "server/options.h"
 #include "server/registry.h"
@@ -29,9 +31,12 @@ namespace keel::server {
 
 class Service {
  public:
-  // Opens the store, starts the runtime, loads the modules (persisted
-  // uploads and --modules directories) and starts the job runner.
+  // Opens the stores, starts the runtime and loads the modules (--modules
+  // directories, then the cluster store's uploaded names).
   [[nodiscard]] static Result<std::unique_ptr<Service>> Create(ServerOptions options);
+  // Once set_address() is known: starts the job runner, under the node's
+  // name (--node-name, default hostname:port), and the node's heartbeat.
+  [[nodiscard]] Result<void> StartJobs();
   // Stop() with no grace, then releases everything.
   ~Service();
 
@@ -62,7 +67,12 @@ class Service {
   void set_address(std::string address) { address_ = std::move(address); }
 
   bool draining() const { return draining_.load(); }
-  void SetDraining() { draining_.store(true); }
+  // Refuses new requests (the server's part) and claims no more jobs.
+  void SetDraining();
+
+  const std::string& node_name() const { return node_name_; }
+  // {"nodes": [...]} of GET /v1/nodes: a store query, so off the HTTP threads.
+  [[nodiscard]] Result<std::string> NodesJson();
 
   // Counts, logs and remembers a call that ended other than with a result.
   void RecordTermination(Termination t);
@@ -120,7 +130,10 @@ class Service {
   std::unique_ptr<jobs::JobStore> store_;
   std::unique_ptr<Runtime> runtime_;
   std::unique_ptr<Registry> registry_;
+  std::unique_ptr<jobs::ClusterStore> cluster_;
   std::unique_ptr<jobs::Runner> runner_;
+  std::unique_ptr<ClusterNode> node_;
+  std::string node_name_;
   std::once_flag stopped_;
 
   Mutex mu_;
@@ -130,6 +143,10 @@ class Service {
   Mutex calls_mu_;
   CondVar calls_done_;  // signalled when calls_in_flight drops to 0 while draining
 };
+
+// The nodes as GET /v1/nodes and the status page show them; `self` names
+// this node.
+boost::json::array NodesArray(const std::vector<jobs::NodeRow>& nodes, std::string_view self);
 
 // Runs `fn` (which may block: store commits, compilation) on `pool` (the
 // service's blocking threads by default); co_await the result, which

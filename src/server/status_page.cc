@@ -92,6 +92,11 @@ constexpr std::string_view kHtml = R"KEEL(<!doctype html>
     <table><tbody id="jobs"></tbody></table>
   </section>
   <section class="wide">
+    <h2>Nodes</h2>
+    <table><thead><tr><th>node</th><th>alive</th><th>address</th><th>workers</th><th>last seen</th><th>started</th></tr></thead>
+      <tbody id="nodes"></tbody></table>
+  </section>
+  <section class="wide">
     <h2>Recent abnormal terminations</h2>
     <table><thead><tr><th>time</th><th>call</th><th>module</th><th>export</th><th>cause</th><th>message</th></tr></thead>
       <tbody id="recent"></tbody></table>
@@ -218,6 +223,15 @@ function render(st) {
 
   const jobs = $("jobs"); jobs.replaceChildren();
   for (const [state, count] of Object.entries(st.jobs)) jobs.append(row([state, text("td", count, "num")]));
+
+  const nodes = $("nodes"); nodes.replaceChildren();
+  for (const n of st.nodes || []) {
+    const alive = n.alive ? (n.draining ? "draining" : "alive") : (n.stopped ? "stopped" : "silent");
+    const tr = row([n.self ? n.name + " (this node)" : n.name, text("td", alive, n.alive ? "" : "cause error"),
+                    n.address, text("td", n.workers, "num"), n.last_seen.slice(11, 23), n.started_at.slice(0, 19)]);
+    tr.dataset.node = n.name;
+    nodes.append(tr);
+  }
 
   const recent = $("recent"); recent.replaceChildren();
   for (const t of st.recent) {

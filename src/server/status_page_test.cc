@@ -57,6 +57,7 @@ TEST_F(StatusPageTest, ShowsLiveDataInChromium) {
   TempDir data, profile;
   ServerOptions options = testing::TestOptions(data.path());
   options.token = "page-token";
+  options.node_name = "page-node";
   auto server = Server::Start(options);
   ASSERT_TRUE(server) << server.error().ToString();
   uint16_t port = (*server)->port();
@@ -93,6 +94,8 @@ TEST_F(StatusPageTest, ShowsLiveDataInChromium) {
   EXPECT_THAT(html, HasSubstr("data-module=\"add\""));
   EXPECT_THAT(html, HasSubstr("data-module=\"post_trap\""));
   EXPECT_THAT(html, HasSubstr("data-cause=\"trap\""));
+  EXPECT_THAT(html, HasSubstr("data-node=\"page-node\""));
+  EXPECT_THAT(html, HasSubstr("page-node (this node)"));
   EXPECT_THAT(html, HasSubstr("unreachable"));
   EXPECT_GE(Attribute(html, "id=\"c-throughput\" data-samples=\"(\\d+)\""), 3);
   EXPECT_GE(Attribute(html, "id=\"c-latency\" data-samples=\"(\\d+)\""), 3);

@@ -1,0 +1,193 @@
+// The cluster store on SQLite and on PostgreSQL (KEEL_TEST_PG_URL, a schema
+// per test; skipped without it): names and their versions, garbage
+// collection of module bytes, nodes and their liveness, abort requests, and
+// change notifications between two processes' stores.
+#include "jobs/cluster_store.h"
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+
+#include <gtest/gtest.h>
+#include <libpq-fe.h>
+
+#include "base/sha256.h"
+
+namespace keel::jobs {
+namespace {
+
+using namespace std::chrono_literals;
+
+enum class Backend { kSqlite, kPostgres };
+
+std::vector<uint8_t> Bytes(std::string_view text) { return {text.begin(), text.end()}; }
+
+void PgCommand(const std::string& url, const std::string& sql) {
+  PGconn* conn = PQconnectdb(url.c_str());
+  ASSERT_EQ(PQstatus(conn), CONNECTION_OK) << PQerrorMessage(conn);
+  PQsetNoticeProcessor(conn, [](void*, const char*) {}, nullptr);
+  PGresult* result = PQexec(conn, sql.c_str());
+  EXPECT_EQ(PQresultStatus(result), PGRES_COMMAND_OK) << PQresultErrorMessage(result);
+  PQclear(result);
+  PQfinish(conn);
+}
+
+class ClusterStoreTest : public ::testing::TestWithParam<Backend> {
+ protected:
+  void SetUp() override {
+    static int counter = 0;
+    std::string unique = std::to_string(getpid()) + "_" + std::to_string(++counter);
+    if (GetParam() == Backend::kPostgres) {
+      const char* url = std::getenv("KEEL_TEST_PG_URL");
+      if (url == nullptr || url[0] == '\0') GTEST_SKIP() << "KEEL_TEST_PG_URL is not set";
+      pg_url_ = url;
+      schema_ = "keel_cluster_store_" + unique;
+      ASSERT_NO_FATAL_FAILURE(PgCommand(pg_url_, "CREATE SCHEMA " + schema_));
+      name_ = pg_url_ + (pg_url_.find('?') == std::string::npos ? "?" : "&") +
+              "options=-csearch_path%3D" + schema_;
+    } else {
+      dir_ = std::filesystem::temp_directory_path() / ("keel_cluster_store_test_" + unique);
+      std::filesystem::remove_all(dir_);
+      name_ = dir_.string();
+    }
+    auto jobs = OpenStore(name_);  // creates the schema
+    ASSERT_TRUE(jobs) << jobs.error().ToString();
+    jobs_ = std::move(*jobs);
+    cluster_ = Open();
+    ASSERT_NE(cluster_, nullptr);
+  }
+
+  void TearDown() override {
+    cluster_.reset();
+    jobs_.reset();
+    if (!schema_.empty()) PgCommand(pg_url_, "DROP SCHEMA " + schema_ + " CASCADE");
+    if (!dir_.empty()) std::filesystem::remove_all(dir_);
+  }
+
+  std::unique_ptr<ClusterStore> Open() {
+    auto store = OpenClusterStore(name_);
+    EXPECT_TRUE(store) << store.error().ToString();
+    return store ? std::move(*store) : nullptr;
+  }
+
+  std::string pg_url_, schema_, name_;
+  std::filesystem::path dir_;
+  std::unique_ptr<JobStore> jobs_;
+  std::unique_ptr<ClusterStore> cluster_;
+};
+
+TEST_P(ClusterStoreTest, NamesCarryAVersionPerChange) {
+  auto a = Bytes("module a"), b = Bytes("module b");
+  auto v1 = cluster_->SetName("m", Sha256Hex(a), a, "reset", "{}");
+  ASSERT_TRUE(v1) << v1.error().ToString();
+  auto v2 = cluster_->SetName("m", Sha256Hex(b), b, "keep", "{}");
+  ASSERT_TRUE(v2);
+  EXPECT_GT(*v2, *v1);
+  auto snapshot = cluster_->Names();
+  ASSERT_TRUE(snapshot);
+  EXPECT_EQ(snapshot->version, *v2);
+  ASSERT_EQ(snapshot->names.size(), 1u);
+  EXPECT_EQ(snapshot->names[0].digest, Sha256Hex(b));
+  EXPECT_EQ(snapshot->names[0].state, "keep");
+  EXPECT_EQ(snapshot->names[0].version, *v2);
+  // The bytes went in with the name.
+  EXPECT_EQ(*jobs_->GetModule(Sha256Hex(b)), b);
+  auto deleted = cluster_->DeleteName("m");
+  ASSERT_TRUE(deleted);
+  EXPECT_EQ(*deleted, Sha256Hex(b));
+  EXPECT_GT(*cluster_->RegistryVersion(), *v2);
+  EXPECT_TRUE(cluster_->Names()->names.empty());
+  EXPECT_EQ(cluster_->DeleteName("m").error().code, ErrorCode::kNotFound);
+}
+
+TEST_P(ClusterStoreTest, BytesNothingRefersToAreDeleted) {
+  auto a = Bytes("module a"), b = Bytes("module b"), c = Bytes("module c");
+  ASSERT_TRUE(cluster_->SetName("a", Sha256Hex(a), a, "reset", "{}"));
+  ASSERT_TRUE(cluster_->SetName("b", Sha256Hex(b), b, "reset", "{}"));
+  ASSERT_TRUE(cluster_->SetName("c", Sha256Hex(c), c, "reset", "{}"));
+  JobSpec spec;
+  spec.module_digest = Sha256Hex(b);
+  spec.export_name = "run";
+  ASSERT_TRUE(jobs_->Submit(spec));
+  for (const char* name : {"a", "b", "c"}) ASSERT_TRUE(cluster_->DeleteName(name));
+  auto deleted = cluster_->DeleteUnreferencedModules({Sha256Hex(c)});
+  ASSERT_TRUE(deleted) << deleted.error().ToString();
+  EXPECT_EQ(*deleted, 1);  // a: b has a job, c is kept
+  EXPECT_EQ(jobs_->GetModule(Sha256Hex(a)).error().code, ErrorCode::kNotFound);
+  EXPECT_TRUE(jobs_->GetModule(Sha256Hex(b)));
+  EXPECT_TRUE(jobs_->GetModule(Sha256Hex(c)));
+  // Named again, bytes are not garbage any more.
+  ASSERT_TRUE(cluster_->SetName("c2", Sha256Hex(c), c, "reset", "{}"));
+  EXPECT_EQ(*cluster_->DeleteUnreferencedModules({}), 0);
+  EXPECT_TRUE(jobs_->GetModule(Sha256Hex(c)));
+}
+
+TEST_P(ClusterStoreTest, NodesAreAliveWithinTheirLease) {
+  NodeReport report{.name = "n1", .address = "127.0.0.1:1", .version = "v", .workers = 2, .lease = 60s};
+  ASSERT_TRUE(cluster_->Heartbeat(report, /*first=*/true));
+  NodeReport other = report;
+  other.name = "n2";
+  ASSERT_TRUE(cluster_->Heartbeat(other, /*first=*/true));
+  auto nodes = cluster_->Nodes();
+  ASSERT_TRUE(nodes) << nodes.error().ToString();
+  ASSERT_EQ(nodes->size(), 2u);
+  EXPECT_EQ((*nodes)[1].report.name, "n2");
+  EXPECT_EQ((*nodes)[0].report.name, "n1");
+  EXPECT_TRUE((*nodes)[0].alive);
+  EXPECT_EQ((*nodes)[0].report.workers, 2);
+  ASSERT_TRUE(cluster_->MarkStopped("n1"));
+  nodes = cluster_->Nodes();
+  EXPECT_FALSE((*nodes)[0].alive);
+  EXPECT_TRUE((*nodes)[0].stopped);
+  // Back under the same name: alive, the start time kept unless `first`.
+  TimePoint started = (*nodes)[0].started_at;
+  ASSERT_TRUE(cluster_->Heartbeat(report, /*first=*/false));
+  nodes = cluster_->Nodes();
+  EXPECT_TRUE((*nodes)[0].alive);
+  EXPECT_EQ((*nodes)[0].started_at, started);
+}
+
+TEST_P(ClusterStoreTest, AbortRequestsReachTheLeaseHolder) {
+  auto a = Bytes("module a");
+  ASSERT_TRUE(cluster_->SetName("a", Sha256Hex(a), a, "reset", "{}"));
+  JobSpec spec;
+  spec.module_digest = Sha256Hex(a);
+  spec.export_name = "run";
+  auto job = jobs_->Submit(spec);
+  ASSERT_TRUE(job);
+  auto claimed = jobs_->Claim({.runner = "owner", .max_jobs = 1});
+  ASSERT_TRUE(claimed);
+  ASSERT_EQ(claimed->size(), 1u);
+  ASSERT_TRUE(cluster_->RequestAbort(job->id));
+  EXPECT_EQ(*cluster_->AbortRequests("owner"), std::vector<std::string>{job->id});
+  EXPECT_TRUE(cluster_->AbortRequests("someone-else")->empty());
+  // Once the job no longer runs, the request is forgotten.
+  ASSERT_TRUE(jobs_->Complete(job->id, (*claimed)[0].claim, Outcome::Succeeded({})));
+  EXPECT_TRUE(cluster_->AbortRequests("owner")->empty());
+}
+
+// A write through one store object wakes Wait() on another (on PostgreSQL:
+// NOTIFY, as between two processes).
+TEST_P(ClusterStoreTest, ChangesWakeOtherStores) {
+  if (GetParam() == Backend::kSqlite) GTEST_SKIP() << "one node: only its own writes";
+  std::unique_ptr<ClusterStore> other = Open();
+  ASSERT_NE(other, nullptr);
+  // The listener counts its first connection as a change: from then on it
+  // hears every NOTIFY.
+  auto until = std::chrono::steady_clock::now() + 10s;
+  while (other->changes() == 0 && std::chrono::steady_clock::now() < until) other->Wait(0, 10s);
+  const uint64_t seen = other->changes();
+  ASSERT_GT(seen, 0u);
+  auto a = Bytes("module a");
+  ASSERT_TRUE(cluster_->SetName("a", Sha256Hex(a), a, "reset", "{}"));
+  until = std::chrono::steady_clock::now() + 10s;
+  while (other->changes() == seen && std::chrono::steady_clock::now() < until) other->Wait(seen, 10s);
+  EXPECT_NE(other->changes(), seen);
+}
+
+INSTANTIATE_TEST_SUITE_P(Stores, ClusterStoreTest, ::testing::Values(Backend::kSqlite, Backend::kPostgres),
+                         [](const auto& info) { return info.param == Backend::kSqlite ? "Sqlite" : "Postgres"; });
+
+}  // namespace
+}  // namespace keel::jobs
