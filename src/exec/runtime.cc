@@ -6,6 +6,7 @@
 
 #include "abi/bytecall.h"
 #include "base/sha256.h"
+#include "engine/compile_cache.h"
 #include "exec/core.h"
 #include "exec/testing.h"
 
@@ -134,7 +135,9 @@ Result<std::shared_ptr<const Module>> Runtime::Compile(std::span<const uint8_t> 
                                                         ModuleOptions options) {
   exec::RuntimeCore& core = *impl_->core;
   if (core.shutting_down.load()) return MakeError(ErrorCode::kShuttingDown, "the runtime is shutting down");
-  auto compiled = core.engine->Compile(bytes, {.max_memory_pages = options.max_memory_pages});
+  std::string digest = Sha256Hex(bytes);
+  auto compiled =
+      engine::CompileCached(*core.engine, bytes, digest, {.max_memory_pages = options.max_memory_pages});
   if (!compiled) return MakeError(compiled.error());
   if (!options.init_export.empty()) {
     const engine::ExportInfo* init = (*compiled)->info().FindFuncExport(options.init_export);
@@ -148,7 +151,7 @@ Result<std::shared_ptr<const Module>> Runtime::Compile(std::span<const uint8_t> 
     return MakeError(probed.error());
   }
   auto module = std::shared_ptr<Module>(new Module());
-  module->digest_ = Sha256Hex(bytes);
+  module->digest_ = std::move(digest);
   module->name_ = options.name.empty() ? module->digest_.substr(0, 12) : options.name;
   module->size_bytes_ = bytes.size();
   module->init_export_ = options.init_export;
