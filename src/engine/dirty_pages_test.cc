@@ -38,7 +38,6 @@ class Mapping {
 };
 
 constexpr size_t kSize = 2 << 20;
-constexpr size_t kPages = kSize / kHostPageSize;
 
 // Fills some pages (and leaves others zero, as a fresh memory's heap is).
 void FillPattern(std::span<uint8_t> memory, uint32_t seed) {
