@@ -167,6 +167,13 @@ class PgSession {
         << sql << ": " << PQresultErrorMessage(result);
     PQclear(result);
   }
+  // The first column of the first row of `sql`, a number.
+  int64_t Number(const std::string& sql) {
+    PGresult* result = PQexec(conn_, sql.c_str());
+    int64_t number = PQntuples(result) == 1 ? std::atoll(PQgetvalue(result, 0, 0)) : -1;
+    PQclear(result);
+    return number;
+  }
 
  private:
   PGconn* conn_;
@@ -213,6 +220,14 @@ TEST_P(ClusterStoreTest, SubmitDuringACollectionOfItsBytesIsRefused) {
   spec.export_name = "run";
   Result<SubmitResult> submitted = MakeError(ErrorCode::kInternal, "not run");
   std::thread submitter([&] { submitted = jobs_->Submit(spec); });
+  // The gate: the submit's insert waiting for the collection's row lock.
+  PgSession watcher(pg_url_);
+  auto give_up = std::chrono::steady_clock::now() + 30s;
+  while (watcher.Number("SELECT count(*) FROM pg_locks WHERE NOT granted") == 0 &&
+         std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::yield();
+  }
+  EXPECT_EQ(watcher.Number("SELECT count(*) FROM pg_locks WHERE NOT granted"), 1);
   other.Run("COMMIT");
   submitter.join();
   ASSERT_FALSE(submitted);

@@ -120,7 +120,7 @@ const std::string& CompleteSql() {
 constexpr char kInsertSql[] =
     "INSERT INTO keel_jobs (id, module_digest, export_name, input, deadline_ms, "
     "idempotency_key, max_attempts, backoff_ms, state, created_us, updated_us, not_before_us) "
-    "SELECT job_id, digest, export_name, input, deadline, job_key, attempts, backoff, 'queued', "
+    "SELECT job_id, r.digest, export_name, input, deadline, job_key, attempts, backoff, 'queued', "
     "keel_now_us(), keel_now_us(), keel_now_us() "
     "FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::bigint[], $6::text[], "
     "$7::bigint[], $8::bigint[]) WITH ORDINALITY "
