@@ -470,12 +470,11 @@ class PostgresCluster final : public ClusterStore {
     return result;
   }
 
-  // Counts NOTIFY keel_cluster from any process; a reconnect counts too,
-  // as notifications may have been missed. Ends when stop_read_ is readable.
   // Locks the bytes of the garbage digests not in `keep` against new jobs
   // (an insert takes FOR KEY SHARE on the module row). A row an insert holds
-  // now is skipped, not waited for: that job will refer to it, and waiting
-  // could deadlock with a batch insert holding several.
+  // now is skipped, not waited for (it stays garbage for the next sweep if
+  // that insert rolls back): waiting could deadlock with a batch insert
+  // holding several.
   static Result<std::vector<std::string>> LockGarbage(Connection& db,
                                                       const std::set<std::string>& keep) {
     std::vector<std::string_view> kept(keep.begin(), keep.end());
@@ -489,6 +488,8 @@ class PostgresCluster final : public ClusterStore {
     return locked;
   }
 
+  // Counts NOTIFY keel_cluster from any process; a reconnect counts too,
+  // as notifications may have been missed. Ends when stop_read_ is readable.
   void ListenLoop() {
     const std::string listen = std::string("LISTEN ") + kChannel;
     std::unique_ptr<Connection> conn;
