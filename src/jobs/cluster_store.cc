@@ -334,26 +334,23 @@ class PostgresCluster final : public ClusterStore {
     // refer to a digest between the check and the delete.
     return InTransaction<int64_t>(
         [&](Connection& db) -> Result<int64_t> {
-          Result<Rows> garbage = db.Exec("SELECT digest FROM keel_module_garbage", Params());
-          if (!garbage) return tl::unexpected(garbage.error());
-          int64_t deleted = 0;
-          for (int r = 0; r < garbage->size(); ++r) {
-            std::string digest = garbage->Text(r, 0);
-            if (keep.contains(digest)) continue;
-            Result<Rows> removed = db.Exec(
-                "DELETE FROM keel_modules WHERE digest = $1 AND NOT EXISTS (SELECT 1 FROM "
-                "keel_module_names WHERE digest = $1) AND NOT EXISTS (SELECT 1 FROM keel_jobs "
-                "WHERE module_digest = $1)",
-                Params().Add(digest));
-            if (!removed) return tl::unexpected(removed.error());
-            deleted += removed->affected();
-          }
+          Result<std::vector<std::string>> locked = LockGarbage(db, keep);
+          if (!locked) return tl::unexpected(locked.error());
+          std::vector<std::string_view> digests(locked->begin(), locked->end());
+          // A new statement, so a new snapshot: it sees every job whose
+          // insert held one of these rows before they were locked.
+          Result<Rows> removed = db.Exec(
+              "DELETE FROM keel_modules m WHERE m.digest = ANY($1::text[]) AND NOT EXISTS "
+              "(SELECT 1 FROM keel_module_names n WHERE n.digest = m.digest) AND NOT EXISTS "
+              "(SELECT 1 FROM keel_jobs j WHERE j.module_digest = m.digest)",
+              Params().AddTextArray(digests));
+          if (!removed) return tl::unexpected(removed.error());
           Result<Rows> forget = db.Exec(
               "DELETE FROM keel_module_garbage g WHERE NOT EXISTS (SELECT 1 FROM keel_modules m "
               "WHERE m.digest = g.digest)",
               Params());
           if (!forget) return tl::unexpected(forget.error());
-          return deleted;
+          return removed->affected();
         },
         /*notify=*/false);
   }
@@ -471,6 +468,24 @@ class PostgresCluster final : public ClusterStore {
     if (*tag != "COMMIT") return MakeError(ErrorCode::kUnavailable, "postgres: registry write ended in " + *tag);
     if (notify) changes_.Notify();
     return result;
+  }
+
+  // Locks the bytes of the garbage digests not in `keep` against new jobs
+  // (an insert takes FOR KEY SHARE on the module row). A row an insert holds
+  // now is skipped, not waited for (it stays garbage for the next sweep if
+  // that insert rolls back): waiting could deadlock with a batch insert
+  // holding several.
+  static Result<std::vector<std::string>> LockGarbage(Connection& db,
+                                                      const std::set<std::string>& keep) {
+    std::vector<std::string_view> kept(keep.begin(), keep.end());
+    Result<Rows> rows = db.Exec(
+        "SELECT m.digest FROM keel_modules m JOIN keel_module_garbage g ON g.digest = m.digest "
+        "WHERE m.digest <> ALL($1::text[]) FOR UPDATE OF m SKIP LOCKED",
+        Params().AddTextArray(kept));
+    if (!rows) return tl::unexpected(rows.error());
+    std::vector<std::string> locked;
+    for (int r = 0; r < rows->size(); ++r) locked.push_back(rows->Text(r, 0));
+    return locked;
   }
 
   // Counts NOTIFY keel_cluster from any process; a reconnect counts too,

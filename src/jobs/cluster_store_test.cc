@@ -8,6 +8,7 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <thread>
 
 #include <gtest/gtest.h>
 #include <libpq-fe.h>
@@ -121,6 +122,116 @@ TEST_P(ClusterStoreTest, BytesNothingRefersToAreDeleted) {
   ASSERT_TRUE(cluster_->SetName("c2", Sha256Hex(c), c, "reset", "{}"));
   EXPECT_EQ(*cluster_->DeleteUnreferencedModules({}), 0);
   EXPECT_TRUE(jobs_->GetModule(Sha256Hex(c)));
+}
+
+// The job store once cached the digests it had seen; bytes collected since
+// must be refused by digest, with or without a key, and stored again by a
+// new upload.
+TEST_P(ClusterStoreTest, SubmitNamingCollectedBytesIsRefused) {
+  auto a = Bytes("module a");
+  std::string digest = Sha256Hex(a);
+  ASSERT_EQ(*jobs_->PutModule(a), digest);
+  ASSERT_TRUE(cluster_->SetName("a", digest, a, "reset", "{}"));
+  JobSpec spec;
+  spec.module_digest = digest;
+  spec.export_name = "run";
+  ASSERT_TRUE(cluster_->DeleteName("a"));
+  ASSERT_EQ(*cluster_->DeleteUnreferencedModules({}), 1);
+  auto refused = jobs_->Submit(spec);
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().code, ErrorCode::kNotFound);
+  EXPECT_NE(refused.error().message.find(digest), std::string::npos) << refused.error().message;
+  spec.idempotency_key = "k";
+  refused = jobs_->Submit(spec);
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().code, ErrorCode::kNotFound);
+  ASSERT_EQ(*jobs_->PutModule(a), digest);
+  EXPECT_TRUE(jobs_->GetModule(digest));
+  auto accepted = jobs_->Submit(spec);
+  ASSERT_TRUE(accepted) << accepted.error().ToString();
+  EXPECT_TRUE(accepted->created);
+}
+
+// A PostgreSQL connection of the test's own, for holding a transaction open.
+class PgSession {
+ public:
+  explicit PgSession(const std::string& url) : conn_(PQconnectdb(url.c_str())) {
+    PQsetNoticeProcessor(conn_, [](void*, const char*) {}, nullptr);
+  }
+  ~PgSession() { PQfinish(conn_); }
+  bool ok() const { return PQstatus(conn_) == CONNECTION_OK; }
+  void Run(const std::string& sql) {
+    PGresult* result = PQexec(conn_, sql.c_str());
+    ExecStatusType status = PQresultStatus(result);
+    EXPECT_TRUE(status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK)
+        << sql << ": " << PQresultErrorMessage(result);
+    PQclear(result);
+  }
+  // The first column of the first row of `sql`, a number.
+  int64_t Number(const std::string& sql) {
+    PGresult* result = PQexec(conn_, sql.c_str());
+    int64_t number = PQntuples(result) == 1 ? std::atoll(PQgetvalue(result, 0, 0)) : -1;
+    PQclear(result);
+    return number;
+  }
+
+ private:
+  PGconn* conn_;
+};
+
+// A job inserted by another node, not yet committed, holds its module's
+// bytes (as the store's insert does: FOR KEY SHARE on the module row): the
+// collection leaves them, without waiting, and after the commit too.
+TEST_P(ClusterStoreTest, CollectionLeavesBytesAnUncommittedJobHolds) {
+  if (GetParam() != Backend::kPostgres) GTEST_SKIP() << "one writer at a time on SQLite";
+  auto a = Bytes("module a");
+  std::string digest = Sha256Hex(a);
+  ASSERT_TRUE(cluster_->SetName("a", digest, a, "reset", "{}"));
+  ASSERT_TRUE(cluster_->DeleteName("a"));
+  PgSession other(name_);
+  ASSERT_TRUE(other.ok());
+  other.Run("BEGIN");
+  other.Run(
+      "INSERT INTO keel_jobs (id, module_digest, export_name, input, deadline_ms, max_attempts, "
+      "backoff_ms, state, created_us, updated_us, not_before_us) SELECT 'other', m.digest, 'run', "
+      "'', 1000, 1, 0, 'queued', 0, 0, 0 FROM keel_modules m WHERE m.digest = '" +
+      digest + "' FOR KEY SHARE OF m");
+  EXPECT_EQ(*cluster_->DeleteUnreferencedModules({}), 0);
+  other.Run("COMMIT");
+  EXPECT_EQ(*cluster_->DeleteUnreferencedModules({}), 0);
+  EXPECT_TRUE(jobs_->GetModule(digest));
+}
+
+// The other way round: a collection on another node has deleted the bytes
+// but not committed. A submit by digest waits for it and is then refused;
+// it never lands a job on deleted bytes.
+TEST_P(ClusterStoreTest, SubmitDuringACollectionOfItsBytesIsRefused) {
+  if (GetParam() != Backend::kPostgres) GTEST_SKIP() << "one writer at a time on SQLite";
+  auto a = Bytes("module a");
+  std::string digest = Sha256Hex(a);
+  ASSERT_EQ(*jobs_->PutModule(a), digest);
+  PgSession other(name_);
+  ASSERT_TRUE(other.ok());
+  other.Run("BEGIN");
+  other.Run("SELECT 1 FROM keel_modules WHERE digest = '" + digest + "' FOR UPDATE");
+  other.Run("DELETE FROM keel_modules WHERE digest = '" + digest + "'");
+  JobSpec spec;
+  spec.module_digest = digest;
+  spec.export_name = "run";
+  Result<SubmitResult> submitted = MakeError(ErrorCode::kInternal, "not run");
+  std::thread submitter([&] { submitted = jobs_->Submit(spec); });
+  // The gate: the submit's insert waiting for the collection's row lock.
+  PgSession watcher(pg_url_);
+  auto give_up = std::chrono::steady_clock::now() + 30s;
+  while (watcher.Number("SELECT count(*) FROM pg_locks WHERE NOT granted") == 0 &&
+         std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::yield();
+  }
+  EXPECT_EQ(watcher.Number("SELECT count(*) FROM pg_locks WHERE NOT granted"), 1);
+  other.Run("COMMIT");
+  submitter.join();
+  ASSERT_FALSE(submitted);
+  EXPECT_EQ(submitted.error().code, ErrorCode::kNotFound) << submitted.error().ToString();
 }
 
 TEST_P(ClusterStoreTest, NodesAreAliveWithinTheirLease) {

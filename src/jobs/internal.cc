@@ -67,6 +67,10 @@ tl::unexpected<Error> NoSuchJob(std::string_view id) {
   return MakeError(ErrorCode::kNotFound, "no job " + ToValidText(id));
 }
 
+tl::unexpected<Error> NoSuchModule(std::string_view digest) {
+  return MakeError(ErrorCode::kNotFound, "no module " + std::string(digest));
+}
+
 Error LeaseError(std::string_view id, uint64_t claim, bool exists, bool started) {
   if (!exists) return NoSuchJob(id).value();
   std::string lease = "claim " + std::to_string(claim) + " of job " + std::string(id);

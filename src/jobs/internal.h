@@ -8,7 +8,6 @@
 #include <functional>
 #include <string>
 #include <string_view>
-#include <unordered_set>
 #include <vector>
 
 #include "base/mutex.h"
@@ -51,6 +50,8 @@ bool SameWork(const JobSpec& a, const JobSpec& b);
 bool IsJobId(std::string_view id);
 // kNotFound "no job ..." naming `id` (made valid UTF-8).
 tl::unexpected<Error> NoSuchJob(std::string_view id);
+// kNotFound "no module ..." naming `digest` (a valid digest).
+tl::unexpected<Error> NoSuchModule(std::string_view digest);
 
 // The error for an operation on lease (id, claim) that matched no row:
 // kNotFound unless the job `exists`; else kFailedPrecondition, saying the
@@ -94,24 +95,6 @@ class WakeSignal {
 [[nodiscard]] Result<std::vector<ClaimedJob>> ClaimWithWait(
     WakeSignal& wake, const ClaimRequest& request, std::chrono::milliseconds poll_interval,
     const std::function<Result<std::vector<ClaimedJob>>()>& claim_ready);
-
-// Digests of modules known to be stored. Modules are never deleted, so a
-// digest once seen stays valid. Thread-safe.
-class KnownModules {
- public:
-  bool Contains(const std::string& digest) const EXCLUDES(mu_) {
-    MutexLock lock(mu_);
-    return digests_.contains(digest);
-  }
-  void Add(const std::string& digest) EXCLUDES(mu_) {
-    MutexLock lock(mu_);
-    digests_.insert(digest);
-  }
-
- private:
-  mutable Mutex mu_;
-  std::unordered_set<std::string> digests_ GUARDED_BY(mu_);
-};
 
 }  // namespace keel::jobs
 

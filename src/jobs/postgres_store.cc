@@ -112,16 +112,21 @@ const std::string& CompleteSql() {
 // Many Submit()s in one statement: one row per job, in submit order (so
 // that seq, the claim order, follows it). A row whose idempotency key is
 // taken, by an earlier job or by an earlier row of the same batch, is
-// skipped; RETURNING names the rows inserted.
+// skipped, and so is one whose module is not stored. The module row is
+// locked (FOR KEY SHARE) until the transaction ends, so the garbage
+// collection (which locks the rows it deletes first) either sees the job or
+// deletes the bytes before this statement reads them. RETURNING names the
+// rows inserted.
 constexpr char kInsertSql[] =
     "INSERT INTO keel_jobs (id, module_digest, export_name, input, deadline_ms, "
     "idempotency_key, max_attempts, backoff_ms, state, created_us, updated_us, not_before_us) "
-    "SELECT job_id, digest, export_name, input, deadline, job_key, attempts, backoff, 'queued', "
+    "SELECT job_id, r.digest, export_name, input, deadline, job_key, attempts, backoff, 'queued', "
     "keel_now_us(), keel_now_us(), keel_now_us() "
     "FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::bigint[], $6::text[], "
     "$7::bigint[], $8::bigint[]) WITH ORDINALITY "
     "AS r(job_id, digest, export_name, input, deadline, job_key, attempts, backoff, n) "
-    "ORDER BY n "
+    "JOIN keel_modules m ON m.digest = r.digest "
+    "ORDER BY n FOR KEY SHARE OF m "
     "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id";
 
 // The jobs holding the keys in $1 (submits whose insert met its key).
@@ -211,7 +216,7 @@ Result<bool> LostLease(Connection& db, std::string_view id, uint64_t claim, Resu
 // by one, so one bad row costs only its own submitter.
 class LaneWrites final : public pg::Deferred {
  public:
-  void AddSubmit(const JobSpec& spec, SubmitResult* out) {
+  void AddSubmit(const JobSpec& spec, Result<SubmitResult>* out) {
     submits_.push_back({&spec, NewJobId(), out});
   }
 
@@ -249,7 +254,7 @@ class LaneWrites final : public pg::Deferred {
   struct QueuedSubmit {
     const JobSpec* spec;
     std::string id;
-    SubmitResult* out;
+    Result<SubmitResult>* out;
   };
   struct QueuedOutcome {
     std::string_view id;
@@ -301,6 +306,8 @@ Result<bool> LaneWrites::FlushSubmits(Connection& db) {
   for (QueuedSubmit& submit : submits_) {
     if (created.contains(submit.id)) {
       *submit.out = SubmitResult{.id = submit.id, .module_digest = submit.spec->module_digest};
+    } else if (submit.spec->idempotency_key.empty()) {
+      *submit.out = NoSuchModule(submit.spec->module_digest);
     } else {
       keyed.push_back(&submit);
     }
@@ -323,7 +330,9 @@ Result<void> LaneWrites::AnswerKeyed(Connection& db, const std::vector<QueuedSub
   for (QueuedSubmit* submit : keyed) {
     auto it = row_of_key.find(submit->spec->idempotency_key);
     if (it == row_of_key.end()) {
-      return MakeError(ErrorCode::kInternal, "insert ignored without a conflict");
+      // Neither inserted nor held by the key: the module is not stored.
+      *submit->out = NoSuchModule(submit->spec->module_digest);
+      continue;
     }
     int r = it->second;
     JobSpec held;
@@ -456,7 +465,6 @@ class PostgresStore final : public JobStore {
 
   Result<std::string> PutModule(std::span<const uint8_t> bytes) override {
     std::string digest = Sha256Hex(bytes);
-    if (known_modules_.Contains(digest)) return digest;
     Result<void> run = Write([&](Connection& db) -> Result<bool> {
       Result<Rows> done = db.Exec(
           "INSERT INTO keel_modules (digest, bytes, created_us) "
@@ -466,7 +474,6 @@ class PostgresStore final : public JobStore {
       return false;
     });
     if (!run) return tl::unexpected(run.error());
-    known_modules_.Add(digest);
     return digest;
   }
 
@@ -485,10 +492,7 @@ class PostgresStore final : public JobStore {
 
   Result<SubmitResult> Submit(const JobSpec& spec) override {
     if (Result<void> valid = ValidateSpec(spec); !valid) return tl::unexpected(valid.error());
-    if (Result<void> known = CheckModule(spec.module_digest); !known) {
-      return tl::unexpected(known.error());
-    }
-    SubmitResult out;
+    Result<SubmitResult> out;
     Result<void> run = Defer([&](Connection&, LaneWrites& writes) -> Result<bool> {
       writes.AddSubmit(spec, &out);
       return false;
@@ -660,22 +664,6 @@ class PostgresStore final : public JobStore {
     return lanes_->Run([&](Connection& db, size_t lane) { return op(db, *writes_[lane]); });
   }
 
-  // Success if the module is stored; kNotFound if not. Modules are never
-  // deleted, so a digest once seen stays valid and is cached.
-  Result<void> CheckModule(const std::string& digest) {
-    if (known_modules_.Contains(digest)) return {};
-    Result<bool> found = readers_.With([&](Connection& conn) -> Result<bool> {
-      Result<Rows> rows =
-          conn.Exec("SELECT 1 FROM keel_modules WHERE digest = $1", Params().Add(digest));
-      if (!rows) return tl::unexpected(rows.error());
-      return rows->size() == 1;
-    });
-    if (!found) return tl::unexpected(found.error());
-    if (!*found) return MakeError(ErrorCode::kNotFound, "no module " + digest);
-    known_modules_.Add(digest);
-    return {};
-  }
-
   // Start() and Heartbeat(): extends the lease (id, claim); Start also
   // counts the attempt, and only once.
   Result<TimePoint> ExtendLease(std::string_view id, uint64_t claim,
@@ -771,7 +759,6 @@ class PostgresStore final : public JobStore {
   const std::chrono::milliseconds poll_interval_;
   ConnectionPool<Connection> readers_;
 
-  KnownModules known_modules_;
 
   WakeSignal wake_;
   const int stop_read_;  // the listener's stop pipe

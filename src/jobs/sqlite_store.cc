@@ -188,7 +188,6 @@ class SqliteStore final : public JobStore {
 
   Result<std::string> PutModule(std::span<const uint8_t> bytes) override {
     std::string digest = Sha256Hex(bytes);
-    if (known_modules_.Contains(digest)) return digest;
     Result<void> run = committer_.Run([&]() -> Result<bool> {
       Statement insert = writer_->Prepare(
           "INSERT INTO keel_modules (digest, bytes, created_us) VALUES (?1, ?2, ?3) "
@@ -199,7 +198,6 @@ class SqliteStore final : public JobStore {
       return false;
     });
     if (!run) return tl::unexpected(run.error());
-    known_modules_.Add(digest);
     return digest;
   }
 
@@ -217,9 +215,6 @@ class SqliteStore final : public JobStore {
 
   Result<SubmitResult> Submit(const JobSpec& spec) override {
     if (Result<void> valid = ValidateSpec(spec); !valid) return tl::unexpected(valid.error());
-    if (Result<void> known = CheckModule(spec.module_digest); !known) {
-      return tl::unexpected(known.error());
-    }
     SubmitResult out;
     Result<void> run = committer_.Run([&]() -> Result<bool> {
       int64_t now = NowMicros();
@@ -227,7 +222,8 @@ class SqliteStore final : public JobStore {
       Statement insert = writer_->Prepare(
           "INSERT INTO keel_jobs (id, module_digest, export_name, input, deadline_ms, "
           "idempotency_key, max_attempts, backoff_ms, state, created_us, updated_us, "
-          "not_before_us) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?9, ?9) "
+          "not_before_us) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?9, ?9 "
+          "WHERE EXISTS (SELECT 1 FROM keel_modules WHERE digest = ?2) "
           "ON CONFLICT (idempotency_key) DO NOTHING");
       insert.Bind(1, out.id)
           .Bind(2, spec.module_digest)
@@ -241,6 +237,7 @@ class SqliteStore final : public JobStore {
       Result<void> inserted = insert.Run();
       if (!inserted) return tl::unexpected(inserted.error());
       if (writer_->changes() == 1) return true;
+      if (spec.idempotency_key.empty()) return NoSuchModule(spec.module_digest);
       Result<void> existing = ReadKeyedJob(spec, &out);
       if (!existing) return tl::unexpected(existing.error());
       return false;
@@ -423,23 +420,6 @@ class SqliteStore final : public JobStore {
   CommitStats commit_stats() const override { return committer_.stats(); }
 
  private:
-  // Success if the module is stored; kNotFound if not. Modules are never
-  // deleted, so a digest once seen stays valid and is cached.
-  Result<void> CheckModule(const std::string& digest) {
-    if (known_modules_.Contains(digest)) return {};
-    Result<bool> found = readers_.With([&](Connection& conn) -> Result<bool> {
-      Statement select = conn.Prepare("SELECT 1 FROM keel_modules WHERE digest = ?1");
-      select.Bind(1, digest);
-      return select.Step();
-    });
-    if (!found) return tl::unexpected(found.error());
-    if (!*found) return MakeError(ErrorCode::kNotFound, "no module " + digest);
-    known_modules_.Add(digest);
-    return {};
-  }
-
-  // Inside a write transaction, after an insert of `spec` met its key: sets
-  // *out to the job holding the key, flagged if it is other work.
   Result<void> ReadKeyedJob(const JobSpec& spec, SubmitResult* out) {
     Statement existing = writer_->Prepare(
         "SELECT id, module_digest, export_name, input, deadline_ms, max_attempts, backoff_ms "
@@ -447,7 +427,8 @@ class SqliteStore final : public JobStore {
     existing.Bind(1, spec.idempotency_key);
     Result<bool> row = existing.Step();
     if (!row) return tl::unexpected(row.error());
-    if (!*row) return MakeError(ErrorCode::kInternal, "insert ignored without a conflict");
+    // Neither inserted nor held by the key: the module is not stored.
+    if (!*row) return NoSuchModule(spec.module_digest);
     JobSpec held;
     held.module_digest = existing.Text(1);
     held.export_name = existing.Text(2);
@@ -544,7 +525,6 @@ class SqliteStore final : public JobStore {
 
   ConnectionPool<Connection> readers_;
 
-  KnownModules known_modules_;
 
   WakeSignal wake_;
   GroupCommitter committer_;  // last: destroyed first, finishing its writes
