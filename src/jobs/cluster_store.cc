@@ -1,7 +1,6 @@
 #include "jobs/cluster_store.h"
 
 #include <fcntl.h>
-#include <poll.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -17,7 +16,6 @@ namespace keel::jobs {
 namespace {
 
 constexpr char kChannel[] = "keel_cluster";
-constexpr int kReconnectDelayMs = 1000;
 
 bool Alive(const NodeRow& node, int64_t now_us) {
   return !node.stopped && now_us - ToMicros(node.last_seen) <= node.report.lease.count() * 1000;
@@ -250,7 +248,9 @@ class PostgresCluster final : public ClusterStore {
  public:
   PostgresCluster(std::string url, std::unique_ptr<Connection> conn, int stop_read, int stop_write)
       : url_(std::move(url)), conn_(std::move(conn)), stop_read_(stop_read), stop_write_(stop_write) {
-    listener_ = std::thread([this] { ListenLoop(); });
+    // NOTIFY keel_cluster from any process (and every reconnect) wakes the registry watchers.
+    listener_ = std::thread(
+        [this] { pg::ListenLoop(url_, kChannel, stop_read_, [this] { changes_.Notify(); }); });
   }
 
   ~PostgresCluster() override {
@@ -486,36 +486,6 @@ class PostgresCluster final : public ClusterStore {
     std::vector<std::string> locked;
     for (int r = 0; r < rows->size(); ++r) locked.push_back(rows->Text(r, 0));
     return locked;
-  }
-
-  // Counts NOTIFY keel_cluster from any process; a reconnect counts too,
-  // as notifications may have been missed. Ends when stop_read_ is readable.
-  void ListenLoop() {
-    const std::string listen = std::string("LISTEN ") + kChannel;
-    std::unique_ptr<Connection> conn;
-    while (true) {
-      if (conn == nullptr || !conn->healthy()) {
-        conn.reset();
-        Result<std::unique_ptr<Connection>> opened = Connection::Open(url_);
-        if (opened && (*opened)->ExecScript(listen.c_str())) {
-          conn = std::move(*opened);
-          changes_.Notify();
-        }
-      }
-      pollfd fds[2] = {{stop_read_, POLLIN, 0}, {conn ? PQsocket(conn->raw()) : -1, POLLIN, 0}};
-      int ready = poll(fds, 2, conn ? -1 : kReconnectDelayMs);
-      if (ready < 0 && errno != EINTR) return;
-      if (fds[0].revents != 0) return;
-      if (conn != nullptr && fds[1].revents != 0) {
-        PQconsumeInput(conn->raw());
-        bool notified = false;
-        while (PGnotify* notify = PQnotifies(conn->raw())) {
-          PQfreemem(notify);
-          notified = true;
-        }
-        if (notified) changes_.Notify();
-      }
-    }
   }
 
   const std::string url_;

@@ -1,6 +1,9 @@
 #include "jobs/postgres_db.h"
 
 #include <arpa/inet.h>
+#include <poll.h>
+
+#include <cerrno>
 
 #include <algorithm>
 #include <utility>
@@ -300,6 +303,35 @@ GroupCommitter::Hooks CommitLanes::LaneHooks(size_t lane, WakeSignal& wake, Noti
             notifier.Request();
           },
   };
+}
+
+void ListenLoop(const std::string& url, std::string_view channel, int stop_fd,
+                const std::function<void()>& on_notify) {
+  const std::string listen = "LISTEN " + std::string(channel);
+  std::unique_ptr<Connection> conn;
+  while (true) {
+    if (conn == nullptr || !conn->healthy()) {
+      conn.reset();
+      Result<std::unique_ptr<Connection>> opened = Connection::Open(url);
+      if (opened && (*opened)->ExecScript(listen.c_str())) {
+        conn = std::move(*opened);
+        on_notify();
+      }
+    }
+    pollfd fds[2] = {{stop_fd, POLLIN, 0}, {conn ? PQsocket(conn->raw()) : -1, POLLIN, 0}};
+    int ready = poll(fds, 2, conn ? -1 : kListenReconnectMs);
+    if (ready < 0 && errno != EINTR) return;
+    if (fds[0].revents != 0) return;
+    if (conn != nullptr && fds[1].revents != 0) {
+      PQconsumeInput(conn->raw());
+      bool notified = false;
+      while (PGnotify* notify = PQnotifies(conn->raw())) {
+        PQfreemem(notify);
+        notified = true;
+      }
+      if (notified) on_notify();
+    }
+  }
 }
 
 }  // namespace keel::jobs::pg

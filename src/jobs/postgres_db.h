@@ -155,6 +155,15 @@ class Notifier {
   std::thread thread_;  // last: starts once the members above exist
 };
 
+// LISTENs on `channel` and calls on_notify() (on the calling thread, under
+// no lock) for every batch of notifications from any process, and after
+// each (re)connect, since notifications may have been missed meanwhile.
+// Reconnects after kListenReconnectMs while the server is unreachable.
+// Returns when `stop_fd` becomes readable.
+inline constexpr int kListenReconnectMs = 1000;
+void ListenLoop(const std::string& url, std::string_view channel, int stop_fd,
+                const std::function<void()>& on_notify);
+
 // Writes that the operations of one transaction queue on a lane, to be sent
 // together as one statement just before it commits (many submits as one
 // INSERT, many outcomes as one UPDATE). Used by the lane's thread only.

@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <libpq-fe.h>
-#include <poll.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -32,7 +31,6 @@ using pg::Rows;
 
 constexpr size_t kMaxReaders = 4;
 constexpr std::chrono::milliseconds kReapInterval{100};
-constexpr int kReconnectDelayMs = 1000;
 // Serializes schema migrations between processes.
 constexpr int64_t kSchemaLockKey = 4242001;
 // Where NOTIFY tells every store that work became claimable.
@@ -452,7 +450,9 @@ class PostgresStore final : public JobStore {
     }
     lanes_ = std::make_unique<CommitLanes>(std::move(writers), wake_, notifier_,
                                            std::move(deferred));
-    listener_ = std::thread([this] { ListenLoop(); });
+    // NOTIFY keel_jobs from any process (and every reconnect) wakes waiting claimers.
+    listener_ = std::thread(
+        [this] { pg::ListenLoop(url_, kNotifyChannel, stop_read_, [this] { wake_.Notify(); }); });
   }
 
   ~PostgresStore() override {
@@ -722,37 +722,6 @@ class PostgresStore final : public JobStore {
     });
     if (!run) return tl::unexpected(run.error());
     return claimed;
-  }
-
-  // Wakes waiting claimers on NOTIFY keel_jobs from any process; reconnects
-  // when the connection drops (waking everyone, as notifications may have
-  // been missed). Ends when stop_read_ becomes readable.
-  void ListenLoop() {
-    const std::string listen = std::string("LISTEN ") + kNotifyChannel;
-    std::unique_ptr<Connection> conn;
-    while (true) {
-      if (conn == nullptr || !conn->healthy()) {
-        conn.reset();
-        Result<std::unique_ptr<Connection>> opened = Connection::Open(url_);
-        if (opened && (*opened)->ExecScript(listen.c_str())) {
-          conn = std::move(*opened);
-          wake_.Notify();
-        }
-      }
-      pollfd fds[2] = {{stop_read_, POLLIN, 0}, {conn ? PQsocket(conn->raw()) : -1, POLLIN, 0}};
-      int ready = poll(fds, 2, conn ? -1 : kReconnectDelayMs);
-      if (ready < 0 && errno != EINTR) return;
-      if (fds[0].revents != 0) return;
-      if (conn != nullptr && fds[1].revents != 0) {
-        PQconsumeInput(conn->raw());
-        bool notified = false;
-        while (PGnotify* notify = PQnotifies(conn->raw())) {
-          PQfreemem(notify);
-          notified = true;
-        }
-        if (notified) wake_.Notify();
-      }
-    }
   }
 
   const std::string url_;
