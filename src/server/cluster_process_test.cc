@@ -241,10 +241,14 @@ std::string KillNode2WhileItRunsAJob(std::vector<std::unique_ptr<Node>>& nodes) 
                                    R"("max_attempts": 2, "retry_backoff_ms": 0})");
   EXPECT_EQ(r.status, 202) << r.body;
   std::string id = r.status == 202 ? S(r.json().at("id")) : "";
+  // A generous bound: a claim that nodes 0 or 1 sent just before they
+  // stopped can take the job first, and it comes back to node 2 only when
+  // that claim's lease (2 s) expires.
+  json::value job;
   EXPECT_TRUE(Eventually([&] {
-    json::value job = c.Get("/v1/jobs/" + id).json();
+    job = c.Get("/v1/jobs/" + id).json();
     return job.at("state") == "running" && job.as_object().contains("started_at");
-  }, kPropagation));
+  }, 30s)) << job;
   nodes[2]->Kill();
   nodes[0]->Signal(SIGCONT);
   nodes[1]->Signal(SIGCONT);
