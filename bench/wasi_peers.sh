@@ -138,47 +138,7 @@ cmd() {
   return 0
 }
 
-# run_one RUNTIME NAME: run once; sets RC, WALL, CPU; stdout in $WORK/out/RUNTIME.NAME.
-run_one() {
-  local rt=$1 p=$2 TIMEFORMAT='%3R %3U %3S' wall user sys
-  cmd "$rt" "$p"
-  set +e
-  { time "${CMD[@]}" >"$WORK/out/$rt.$p" 2>"$WORK/out/$rt.$p.err" </dev/null; } 2>"$WORK/out/time"
-  RC=$?
-  set -e
-  read -r wall user sys <"$WORK/out/time"
-  WALL=$wall
-  CPU=$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.3f", u + s }')
-}
-
-declare -A FAILED=() WALLS=() CPUS=()
-fail() {  # fail NAME MESSAGE: drop a program from the tables
-  FAILED[$1]=$2
-  log "  DROPPED $1: $2"
-}
-check_run() {  # check_run RUNTIME NAME: after run_one, compare with the reference
-  local rt=$1 p=$2
-  if ((RC != 0)); then
-    fail "$p" "$rt exited with $RC: $(head -c 300 "$WORK/out/$rt.$p.err" | tr '\n' ' ')"
-    return 1
-  fi
-  if ! cmp -s "$WORK/out/$rt.$p" "$WORK/out/ref.$p"; then
-    fail "$p" "$rt's stdout differs from $REFERENCE's: wanted \"$(head -c 120 "$WORK/out/ref.$p" | tr '\n' ' ')\", got \"$(head -c 120 "$WORK/out/$rt.$p" | tr '\n' ' ')\""
-    return 1
-  fi
-}
-
-log "warm-up and reference outputs ..."
-for p in "${PROGRAMS[@]}"; do
-  run_one "$REFERENCE" "$p"
-  if ((RC != 0)); then fail "$p" "$REFERENCE exited with $RC: $(head -c 300 "$WORK/out/$REFERENCE.$p.err" | tr '\n' ' ')"; continue; fi
-  cp "$WORK/out/$REFERENCE.$p" "$WORK/out/ref.$p"
-  for rt in "${RUNTIMES[@]}"; do
-    [[ $rt == "$REFERENCE" ]] && continue
-    run_one "$rt" "$p"
-    check_run "$rt" "$p" || continue 2
-  done
-done
+record_references "${RUNTIMES[@]}"
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 log "timing: $RUNS rounds (load average $LOAD_BEFORE) ..."

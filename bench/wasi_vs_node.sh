@@ -93,44 +93,10 @@ cmd_node() {
   return 0
 }
 
-# run_one RUNTIME NAME: run once; sets RC, WALL, CPU; stdout in $WORK/out/RUNTIME.NAME.
-run_one() {
-  local rt=$1 p=$2 TIMEFORMAT='%3R %3U %3S' t wall user sys
-  "cmd_$rt" "$p"
-  set +e
-  { time "${CMD[@]}" >"$WORK/out/$rt.$p" 2>"$WORK/out/$rt.$p.err" </dev/null; } 2>"$WORK/out/time"
-  RC=$?
-  set -e
-  read -r wall user sys <"$WORK/out/time"
-  WALL=$wall
-  CPU=$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.3f", u + s }')
-}
-
-declare -A FAILED=() WALLS=() CPUS=()
-fail() {  # fail NAME MESSAGE: drop a program from the table
-  FAILED[$1]=$2
-  log "  DROPPED $1: $2"
-}
-check_run() {  # check_run RUNTIME NAME: after run_one, compare with the reference
-  local rt=$1 p=$2
-  if ((RC != 0)); then
-    fail "$p" "$rt exited with $RC: $(head -c 300 "$WORK/out/$rt.$p.err" | tr '\n' ' ')"
-    return 1
-  fi
-  if ! cmp -s "$WORK/out/$rt.$p" "$WORK/out/ref.$p"; then
-    fail "$p" "$rt's stdout differs from keel's first run: wanted \"$(head -c 120 "$WORK/out/ref.$p" | tr '\n' ' ')\", got \"$(head -c 120 "$WORK/out/$rt.$p" | tr '\n' ' ')\""
-    return 1
-  fi
-}
-
-log "warm-up and reference outputs ..."
-for p in "${PROGRAMS[@]}"; do
-  run_one keel "$p"
-  if ((RC != 0)); then fail "$p" "keel run exited with $RC: $(head -c 300 "$WORK/out/keel.$p.err" | tr '\n' ' ')"; continue; fi
-  cp "$WORK/out/keel.$p" "$WORK/out/ref.$p"
-  run_one node "$p"
-  check_run node "$p" || continue
-done
+# The first keel run's output is what node must print.
+REFERENCE=keel
+cmd() { "cmd_$1" "$2"; }
+record_references keel node
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 log "timing: $RUNS rounds (load average $LOAD_BEFORE) ..."
