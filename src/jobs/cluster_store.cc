@@ -201,13 +201,6 @@ class SqliteCluster final : public ClusterStore {
     return ids;
   }
 
-  uint64_t changes() const override { return changes_.generation(); }
-  uint64_t Wait(uint64_t seen, std::chrono::milliseconds timeout) override {
-    changes_.Wait(seen, std::chrono::steady_clock::now() + timeout);
-    return changes_.generation();
-  }
-  void Poke() override { changes_.Notify(); }
-
  private:
   template <typename T>
   Result<T> InTransaction(const std::function<Result<T>(sqlite::Connection&)>& body) {
@@ -235,7 +228,6 @@ class SqliteCluster final : public ClusterStore {
 
   Mutex mu_;
   std::unique_ptr<sqlite::Connection> db_ GUARDED_BY(mu_);
-  WakeSignal changes_;
 };
 
 // ---- PostgreSQL: shared by every node; NOTIFY keel_cluster on changes. ----
@@ -431,13 +423,6 @@ class PostgresCluster final : public ClusterStore {
     return ids;
   }
 
-  uint64_t changes() const override { return changes_.generation(); }
-  uint64_t Wait(uint64_t seen, std::chrono::milliseconds timeout) override {
-    changes_.Wait(seen, std::chrono::steady_clock::now() + timeout);
-    return changes_.generation();
-  }
-  void Poke() override { changes_.Notify(); }
-
  private:
   Result<Rows> Exec(const std::string& sql, const Params& params) REQUIRES(mu_) {
     if (auto ok = conn_->EnsureConnected(); !ok) return tl::unexpected(ok.error());
@@ -491,7 +476,6 @@ class PostgresCluster final : public ClusterStore {
   const std::string url_;
   Mutex mu_;
   std::unique_ptr<Connection> conn_ GUARDED_BY(mu_);
-  WakeSignal changes_;
   const int stop_read_;
   const int stop_write_;
   std::thread listener_;  // joined by the destructor

@@ -16,6 +16,7 @@
 #include <string_view>
 #include <vector>
 
+#include "jobs/internal.h"
 #include "jobs/store.h"
 #include "keel/status.h"
 
@@ -94,10 +95,16 @@ class ClusterStore {
   // changed (its own writes; on PostgreSQL, NOTIFY from any process, and a
   // reconnect of the listener). Wait() blocks until it differs from `seen`
   // or `timeout` passes; returns its value then.
-  virtual uint64_t changes() const = 0;
-  virtual uint64_t Wait(uint64_t seen, std::chrono::milliseconds timeout) = 0;
+  uint64_t changes() const { return changes_.generation(); }
+  uint64_t Wait(uint64_t seen, std::chrono::milliseconds timeout) {
+    changes_.Wait(seen, std::chrono::steady_clock::now() + timeout);
+    return changes_.generation();
+  }
   // Grows the counter, waking Wait() (e.g. to stop a waiting thread).
-  virtual void Poke() = 0;
+  void Poke() { changes_.Notify(); }
+
+ protected:
+  WakeSignal changes_;  // the counter, grown by each store's writes and listener
 };
 
 // The cluster state in the database `url_or_dir` names (as OpenStore), whose
