@@ -64,4 +64,13 @@ Error BudgetExceeded(const MemoryBudget& budget, std::string_view what, uint64_t
                    " bytes of linear memory, more than is free in " + budget.Describe());
 }
 
+Result<void> ChargeInstantiation(std::optional<MemoryCharge>& charge,
+                                 std::shared_ptr<MemoryBudget> budget, uint64_t bytes) {
+  charge.emplace(std::move(budget));
+  if (charge->Set(bytes)) return {};
+  Error error = BudgetExceeded(charge->budget(), "instantiation", bytes);
+  charge.reset();
+  return tl::unexpected(std::move(error));
+}
+
 }  // namespace keel::engine

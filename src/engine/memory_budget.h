@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -78,6 +79,12 @@ class MemoryCharge {
 // kResourceExhausted: `what` ("instantiation") needs `bytes` of linear
 // memory more than `budget` has free; names the budget and the amounts.
 Error BudgetExceeded(const MemoryBudget& budget, std::string_view what, uint64_t bytes);
+
+// A new instance's charge of `bytes` (its memory after instantiation) in
+// `charge`; when the budget has not that much free, `charge` stays empty
+// and the error is BudgetExceeded's.
+[[nodiscard]] Result<void> ChargeInstantiation(std::optional<MemoryCharge>& charge,
+                                               std::shared_ptr<MemoryBudget> budget, uint64_t bytes);
 
 }  // namespace keel::engine
 

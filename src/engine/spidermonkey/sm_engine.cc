@@ -1152,12 +1152,8 @@ Result<void> SmInstance::SetGlobal(std::string_view name, const Value& value) {
 
 Result<void> SmInstance::ChargeTo(std::shared_ptr<MemoryBudget> budget) {
   if (!memory_) return {};
-  uint64_t bytes = MemoryBytes();
-  charge_.emplace(std::move(budget));
-  if (!charge_->Set(bytes)) {
-    Error error = BudgetExceeded(charge_->budget(), "instantiation", bytes);
-    charge_.reset();
-    return tl::unexpected(std::move(error));
+  if (auto charged = ChargeInstantiation(charge_, std::move(budget), MemoryBytes()); !charged) {
+    return charged;
   }
   const RewriteResult& rewrite = module_->rewrite();
   // Code without memory.grow never takes a grant: its charge is final.

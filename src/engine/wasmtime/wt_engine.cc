@@ -651,12 +651,7 @@ void WtInstance::SetLimit(uint64_t bytes) {
 Result<void> WtInstance::ChargeTo(std::shared_ptr<MemoryBudget> budget) {
   if (!memory_) return {};
   uint64_t bytes = MemoryBytes();
-  charge_.emplace(std::move(budget));
-  if (!charge_->Set(bytes)) {
-    Error error = BudgetExceeded(charge_->budget(), "instantiation", bytes);
-    charge_.reset();
-    return tl::unexpected(std::move(error));
-  }
+  if (auto charged = ChargeInstantiation(charge_, std::move(budget), bytes); !charged) return charged;
   // Until a call takes a grant, the memory cannot grow.
   SetLimit(bytes);
   return {};
