@@ -14,6 +14,7 @@
 #include <libpq-fe.h>
 
 #include "base/sha256.h"
+#include "testing/pg_command.h"
 
 namespace keel::jobs {
 namespace {
@@ -24,15 +25,7 @@ enum class Backend { kSqlite, kPostgres };
 
 std::vector<uint8_t> Bytes(std::string_view text) { return {text.begin(), text.end()}; }
 
-void PgCommand(const std::string& url, const std::string& sql) {
-  PGconn* conn = PQconnectdb(url.c_str());
-  ASSERT_EQ(PQstatus(conn), CONNECTION_OK) << PQerrorMessage(conn);
-  PQsetNoticeProcessor(conn, [](void*, const char*) {}, nullptr);
-  PGresult* result = PQexec(conn, sql.c_str());
-  EXPECT_EQ(PQresultStatus(result), PGRES_COMMAND_OK) << PQresultErrorMessage(result);
-  PQclear(result);
-  PQfinish(conn);
-}
+using testing::PgCommand;
 
 class ClusterStoreTest : public ::testing::TestWithParam<Backend> {
  protected:

@@ -22,6 +22,7 @@
 
 #include "base/test_engine.h"
 #include "server/test_util.h"
+#include "testing/pg_command.h"
 #include "testing/subprocess.h"
 
 namespace keel::server {
@@ -50,15 +51,7 @@ std::string Slurp(const std::string& path) {
 
 std::string S(const json::value& v) { return std::string(v.as_string()); }
 
-void PgCommand(const std::string& url, const std::string& sql) {
-  PGconn* conn = PQconnectdb(url.c_str());
-  ASSERT_EQ(PQstatus(conn), CONNECTION_OK) << PQerrorMessage(conn);
-  PQsetNoticeProcessor(conn, [](void*, const char*) {}, nullptr);
-  PGresult* result = PQexec(conn, sql.c_str());
-  EXPECT_EQ(PQresultStatus(result), PGRES_COMMAND_OK) << PQresultErrorMessage(result);
-  PQclear(result);
-  PQfinish(conn);
-}
+using keel::testing::PgCommand;
 
 // One node: a `keel serve` child on a free port.
 class Node {
