@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstring>
 #include <deque>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -37,6 +38,24 @@ double Percentile(std::vector<double> v, double q) {
   std::sort(v.begin(), v.end());
   size_t i = static_cast<size_t>(q * static_cast<double>(v.size() - 1));
   return v[i];
+}
+
+// Calls per second of `n` calls made by submit(i), with at most 4096
+// outstanding (the oldest is awaited before another is submitted).
+double WindowedCallsPerSecond(int n, const std::function<Result<Call>(int)>& submit) {
+  constexpr size_t kWindow = 4096;
+  std::deque<Call> window;
+  auto start = Clock::now();
+  for (int i = 0; i < n; ++i) {
+    if (window.size() >= kWindow) {
+      (void)window.front().Wait();
+      window.pop_front();
+    }
+    auto call = submit(i);
+    if (call) window.push_back(std::move(*call));
+  }
+  for (auto& c : window) (void)c.Wait();
+  return n / Seconds(Clock::now() - start).count();
 }
 
 // A gate the guest blocks on (exec_guest.wasm's keel_test.gate).
@@ -223,19 +242,8 @@ struct Bench {
       std::exit(1);
     }
     ResetCounts before = runtime->Metrics().resets;
-    constexpr size_t kWindow = 4096;
-    std::deque<Call> window;
-    auto start = Clock::now();
-    for (int i = 0; i < n; ++i) {
-      if (window.size() >= kWindow) {
-        (void)window.front().Wait();
-        window.pop_front();
-      }
-      auto call = (*pool)->SubmitBytes("echo", input);
-      if (call) window.push_back(std::move(*call));
-    }
-    for (auto& c : window) (void)c.Wait();
-    double per_s = n / Seconds(Clock::now() - start).count();
+    double per_s =
+        WindowedCallsPerSecond(n, [&](int) { return (*pool)->SubmitBytes("echo", input); });
     (*pool)->Close();
     // How the instances were reset, so that a fallback is not mistaken for
     // the cost of a reset.
@@ -318,20 +326,9 @@ struct Bench {
   void Throughput() {
     auto pool = NewPool(2);
     int n = Scale(1000000);
-    constexpr size_t kWindow = 4096;
-    std::deque<Call> window;
-    auto start = Clock::now();
-    for (int i = 0; i < n; ++i) {
-      if (window.size() >= kWindow) {
-        (void)window.front().Wait();
-        window.pop_front();
-      }
-      auto call = pool->Submit("add", {Value::I32(i), Value::I32(1)});
-      if (call) window.push_back(std::move(*call));
-    }
-    for (auto& c : window) (void)c.Wait();
-    double secs = Seconds(Clock::now() - start).count();
-    Emit("pool_throughput_calls_per_s", n / secs, "calls/s");
+    double per_s = WindowedCallsPerSecond(
+        n, [&](int i) { return pool->Submit("add", {Value::I32(i), Value::I32(1)}); });
+    Emit("pool_throughput_calls_per_s", per_s, "calls/s");
     pool->Close();
   }
 
