@@ -265,36 +265,46 @@ Result<uint64_t> MemorySnapshot::RestoreTracked() {
   const Tracker& t = ProcessTracker();
   const auto begin = reinterpret_cast<uintptr_t>(base_);
   const uintptr_t end = begin + size_;
-  uint64_t pages = 0;
+  uint64_t unprotected = 0;
+  uint64_t copied = 0;
   uintptr_t lowest = end;
   uintptr_t highest = begin;
   auto scanned = Scan(t.pagemap, begin, end, /*protect=*/false, [&](uintptr_t b, uintptr_t e) {
     b = std::max(b, begin);
     e = std::min(e, end);
     if (b >= e) return;
-    std::memcpy(base_ + (b - begin), copy_ + (b - begin), e - b);
-    pages += (e - b) / kHostPageSize;
+    // Reported pages include those left unprotected by earlier restores:
+    // only the ones that differ are written back.
+    for (uintptr_t page = b; page < e; page += kHostPageSize) {
+      copied += CopyBackIfChanged(page - begin) ? 1 : 0;
+    }
+    unprotected += (e - b) / kHostPageSize;
     lowest = std::min(lowest, b);
     highest = std::max(highest, e);
   });
   if (!scanned) return MakeError(scanned.error());
-  // Protected only now: copying back wrote to these pages too.
-  if (pages > 0) {
+  // Protecting again costs a TLB flush on every CPU running this process
+  // and a fault at the next first write of each page, far more than
+  // comparing a page: the pages stay unprotected (and so reported, and
+  // compared, at every restore) until too many of them were compared for
+  // nothing (not written since the last restore).
+  if (unprotected - copied > kMaxStalePages) {
     if (auto ok = Scan(t.pagemap, lowest, highest, /*protect=*/true, nullptr); !ok) {
       return MakeError(ok.error());
     }
   }
-  return pages;
+  return copied;
+}
+
+bool MemorySnapshot::CopyBackIfChanged(size_t at) {
+  if (std::memcmp(base_ + at, copy_ + at, kHostPageSize) == 0) return false;
+  std::memcpy(base_ + at, copy_ + at, kHostPageSize);
+  return true;
 }
 
 uint64_t MemorySnapshot::RestoreByComparison() {
   uint64_t pages = 0;
-  for (size_t at = 0; at < size_; at += kHostPageSize) {
-    if (std::memcmp(base_ + at, copy_ + at, kHostPageSize) != 0) {
-      std::memcpy(base_ + at, copy_ + at, kHostPageSize);
-      ++pages;
-    }
-  }
+  for (size_t at = 0; at < size_; at += kHostPageSize) pages += CopyBackIfChanged(at) ? 1 : 0;
   return pages;
 }
 

@@ -6,7 +6,9 @@
 // Written pages are found with userfaultfd write protection in async mode
 // (the kernel resolves each first write itself and marks the page; no
 // thread, no signal) and read with the PAGEMAP_SCAN ioctl on the range
-// alone (Linux 6.7+). The soft-dirty bits of /proc/self/pagemap are not
+// alone (Linux 6.7+). A restore leaves the pages it found written
+// unprotected while they keep being written (see kMaxStalePages), so that
+// the next restore finds them again and compares them. The soft-dirty bits of /proc/self/pagemap are not
 // used: clearing them (clear_refs) is process-wide, so one instance's reset
 // would wipe every other instance's record. Where tracking is unavailable
 // (older kernel, userfaultfd refused) or not wanted, a restore compares the
@@ -36,7 +38,7 @@ struct RestoreStats {
   // The written pages were known from tracking; false: found by comparing
   // the whole memory with the copy.
   bool tracked = false;
-  uint64_t pages_copied = 0;  // host pages written back
+  uint64_t pages_copied = 0;  // host pages that differed from the copy, written back
 };
 
 // One per memory range: two snapshots of the same range would re-arm each
@@ -58,6 +60,12 @@ class MemorySnapshot {
   ~MemorySnapshot();
   MemorySnapshot(const MemorySnapshot&) = delete;
   MemorySnapshot& operator=(const MemorySnapshot&) = delete;
+
+  // A restore leaves the pages it found written unprotected: a call that
+  // writes the same pages each time (its stack, its argument buffer) then
+  // costs no fault, and its restore no TLB flush. It protects them all again
+  // once more than this many of them (256 KiB) were found unchanged.
+  static constexpr uint64_t kMaxStalePages = 64;
 
   // Brings `memory` back to the copy. `memory` is the range as the engine
   // reports it now: when its base or length differ from the snapshot's (the
@@ -85,6 +93,9 @@ class MemorySnapshot {
       : base_(base), size_(size), copy_(copy) {}
   Result<uint64_t> RestoreTracked();
   uint64_t RestoreByComparison();
+  // Copies the page at offset `at` back when it differs from the copy.
+  bool CopyBackIfChanged(size_t at);
+
 
   uint8_t* base_;
   size_t size_;
