@@ -38,6 +38,8 @@ bool MemoryCharge::Set(uint64_t bytes) {
 }
 
 void MemoryCharge::Settle(uint64_t committed) {
+  // Most calls end where they began: no write to the shared counter.
+  if (committed == charged_) return;
   if (committed > charged_) {
     budget_->Charge(committed - charged_);
   } else {

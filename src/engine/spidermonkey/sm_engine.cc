@@ -1189,8 +1189,10 @@ void SmInstance::SettleAfterCall() {
   if (grant_pages_ == 0) return;
   uint64_t committed = MemoryBytes();
   // The guest spent part of the grant when it grew: the global's value is
-  // no longer known.
-  if (committed != charge_->charged()) grant_pages_.reset();
+  // no longer known. Otherwise it still holds the grant, and the next call
+  // granting as much need not set it (a property write through JS).
+  const uint64_t before = charge_->charged() - grant_pages_.value_or(0) * kWasmPageSize;
+  if (!grant_pages_ || committed != before) grant_pages_.reset();
   charge_->Settle(committed);
 }
 

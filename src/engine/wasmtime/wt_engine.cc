@@ -314,6 +314,9 @@ class WtModule final : public Module {
   const CompileOptions& options() const override { return options_; }
   wasm_engine_t* engine() const { return engine_; }
   const wasmtime_module_t* module() const { return module_.get(); }
+  // Whether the code may grow its memory (unknown where it compiled as
+  // given: then it may).
+  bool may_grow() const { return !rewrite_ || rewrite_->features.memory_grow; }
   // Raw value slots a call of any export needs (arguments, then results).
   size_t raw_slots() const { return raw_slots_; }
   const std::string* FuncName(uint32_t index) const {
@@ -812,11 +815,13 @@ Result<void> WtInstance::Call(const Func& func, std::span<const Value> args,
   auto fn = ResolveFunc(func.export_index);
   if (!fn) return MakeError(fn.error());
   for (size_t i = 0; i < args.size(); ++i) raw_[i] = ToRaw(args[i]);
-  if (charge_) GrantForCall();
+  // Code without memory.grow takes no grant: its charge is final.
+  const bool grant = charge_ && module_->may_grow();
+  if (grant) GrantForCall();
   auto called = Guarded(call_tag, "call", [&](wasm_trap_t** trap) {
     return wasmtime_func_call_unchecked(cx_, *fn, raw_.data(), raw_.size(), trap);
   });
-  if (charge_) charge_->Settle(MemoryBytes());
+  if (grant) charge_->Settle(MemoryBytes());
   CountMemory();
   if (!called) return called;
   const std::vector<ValType>& types = (*exp)->func.results;
