@@ -8,9 +8,10 @@
 // thread, no signal) and read with the PAGEMAP_SCAN ioctl on the range
 // alone (Linux 6.7+). A restore leaves the pages it found written
 // unprotected while they keep being written (see kMaxStalePages), so that
-// the next restore finds them again and compares them. The soft-dirty bits of /proc/self/pagemap are not
-// used: clearing them (clear_refs) is process-wide, so one instance's reset
-// would wipe every other instance's record. Where tracking is unavailable
+// the next restore finds them again and compares them. The soft-dirty bits
+// of /proc/self/pagemap are not used: clearing them (clear_refs) is
+// process-wide, so one instance's reset would wipe every other instance's
+// record. Where tracking is unavailable
 // (older kernel, userfaultfd refused) or not wanted, a restore compares the
 // whole memory with the copy page by page and copies back the pages that
 // differ.

@@ -1,5 +1,6 @@
 #include "engine/dirty_pages.h"
 
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -250,6 +251,71 @@ bool RegisteredForWriteProtect(const void* address) {
     }
   }
   return false;
+}
+
+// Whether the page at `address` is write-protected through userfaultfd
+// (bit 57 of its /proc/self/pagemap entry).
+bool WriteProtected(const void* address) {
+  int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+  uint64_t entry = 0;
+  const off_t at = reinterpret_cast<uintptr_t>(address) / kHostPageSize * sizeof entry;
+  EXPECT_EQ(pread(fd, &entry, sizeof entry, at), static_cast<ssize_t>(sizeof entry))
+      << "reading /proc/self/pagemap";
+  close(fd);
+  return (entry >> 57) & 1;
+}
+
+// A restore leaves the pages it found written unprotected (no fault at the
+// next call's write, no TLB flush), compares them at every restore after,
+// and protects everything again once too many of them were not written.
+TEST(DirtyPages, WrittenPagesStayUnprotectedAndAreStillRestored) {
+  if (!WriteTrackingAvailable()) GTEST_SKIP() << "write tracking unavailable";
+  Mapping memory(kSize);
+  FillPattern(memory.span(), 4);
+  std::vector<uint8_t> expected(memory.data(), memory.data() + kSize);
+  auto snapshot = MemorySnapshot::Take(memory.span(), {});
+  ASSERT_TRUE(snapshot && (*snapshot)->tracking());
+  uint8_t* a = memory.data() + 3 * kHostPageSize;
+  uint8_t* b = memory.data() + 10 * kHostPageSize;
+  ASSERT_TRUE(WriteProtected(a));
+
+  a[1] ^= 0x5a;
+  auto restored = (*snapshot)->Restore(memory.span());
+  ASSERT_TRUE(restored) << restored.error().ToString();
+  EXPECT_EQ(restored->pages_copied, 1u);
+  EXPECT_FALSE(WriteProtected(a)) << "a page written once stays unprotected";
+
+  b[7] = 1;  // a is left alone this time: compared, equal, not copied
+  restored = (*snapshot)->Restore(memory.span());
+  ASSERT_TRUE(restored) << restored.error().ToString();
+  EXPECT_EQ(restored->pages_copied, 1u);
+  a[2] ^= 0x77;  // written again, without a fault: still restored
+  restored = (*snapshot)->Restore(memory.span());
+  ASSERT_TRUE(restored) << restored.error().ToString();
+  EXPECT_EQ(restored->pages_copied, 1u);
+  EXPECT_EQ(std::memcmp(memory.data(), expected.data(), kSize), 0);
+
+  // Many pages written at every call stay unprotected, however many.
+  const size_t many = MemorySnapshot::kMaxStalePages + 1;
+  for (int round = 0; round < 2; ++round) {
+    for (size_t page = 100; page < 100 + many; ++page) memory.data()[page * kHostPageSize] ^= 1;
+    restored = (*snapshot)->Restore(memory.span());
+    ASSERT_TRUE(restored) << restored.error().ToString();
+    EXPECT_EQ(restored->pages_copied, many);
+    EXPECT_EQ(std::memcmp(memory.data(), expected.data(), kSize), 0);
+    EXPECT_FALSE(WriteProtected(memory.data() + 100 * kHostPageSize));
+  }
+  // Once that many were compared for nothing, all are protected again.
+  restored = (*snapshot)->Restore(memory.span());
+  ASSERT_TRUE(restored) << restored.error().ToString();
+  EXPECT_EQ(restored->pages_copied, 0u);
+  EXPECT_TRUE(WriteProtected(a)) << "too many unchanged unprotected pages: all protected again";
+  EXPECT_TRUE(WriteProtected(memory.data() + 100 * kHostPageSize));
+  a[3] ^= 1;
+  restored = (*snapshot)->Restore(memory.span());
+  ASSERT_TRUE(restored) << restored.error().ToString();
+  EXPECT_EQ(restored->pages_copied, 1u);
+  EXPECT_EQ(std::memcmp(memory.data(), expected.data(), kSize), 0);
 }
 
 // What Wasmtime's pooling allocator needs: the range handed back untracked
