@@ -30,6 +30,9 @@ using pg::Params;
 using pg::Rows;
 
 constexpr size_t kMaxReaders = 4;
+// Claims go on connections of their own (see ClaimReady): one per runner
+// claiming at once.
+constexpr size_t kMaxClaimers = 4;
 constexpr std::chrono::milliseconds kReapInterval{100};
 // Serializes schema migrations between processes.
 constexpr int64_t kSchemaLockKey = 4242001;
@@ -106,6 +109,20 @@ const std::string& CompleteSql() {
   }();
   return sql;
 }
+
+// Many Start()s and Heartbeat()s in one statement: one row per lease, $1
+// id, $2 claim, $3 the new lease in µs, $4 whether it starts the job (counts
+// the attempt, and only once). The batch never names a job twice.
+constexpr char kExtendLeasesSql[] =
+    "UPDATE keel_jobs j SET lease_until_us = keel_now_us() + o.lease, "
+    "updated_us = keel_now_us(), "
+    "started_us = CASE WHEN o.start THEN keel_now_us() ELSE j.started_us END, "
+    "attempts = j.attempts + CASE WHEN o.start THEN 1 ELSE 0 END "
+    "FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::boolean[]) "
+    "AS o(id, claim, lease, start) "
+    "WHERE j.id = o.id AND j.state = 'running' AND j.claims = o.claim "
+    "AND (NOT o.start OR j.started_us IS NULL) "
+    "RETURNING j.id, j.lease_until_us";
 
 // Many Submit()s in one statement: one row per job, in submit order (so
 // that seq, the claim order, follows it). A row whose idempotency key is
@@ -234,7 +251,22 @@ class LaneWrites final : public pg::Deferred {
     return wake;
   }
 
+  // Start() when `start`, else Heartbeat(); like AddOutcome, a second one
+  // for the same job first sends the batch.
+  Result<bool> AddLease(Connection& db, std::string_view id, uint64_t claim,
+                        std::chrono::milliseconds lease, bool start, Result<TimePoint>* out) {
+    if (lease_ids_.contains(id)) {
+      if (Result<bool> flushed = FlushLeases(db); !flushed) return flushed;
+    }
+    lease_ids_.insert(id);
+    leases_.push_back({id, claim, lease, start, out});
+    return false;
+  }
+
+  // Leases first: a heartbeat sent beside its job's outcome still finds the
+  // job running.
   Result<bool> Flush(Connection& db) override {
+    if (Result<bool> extended = FlushLeases(db); !extended) return extended;
     Result<bool> submitted = FlushSubmits(db);
     if (!submitted) return submitted;
     Result<bool> recorded = FlushOutcomes(db);
@@ -243,6 +275,8 @@ class LaneWrites final : public pg::Deferred {
   }
 
   void Clear() override {
+    leases_.clear();
+    lease_ids_.clear();
     submits_.clear();
     outcomes_.clear();
     outcome_ids_.clear();
@@ -261,15 +295,58 @@ class LaneWrites final : public pg::Deferred {
     Result<JobState>* out;
   };
 
+  struct QueuedLease {
+    std::string_view id;
+    uint64_t claim;
+    std::chrono::milliseconds lease;
+    bool start;
+    Result<TimePoint>* out;
+  };
+
+  Result<bool> FlushLeases(Connection& db);
   Result<bool> FlushSubmits(Connection& db);
   // Answers the submits whose insert met their key with the job holding it.
   Result<void> AnswerKeyed(Connection& db, const std::vector<QueuedSubmit*>& keyed);
   Result<bool> FlushOutcomes(Connection& db);
 
+  std::vector<QueuedLease> leases_;
+  std::unordered_set<std::string_view> lease_ids_;
   std::vector<QueuedSubmit> submits_;
   std::vector<QueuedOutcome> outcomes_;
   std::unordered_set<std::string_view> outcome_ids_;
 };
+
+Result<bool> LaneWrites::FlushLeases(Connection& db) {
+  if (leases_.empty()) return false;
+  std::vector<std::string_view> ids;
+  std::vector<int64_t> claims, micros;
+  std::vector<bool> starts;
+  for (const QueuedLease& queued : leases_) {
+    ids.push_back(queued.id);
+    claims.push_back(static_cast<int64_t>(queued.claim));
+    micros.push_back(queued.lease.count() * 1000);
+    starts.push_back(queued.start);
+  }
+  Params params;
+  params.AddTextArray(ids).AddIntArray(claims).AddIntArray(micros).AddBoolArray(starts);
+  Result<Rows> rows = db.Exec(kExtendLeasesSql, params);
+  if (!rows) return tl::unexpected(rows.error());
+  std::unordered_map<std::string, int> row_of_id;
+  for (int r = 0; r < rows->size(); ++r) row_of_id.emplace(rows->Text(r, 0), r);
+  for (const QueuedLease& queued : leases_) {
+    auto it = row_of_id.find(std::string(queued.id));
+    if (it == row_of_id.end()) {
+      if (Result<bool> lost = LostLease(db, queued.id, queued.claim, queued.out); !lost) {
+        return lost;
+      }
+      continue;
+    }
+    *queued.out = FromMicros(rows->Int(it->second, 1));
+  }
+  leases_.clear();
+  lease_ids_.clear();
+  return false;
+}
 
 Result<bool> LaneWrites::FlushSubmits(Connection& db) {
   if (submits_.empty()) return false;
@@ -440,6 +517,7 @@ class PostgresStore final : public JobStore {
       : url_(url),
         poll_interval_(poll_interval),
         readers_([url] { return Connection::Open(url); }, kMaxReaders),
+        claimers_([url] { return Connection::Open(url); }, kMaxClaimers),
         stop_read_(stop_read),
         stop_write_(stop_write),
         notifier_(url, kNotifyChannel) {
@@ -640,7 +718,15 @@ class PostgresStore final : public JobStore {
     return deleted;
   }
 
-  CommitStats commit_stats() const override { return lanes_->stats(); }
+  // Claims count among the transactions and operations (one each) though
+  // they are not the lanes'.
+  CommitStats commit_stats() const override {
+    CommitStats stats = lanes_->stats();
+    const uint64_t claims = claim_transactions_.load(std::memory_order_relaxed);
+    stats.transactions += claims;
+    stats.operations += claims;
+    return stats;
+  }
 
  private:
   // True at most once per kReapInterval: re-queueing expired leases costs a
@@ -665,68 +751,82 @@ class PostgresStore final : public JobStore {
   }
 
   // Start() and Heartbeat(): extends the lease (id, claim); Start also
-  // counts the attempt, and only once.
+  // counts the attempt, and only once. Sent with the lane's other leases.
   Result<TimePoint> ExtendLease(std::string_view id, uint64_t claim,
                                 std::chrono::milliseconds lease, bool start) {
     if (!IsJobId(id)) return NoSuchJob(id);
     if (lease.count() <= 0) return MakeError(ErrorCode::kInvalidArgument, "lease <= 0");
     Result<TimePoint> out;
-    Result<void> run = Write([&](Connection& db) -> Result<bool> {
-      Result<Rows> updated = db.Exec(
-          start ? "UPDATE keel_jobs SET lease_until_us = keel_now_us() + $3, "
-                  "updated_us = keel_now_us(), started_us = keel_now_us(), "
-                  "attempts = attempts + 1 WHERE id = $1 AND state = 'running' AND claims = $2 "
-                  "AND started_us IS NULL RETURNING lease_until_us"
-                : "UPDATE keel_jobs SET lease_until_us = keel_now_us() + $3, "
-                  "updated_us = keel_now_us() WHERE id = $1 AND state = 'running' "
-                  "AND claims = $2 RETURNING lease_until_us",
-          Params().Add(id).Add(static_cast<int64_t>(claim)).Add(lease.count() * 1000));
-      if (!updated) return tl::unexpected(updated.error());
-      if (updated->size() == 1) {
-        out = FromMicros(updated->Int(0, 0));
-        return false;
-      }
-      return LostLease(db, id, claim, &out);
+    Result<void> run = Defer([&](Connection& db, LaneWrites& writes) -> Result<bool> {
+      return writes.AddLease(db, id, claim, lease, start, &out);
     });
     if (!run) return tl::unexpected(run.error());
     return out;
   }
 
-  // One claim attempt: re-queues expired leases, then leases ready jobs.
+  // One claim attempt, in a transaction of its own that does not wait for
+  // its WAL to reach the disk (synchronous_commit off): a claim promises
+  // nothing outside keel. Were the server to crash before writing it, its
+  // jobs would be queued again, as after an expired lease; and an outcome
+  // recorded for them is flushed with it (WAL reaches the disk in order).
   Result<std::vector<ClaimedJob>> ClaimReady(const ClaimRequest& request) {
-    std::vector<ClaimedJob> claimed;
-    Result<void> run = Write([&](Connection& db) -> Result<bool> {
-      claimed.clear();
-      bool requeued = false;
-      if (ReapDue()) {
-        Result<Rows> reaped =
-            db.Exec(kReapSql, Params().Add(kLeaseExpiredMessage).Add(kCancelledMessage));
-        if (!reaped) return tl::unexpected(reaped.error());
-        requeued = reaped->affected() > 0;
+    bool requeued = false;
+    auto claimed = claimers_.With([&](Connection& db) -> Result<std::vector<ClaimedJob>> {
+      if (Result<void> up = db.EnsureConnected(); !up) return tl::unexpected(up.error());
+      Result<std::string> begun = db.ExecScript("BEGIN; SET LOCAL synchronous_commit TO off");
+      if (!begun) return tl::unexpected(begun.error());
+      auto leased = ClaimIn(db, request, &requeued);
+      if (!leased) {
+        (void)db.ExecScript("ROLLBACK");
+        return leased;
       }
-      Params lease;
-      lease.Add(static_cast<int64_t>(request.lease.count() * 1000))
-          .Add(request.runner)
-          .Add(static_cast<int64_t>(request.max_jobs));
-      Result<Rows> rows = db.Exec(kLeaseSql, lease);
-      if (!rows) return tl::unexpected(rows.error());
-      std::vector<int> order(rows->size());
-      for (int r = 0; r < rows->size(); ++r) order[r] = r;
-      // RETURNING gives no order; claim order is (not_before, seq).
-      std::sort(order.begin(), order.end(), [&](int a, int b) {
-        return std::make_pair(rows->Int(a, 11), rows->Int(a, 12)) <
-               std::make_pair(rows->Int(b, 11), rows->Int(b, 12));
-      });
-      for (int r : order) claimed.push_back(ReadClaimed(*rows, r));
-      return requeued;
+      Result<std::string> tag = db.ExecScript("COMMIT");
+      if (!tag) return tl::unexpected(tag.error());
+      if (*tag != "COMMIT") {
+        return MakeError(ErrorCode::kInternal, "postgres: claim ended in " + *tag);
+      }
+      claim_transactions_.fetch_add(1, std::memory_order_relaxed);
+      return leased;
     });
-    if (!run) return tl::unexpected(run.error());
+    if (claimed && requeued) {
+      wake_.Notify();
+      notifier_.Request();
+    }
+    return claimed;
+  }
+
+  // Re-queues expired leases (at most every kReapInterval), then leases
+  // ready jobs; *requeued tells whether the first made any claimable.
+  Result<std::vector<ClaimedJob>> ClaimIn(Connection& db, const ClaimRequest& request,
+                                          bool* requeued) {
+    if (ReapDue()) {
+      Result<Rows> reaped =
+          db.Exec(kReapSql, Params().Add(kLeaseExpiredMessage).Add(kCancelledMessage));
+      if (!reaped) return tl::unexpected(reaped.error());
+      *requeued = reaped->affected() > 0;
+    }
+    Params lease;
+    lease.Add(static_cast<int64_t>(request.lease.count() * 1000))
+        .Add(request.runner)
+        .Add(static_cast<int64_t>(request.max_jobs));
+    Result<Rows> rows = db.Exec(kLeaseSql, lease);
+    if (!rows) return tl::unexpected(rows.error());
+    std::vector<int> order(rows->size());
+    for (int r = 0; r < rows->size(); ++r) order[r] = r;
+    // RETURNING gives no order; claim order is (not_before, seq).
+    std::sort(order.begin(), order.end(), [&](int a, int b) {
+      return std::make_pair(rows->Int(a, 11), rows->Int(a, 12)) <
+             std::make_pair(rows->Int(b, 11), rows->Int(b, 12));
+    });
+    std::vector<ClaimedJob> claimed;
+    for (int r : order) claimed.push_back(ReadClaimed(*rows, r));
     return claimed;
   }
 
   const std::string url_;
   const std::chrono::milliseconds poll_interval_;
   ConnectionPool<Connection> readers_;
+  ConnectionPool<Connection> claimers_;
 
 
   WakeSignal wake_;
@@ -737,6 +837,7 @@ class PostgresStore final : public JobStore {
   std::vector<std::unique_ptr<LaneWrites>> writes_;
   std::unique_ptr<CommitLanes> lanes_;
   std::atomic<int64_t> next_reap_us_ = 0;
+  std::atomic<uint64_t> claim_transactions_ = 0;
   std::thread listener_;  // joined by the destructor
 };
 

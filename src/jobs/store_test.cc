@@ -1181,6 +1181,60 @@ TEST_P(StoreTest, OutcomesSharingATransactionEachGetTheirAnswer) {
   EXPECT_EQ(GetOk(ids[5]).state, JobState::kCancelled);
 }
 
+// On PostgreSQL, the starts and heartbeats of one transaction go as one
+// UPDATE; each caller still gets its own lease or its own error.
+TEST_P(StoreTest, LeasesSharingATransactionEachGetTheirAnswer) {
+  std::vector<std::string> ids;
+  for (int i = 0; i < 4; ++i) ids.push_back(SubmitOk(Spec("job " + std::to_string(i))));
+  ASSERT_EQ(ClaimOk(*store_, 4).size(), 4u);
+  std::unique_ptr<JobStore> store = Open({.commit_lanes = 1});
+  ASSERT_NE(store, nullptr);
+  struct Call {
+    std::string id;
+    uint64_t claim;
+    bool start;
+    Result<TimePoint> result;
+  };
+  std::vector<Call> calls_made = {
+      {ids[0], 1, true, {}},       {ids[1], 1, true, {}},  {ids[1], 1, true, {}},
+      {ids[2], 1, false, {}},      {ids[3], 2, true, {}},  {ids[3], 2, false, {}},
+      {NewJobId(), 1, true, {}},
+  };
+  std::vector<std::function<void()>> calls;
+  for (Call& call : calls_made) {
+    calls.push_back([&] {
+      call.result = call.start ? store->Start(call.id, call.claim, 30s)
+                               : store->Heartbeat(call.id, call.claim, 30s);
+    });
+  }
+  RunBatched(*store, std::move(calls));
+
+  EXPECT_TRUE(calls_made[0].result) << calls_made[0].result.error().ToString();
+  EXPECT_EQ(GetOk(ids[0]).attempts, 1u);
+  // Two starts of one claim: one starts it, the other finds it started.
+  ASSERT_NE(calls_made[1].result.has_value(), calls_made[2].result.has_value());
+  const Call& refused = calls_made[1].result ? calls_made[2] : calls_made[1];
+  EXPECT_EQ(refused.result.error().code, ErrorCode::kFailedPrecondition);
+  EXPECT_NE(refused.result.error().message.find("already started"), std::string::npos)
+      << refused.result.error().message;
+  EXPECT_EQ(GetOk(ids[1]).attempts, 1u);
+  // A heartbeat of a claim not yet started keeps it unstarted.
+  EXPECT_TRUE(calls_made[3].result) << calls_made[3].result.error().ToString();
+  Job beaten = GetOk(ids[2]);
+  EXPECT_EQ(beaten.attempts, 0u);
+  EXPECT_FALSE(beaten.started_at);
+  // The lease it now holds is the 30 s one, not the claim's.
+  ASSERT_TRUE(beaten.lease_until);
+  EXPECT_EQ(*beaten.lease_until, *calls_made[3].result);
+  for (int i : {4, 5}) {
+    ASSERT_FALSE(calls_made[i].result) << i;
+    EXPECT_EQ(calls_made[i].result.error().code, ErrorCode::kFailedPrecondition) << i;
+  }
+  EXPECT_EQ(GetOk(ids[3]).attempts, 0u);
+  ASSERT_FALSE(calls_made[6].result);
+  EXPECT_EQ(calls_made[6].result.error().code, ErrorCode::kNotFound);
+}
+
 TEST_P(StoreTest, ReopenedStoreHasEverythingCommitted) {
   JobSpec keyed = Spec("keyed");
   keyed.idempotency_key = "durable";
