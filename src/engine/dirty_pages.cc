@@ -4,6 +4,7 @@
 #include <linux/userfaultfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -56,7 +57,20 @@ struct Tracker {
   int uffd = -1;
   int pagemap = -1;
   std::string error;  // why tracking is unavailable; empty when it works
+  // A write to a protected page counts as a page fault of the writing
+  // thread (as Linux counts every fault it resolves): then a restore may
+  // skip the scan (MemorySnapshot::NoteAccess).
+  bool faults_counted = false;
 };
+
+constexpr uint64_t kUnknownFaults = ~uint64_t{0};
+
+// Page faults the calling thread has taken, minor and major.
+uint64_t ThreadFaults() {
+  rusage usage{};
+  if (getrusage(RUSAGE_THREAD, &usage) != 0) return kUnknownFaults;
+  return static_cast<uint64_t>(usage.ru_minflt) + static_cast<uint64_t>(usage.ru_majflt);
+}
 
 // A userfaultfd that handles user-mode faults only: enough for async write
 // protection (the kernel resolves those itself, also for its own writes)
@@ -121,8 +135,8 @@ Result<void> Scan(int pagemap, uintptr_t begin, uintptr_t end, bool protect,
 }
 
 // Tracks a scratch page end to end: the kernel must report exactly the
-// page written.
-Result<void> SelfTest(int uffd, int pagemap) {
+// page written. Sets *faults_counted when that write counted as a fault.
+Result<void> SelfTest(int uffd, int pagemap, bool* faults_counted) {
   const size_t size = 2 * kHostPageSize;
   void* map = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (map == MAP_FAILED) return MakeError(ErrorCode::kResourceExhausted, Errno("mmap"));
@@ -131,7 +145,9 @@ Result<void> SelfTest(int uffd, int pagemap) {
   bytes[0] = 1;
   Result<void> result = Register(uffd, begin, begin + size);
   if (result) {
-    bytes[kHostPageSize] = 1;
+    const uint64_t faults = ThreadFaults();
+    static_cast<volatile uint8_t*>(bytes)[kHostPageSize] = 1;
+    *faults_counted = ThreadFaults() > faults;
     std::vector<std::pair<uintptr_t, uintptr_t>> runs;
     result = Scan(pagemap, begin, begin + size, /*protect=*/false,
                   [&](uintptr_t b, uintptr_t e) { runs.emplace_back(b, e); });
@@ -140,6 +156,10 @@ Result<void> SelfTest(int uffd, int pagemap) {
       result = MakeError(ErrorCode::kFailedPrecondition,
                          "PAGEMAP_SCAN did not report the page written");
     }
+    // A protected page that was present before, too.
+    const uint64_t before = ThreadFaults();
+    static_cast<volatile uint8_t*>(bytes)[0] = 2;
+    *faults_counted = *faults_counted && ThreadFaults() > before;
   }
   munmap(map, size);
   return result;
@@ -164,7 +184,7 @@ Tracker Probe() {
     t.error = Errno("/proc/self/pagemap");
     return t;
   }
-  if (auto ok = SelfTest(t.uffd, t.pagemap); !ok) t.error = ok.error().message;
+  if (auto ok = SelfTest(t.uffd, t.pagemap, &t.faults_counted); !ok) t.error = ok.error().message;
   return t;
 }
 
@@ -183,6 +203,11 @@ bool WriteTrackingAvailable(std::string* why_not) {
   const Tracker& t = ProcessTracker();
   if (why_not) *why_not = t.error;
   return t.error.empty();
+}
+
+bool WritesCountAsFaults() {
+  const Tracker& t = ProcessTracker();
+  return t.error.empty() && t.faults_counted;
 }
 
 Result<std::unique_ptr<MemorySnapshot>> MemorySnapshot::Take(std::span<uint8_t> memory,
@@ -252,7 +277,7 @@ Result<RestoreStats> MemorySnapshot::Restore(std::span<uint8_t> memory) {
   RestoreStats stats;
   stats.tracked = tracking_;
   if (tracking_) {
-    auto pages = RestoreTracked();
+    auto pages = RestoreTracked(&stats.scanned);
     if (!pages) return MakeError(pages.error());
     stats.pages_copied = *pages;
   } else {
@@ -261,38 +286,57 @@ Result<RestoreStats> MemorySnapshot::Restore(std::span<uint8_t> memory) {
   return stats;
 }
 
-Result<uint64_t> MemorySnapshot::RestoreTracked() {
-  const Tracker& t = ProcessTracker();
+const void* MemorySnapshot::ThisThread() {
+  static thread_local const char token = 0;
+  return &token;
+}
+
+Result<void> MemorySnapshot::ScanWritten() {
   const auto begin = reinterpret_cast<uintptr_t>(base_);
   const uintptr_t end = begin + size_;
+  unprotected_.clear();
+  return Scan(ProcessTracker().pagemap, begin, end, /*protect=*/false,
+              [&](uintptr_t b, uintptr_t e) {
+                b = std::max(b, begin);
+                e = std::min(e, end);
+                if (b < e) unprotected_.emplace_back(b - begin, e - begin);
+              });
+}
+
+Result<uint64_t> MemorySnapshot::RestoreTracked(bool* scanned) {
+  const Tracker& t = ProcessTracker();
+  const uint64_t faults = ThreadFaults();
+  *scanned = must_scan_ || !t.faults_counted || ThisThread() != restored_on_ ||
+             faults == kUnknownFaults || faults != faults_;
+  if (*scanned) {
+    if (auto ok = ScanWritten(); !ok) return MakeError(ok.error());
+  }
+  // The pages left unprotected include those the last restores found:
+  // only the ones that differ are written back.
   uint64_t unprotected = 0;
   uint64_t copied = 0;
-  uintptr_t lowest = end;
-  uintptr_t highest = begin;
-  auto scanned = Scan(t.pagemap, begin, end, /*protect=*/false, [&](uintptr_t b, uintptr_t e) {
-    b = std::max(b, begin);
-    e = std::min(e, end);
-    if (b >= e) return;
-    // Reported pages include those left unprotected by earlier restores:
-    // only the ones that differ are written back.
-    for (uintptr_t page = b; page < e; page += kHostPageSize) {
-      copied += CopyBackIfChanged(page - begin) ? 1 : 0;
-    }
+  for (auto [b, e] : unprotected_) {
+    for (size_t at = b; at < e; at += kHostPageSize) copied += CopyBackIfChanged(at) ? 1 : 0;
     unprotected += (e - b) / kHostPageSize;
-    lowest = std::min(lowest, b);
-    highest = std::max(highest, e);
-  });
-  if (!scanned) return MakeError(scanned.error());
+  }
   // Protecting again costs a TLB flush on every CPU running this process
   // and a fault at the next first write of each page, far more than
-  // comparing a page: the pages stay unprotected (and so reported, and
-  // compared, at every restore) until too many of them were compared for
-  // nothing (not written since the last restore).
+  // comparing a page: the pages stay unprotected (and compared at every
+  // restore) until too many of them were compared for nothing (not
+  // written since the last restore).
   if (unprotected - copied > kMaxStalePages) {
-    if (auto ok = Scan(t.pagemap, lowest, highest, /*protect=*/true, nullptr); !ok) {
-      return MakeError(ok.error());
-    }
+    const auto begin = reinterpret_cast<uintptr_t>(base_);
+    auto ok = Scan(t.pagemap, begin + unprotected_.front().first,
+                   begin + unprotected_.back().second, /*protect=*/true, nullptr);
+    if (!ok) return MakeError(ok.error());
+    unprotected_.clear();
   }
+  restored_on_ = ThisThread();
+  // After a scan, read again: this restore's own first reads of the copy
+  // fault, and need not make the next one scan. Without a scan, nothing
+  // here faults (or, if something did, the next restore scans).
+  faults_ = *scanned ? ThreadFaults() : faults;
+  must_scan_ = false;
   return copied;
 }
 

@@ -23,6 +23,8 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "keel/status.h"
 
@@ -35,10 +37,18 @@ inline constexpr size_t kHostPageSize = 4096;
 // `why_not` (if given) says what failed.
 bool WriteTrackingAvailable(std::string* why_not = nullptr);
 
+// Whether a write to a protected page counts as a page fault of the
+// writing thread here (probed with WriteTrackingAvailable): the condition
+// for a restore to skip the scan (MemorySnapshot::NoteAccess).
+bool WritesCountAsFaults();
+
 struct RestoreStats {
   // The written pages were known from tracking; false: found by comparing
   // the whole memory with the copy.
   bool tracked = false;
+  // Tracked, and the kernel was asked which pages were written; false when
+  // no write could have reached a protected page (see NoteAccess).
+  bool scanned = false;
   uint64_t pages_copied = 0;  // host pages that differed from the copy, written back
 };
 
@@ -84,6 +94,22 @@ class MemorySnapshot {
   // someone else's), nothing is touched. Later restores compare.
   void StopTracking(std::span<uint8_t> memory);
 
+  // Writes the next restore must look for in the kernel's record. A
+  // restore skips asking the kernel (a page-table walk over the whole
+  // range) when no page it protected can have been written since the last
+  // restore: the first write to one faults, and the restoring thread has
+  // taken no page fault since, while nothing but code on that thread wrote
+  // the memory. The engine says when that may not hold:
+  // NoteAccess() when the memory is about to be used or written from the
+  // current thread (a call, or keel writing arguments), which forces a
+  // look if that thread is not the one that restored last;
+  // NoteForeignWrites() when code keel does not control ran with access to
+  // the memory (a host function may hand it to another thread).
+  void NoteAccess() {
+    if (ThisThread() != restored_on_) must_scan_ = true;
+  }
+  void NoteForeignWrites() { must_scan_ = true; }
+
   bool tracking() const { return tracking_; }
   // Why writes are not tracked; empty while they are.
   const std::string& tracking_error() const { return tracking_error_; }
@@ -92,17 +118,28 @@ class MemorySnapshot {
  private:
   MemorySnapshot(uint8_t* base, size_t size, uint8_t* copy)
       : base_(base), size_(size), copy_(copy) {}
-  Result<uint64_t> RestoreTracked();
+  // A token for the calling thread (no system call).
+  static const void* ThisThread();
+  Result<uint64_t> RestoreTracked(bool* scanned);
+  // The runs of pages written since they were last protected, from the
+  // kernel; false if it failed.
+  Result<void> ScanWritten();
   uint64_t RestoreByComparison();
   // Copies the page at offset `at` back when it differs from the copy.
   bool CopyBackIfChanged(size_t at);
-
 
   uint8_t* base_;
   size_t size_;
   uint8_t* copy_;  // mmap'd; pages that were zero are left untouched (shared zero page)
   bool tracking_ = false;
   std::string tracking_error_;
+  // Offsets [first, second) of the pages left unprotected by the last
+  // restore: all the pages that can differ from the copy while no protected
+  // page was written.
+  std::vector<std::pair<size_t, size_t>> unprotected_;
+  const void* restored_on_ = nullptr;  // the thread of the last restore
+  uint64_t faults_ = 0;                // its page faults when that restore ended
+  bool must_scan_ = true;
 };
 
 }  // namespace keel::engine

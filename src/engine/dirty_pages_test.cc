@@ -10,6 +10,7 @@
 #include <random>
 #include <set>
 #include <string>
+#include <thread>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -153,6 +154,76 @@ TEST_P(DirtyPagesTest, WritesByTheKernelAreTracked) {
   ASSERT_TRUE(stats) << stats.error().ToString();
   EXPECT_EQ(stats->pages_copied, 1u);
   EXPECT_EQ(memory.data()[300 * kHostPageSize], 0);
+}
+
+// A restore asks the kernel only when a protected page may have been
+// written: a fault of the restoring thread, a use from another thread, or
+// foreign code. Each case restores byte for byte.
+class SkippedScanTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!WritesCountAsFaults()) GTEST_SKIP() << "writes do not count as faults here";
+    FillPattern(memory_.span(), 5);
+    expected_.assign(memory_.data(), memory_.data() + kSize);
+    auto snapshot = MemorySnapshot::Take(memory_.span(), {});
+    ASSERT_TRUE(snapshot && (*snapshot)->tracking());
+    snapshot_ = std::move(*snapshot);
+    page(3)[1] ^= 0x10;  // the first restore always scans; page 3 stays unprotected
+    ExpectRestored(/*scanned=*/true, 1);
+  }
+  uint8_t* page(size_t n) { return memory_.data() + n * kHostPageSize; }
+  void ExpectRestored(bool scanned, uint64_t copied) {
+    auto stats = snapshot_->Restore(memory_.span());
+    ASSERT_TRUE(stats) << stats.error().ToString();
+    EXPECT_EQ(stats->scanned, scanned);
+    EXPECT_EQ(stats->pages_copied, copied);
+    EXPECT_EQ(std::memcmp(memory_.data(), expected_.data(), kSize), 0);
+  }
+
+  Mapping memory_{kSize};
+  std::vector<uint8_t> expected_;
+  std::unique_ptr<MemorySnapshot> snapshot_;
+};
+
+TEST_F(SkippedScanTest, UnprotectedPagesAloneAreComparedWithoutAScan) {
+  page(3)[9] ^= 0x20;
+  snapshot_->NoteAccess();  // same thread: changes nothing
+  ExpectRestored(/*scanned=*/false, 1);
+  ExpectRestored(/*scanned=*/false, 0);
+}
+
+TEST_F(SkippedScanTest, AWriteToAProtectedPageFaultsAndForcesAScan) {
+  page(3)[9] ^= 0x20;
+  page(40)[0] = 7;  // protected, zero
+  page(6)[5] ^= 1;  // protected, present
+  ExpectRestored(/*scanned=*/true, 3);
+  ExpectRestored(/*scanned=*/false, 0);
+}
+
+TEST_F(SkippedScanTest, TheKernelWritingAProtectedPageForcesAScan) {
+  int fds[2];
+  ASSERT_EQ(pipe(fds), 0);
+  ASSERT_EQ(write(fds[1], "guestguest", 10), 10);
+  ASSERT_EQ(read(fds[0], page(300), 5), 5);  // protected: faults in the kernel
+  ExpectRestored(/*scanned=*/true, 1);
+  ASSERT_EQ(read(fds[0], page(3), 5), 5);  // unprotected: no fault, still compared
+  ExpectRestored(/*scanned=*/false, 1);
+  close(fds[0]);
+  close(fds[1]);
+}
+
+TEST_F(SkippedScanTest, AccessFromAnotherThreadForcesAScan) {
+  std::thread other([&] {
+    snapshot_->NoteAccess();
+    page(50)[0] = 1;  // its fault is not the restoring thread's
+  });
+  other.join();
+  ExpectRestored(/*scanned=*/true, 1);
+}
+
+TEST_F(SkippedScanTest, ForeignWritesForceAScan) {
+  snapshot_->NoteForeignWrites();
+  ExpectRestored(/*scanned=*/true, 0);
 }
 
 TEST_P(DirtyPagesTest, RefusesARangeThatGrewOrMovedAndTouchesNothing) {

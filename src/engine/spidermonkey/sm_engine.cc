@@ -526,6 +526,13 @@ class SmInstance final : public Instance, public Caller {
   Result<void> SaveGlobals(InstanceSnapshot& snapshot);
   Result<ResetStats> ResetToSnapshot();
   Result<uint32_t> RestoreGlobals();
+  // What the memory's snapshot must know of its uses (MemorySnapshot::NoteAccess).
+  void NoteMemoryUse() {
+    if (snapshot_ && snapshot_->memory) snapshot_->memory->NoteAccess();
+  }
+  void NoteForeignWrites() {
+    if (snapshot_ && snapshot_->memory) snapshot_->memory->NoteForeignWrites();
+  }
   // The memory's byte length now (0 without one), read afresh.
   uint64_t MemoryBytes() { return Memory().size(); }
   // Around a call on a budget: grants memory.grow what the budget has free
@@ -879,6 +886,7 @@ Result<void> ReadResults(JSContext* cx, JS::HandleValue rval, const FuncType& ty
 
 Result<void> SmInstance::Call(const Func& func, std::span<const Value> args,
                               std::span<Value> results, uint64_t call_tag) {
+  NoteMemoryUse();
   const auto& exports = module_->info().exports;
   if (func.export_index >= exports.size() || exports[func.export_index].kind != ExternKind::kFunc) {
     return MakeError(ErrorCode::kInvalidArgument, "not a function of this instance");
@@ -914,6 +922,7 @@ Result<void> SmInstance::Call(const Func& func, std::span<const Value> args,
 }
 
 std::span<uint8_t> SmInstance::Memory() {
+  NoteMemoryUse();
   if (!memory_) return {};
   JS::RootedValue buffer(cx_);
   if (!JS_GetProperty(cx_, memory_, "buffer", &buffer) || !buffer.isObject()) {
@@ -989,6 +998,7 @@ bool SmInstance::HostTrampoline(JSContext* cx, unsigned argc, JS::Value* vp) {
     results[i] = Value::FromBits(type.results[i], 0);
   }
 
+  self->NoteForeignWrites();
   Result<void> outcome = entry->fn(*self, args, results);
   // The hook may point into the host function's frame: no wake-up of it may
   // run (or still be running) once the function has returned.

@@ -586,6 +586,13 @@ class WtInstance final : public Instance, public Caller {
   Result<void> SaveGlobals(InstanceSnapshot& snapshot);
   Result<ResetStats> ResetToSnapshot();
   Result<uint32_t> RestoreGlobals();
+  // What the memory's snapshot must know of its uses (MemorySnapshot::NoteAccess).
+  void NoteMemoryUse() {
+    if (snapshot_ && snapshot_->memory) snapshot_->memory->NoteAccess();
+  }
+  void NoteForeignWrites() {
+    if (snapshot_ && snapshot_->memory) snapshot_->memory->NoteForeignWrites();
+  }
   uint64_t MemoryBytes() const { return memory_ ? wasmtime_memory_data_size(cx_, &*memory_) : 0; }
   // Around a call on a budget: the store's limiter lets memory.grow take
   // what the budget has free (up to the cap); then the call's memory is
@@ -810,6 +817,7 @@ Result<const wasmtime_func_t*> WtInstance::ResolveFunc(uint32_t export_index) {
 
 Result<void> WtInstance::Call(const Func& func, std::span<const Value> args,
                               std::span<Value> results, uint64_t call_tag) {
+  NoteMemoryUse();
   auto exp = CheckCall(module_->info(), func, args, results.size());
   if (!exp) return MakeError(exp.error());
   auto fn = ResolveFunc(func.export_index);
@@ -830,6 +838,7 @@ Result<void> WtInstance::Call(const Func& func, std::span<const Value> args,
 }
 
 std::span<uint8_t> WtInstance::Memory() {
+  NoteMemoryUse();
   if (!memory_) return {};
   wasmtime_context_t* cx = host_cx_ ? host_cx_ : cx_;
   return {wasmtime_memory_data(cx, &*memory_), wasmtime_memory_data_size(cx, &*memory_)};
@@ -851,6 +860,7 @@ wasm_trap_t* WtInstance::RunHost(const Linker::Entry& entry, wasmtime_context_t*
   for (size_t i = 0; i < type.results.size(); ++i) {
     results.span()[i] = Value::FromBits(type.results[i], 0);
   }
+  NoteForeignWrites();
   host_cx_ = cx;
   Result<void> outcome = entry.fn(*this, args.span(), results.span());
   host_cx_ = nullptr;
