@@ -248,9 +248,12 @@ struct Bench {
     // How the instances were reset, so that a fallback is not mistaken for
     // the cost of a reset.
     ResetCounts after = runtime->Metrics().resets;
-    std::fprintf(stderr, "%s: %d calls; resets: %llu by pages, %llu full, %llu fresh fallbacks\n",
+    std::fprintf(stderr,
+                 "%s: %d calls; resets: %llu by pages (%llu of them scanned), %llu full, "
+                 "%llu fresh fallbacks\n",
                  std::string(ToString(state)).c_str(), n,
                  static_cast<unsigned long long>(after.pages - before.pages),
+                 static_cast<unsigned long long>(after.scans - before.scans),
                  static_cast<unsigned long long>(after.full - before.full),
                  static_cast<unsigned long long>(after.fresh_fallback - before.fresh_fallback));
     return per_s;

@@ -96,7 +96,8 @@ class Caller {
   virtual ~Caller() = default;
 
   // The instance's linear memory (empty if it has none). Valid until the
-  // host function returns.
+  // host function returns: no thread may read or write it after that (a
+  // reset relies on it to know which pages the call wrote).
   virtual std::span<uint8_t> Memory() = 0;
 
   // Bounds-checked copies; kTrap/kMemoryOutOfBounds style errors as

@@ -70,6 +70,9 @@ struct ResetCounts {
   uint64_t full = 0;            // compared the whole memory with the snapshot
   uint64_t fresh_fallback = 0;  // a fresh instance instead: this one could not be reset
   uint64_t pages_copied = 0;    // 4 KiB pages written back, over all resets
+  // Of `pages`, those that asked the kernel which pages were written (the
+  // others knew no protected page could have been: see docs/EXECUTOR.md).
+  uint64_t scans = 0;
 };
 
 // Workers beyond the configured ones, started for fairness (see

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <functional>
@@ -286,9 +287,11 @@ Result<RestoreStats> MemorySnapshot::Restore(std::span<uint8_t> memory) {
   return stats;
 }
 
-const void* MemorySnapshot::ThisThread() {
-  static thread_local const char token = 0;
-  return &token;
+uint64_t MemorySnapshot::ThisThread() {
+  // Not the address of a thread_local: a new thread may reuse a dead one's.
+  static std::atomic<uint64_t> next{1};
+  static thread_local const uint64_t id = next.fetch_add(1, std::memory_order_relaxed);
+  return id;
 }
 
 Result<void> MemorySnapshot::ScanWritten() {
@@ -308,8 +311,13 @@ Result<uint64_t> MemorySnapshot::RestoreTracked(bool* scanned) {
   const uint64_t faults = ThreadFaults();
   *scanned = must_scan_ || !t.faults_counted || ThisThread() != restored_on_ ||
              faults == kUnknownFaults || faults != faults_;
+  // After a scan, the count is read again at once: only this restore's
+  // own first reads of the copy fault after it (and may make the next
+  // restore scan needlessly, once).
+  uint64_t counted = faults;
   if (*scanned) {
     if (auto ok = ScanWritten(); !ok) return MakeError(ok.error());
+    counted = ThreadFaults();
   }
   // The pages left unprotected include those the last restores found:
   // only the ones that differ are written back.
@@ -332,10 +340,7 @@ Result<uint64_t> MemorySnapshot::RestoreTracked(bool* scanned) {
     unprotected_.clear();
   }
   restored_on_ = ThisThread();
-  // After a scan, read again: this restore's own first reads of the copy
-  // fault, and need not make the next one scan. Without a scan, nothing
-  // here faults (or, if something did, the next restore scans).
-  faults_ = *scanned ? ThreadFaults() : faults;
+  faults_ = counted;
   must_scan_ = false;
   return copied;
 }

@@ -104,7 +104,8 @@ class MemorySnapshot {
   // current thread (a call, or keel writing arguments), which forces a
   // look if that thread is not the one that restored last;
   // NoteForeignWrites() when code keel does not control ran with access to
-  // the memory (a host function may hand it to another thread).
+  // the memory (a host function may have had it written by another thread
+  // before it returned; nothing may write it after: keel/host.h).
   void NoteAccess() {
     if (ThisThread() != restored_on_) must_scan_ = true;
   }
@@ -119,7 +120,7 @@ class MemorySnapshot {
   MemorySnapshot(uint8_t* base, size_t size, uint8_t* copy)
       : base_(base), size_(size), copy_(copy) {}
   // A token for the calling thread (no system call).
-  static const void* ThisThread();
+  static uint64_t ThisThread();
   Result<uint64_t> RestoreTracked(bool* scanned);
   // The runs of pages written since they were last protected, from the
   // kernel; false if it failed.
@@ -137,8 +138,8 @@ class MemorySnapshot {
   // restore: all the pages that can differ from the copy while no protected
   // page was written.
   std::vector<std::pair<size_t, size_t>> unprotected_;
-  const void* restored_on_ = nullptr;  // the thread of the last restore
-  uint64_t faults_ = 0;                // its page faults when that restore ended
+  uint64_t restored_on_ = 0;  // the thread of the last restore (ThisThread)
+  uint64_t faults_ = 0;       // its page faults after that restore's scan
   bool must_scan_ = true;
 };
 

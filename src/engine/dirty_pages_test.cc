@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <optional>
 #include <random>
 #include <set>
 #include <string>
@@ -172,10 +173,12 @@ class SkippedScanTest : public ::testing::Test {
     ExpectRestored(/*scanned=*/true, 1);
   }
   uint8_t* page(size_t n) { return memory_.data() + n * kHostPageSize; }
-  void ExpectRestored(bool scanned, uint64_t copied) {
+  // `scanned`: whether the restore must have asked the kernel; nullopt: it
+  // may have.
+  void ExpectRestored(std::optional<bool> scanned, uint64_t copied) {
     auto stats = snapshot_->Restore(memory_.span());
     ASSERT_TRUE(stats) << stats.error().ToString();
-    EXPECT_EQ(stats->scanned, scanned);
+    if (scanned) EXPECT_EQ(stats->scanned, *scanned);
     EXPECT_EQ(stats->pages_copied, copied);
     EXPECT_EQ(std::memcmp(memory_.data(), expected_.data(), kSize), 0);
   }
@@ -197,6 +200,9 @@ TEST_F(SkippedScanTest, AWriteToAProtectedPageFaultsAndForcesAScan) {
   page(40)[0] = 7;  // protected, zero
   page(6)[5] ^= 1;  // protected, present
   ExpectRestored(/*scanned=*/true, 3);
+  // That restore's first read of page 40's copy (a zero page never
+  // touched) was a fault too: the next restore may scan once more.
+  ExpectRestored(std::nullopt, 0);
   ExpectRestored(/*scanned=*/false, 0);
 }
 

@@ -73,6 +73,7 @@ struct ResetStats {
   enum class Memory : uint8_t { kNone, kTracked, kCompared };
   Memory memory = Memory::kNone;
   uint64_t pages_copied = 0;      // 4 KiB pages written back
+  bool scanned = false;           // kTracked, and the kernel was asked which pages
   uint32_t globals_restored = 0;  // mutable globals that had changed
 };
 

@@ -127,6 +127,7 @@ MetricsSnapshot Metrics::Snapshot() const {
   s.resets.full = resets_full;
   s.resets.fresh_fallback = resets_fresh_fallback;
   s.resets.pages_copied = reset_pages_copied;
+  s.resets.scans = reset_scans;
   s.reset_time = reset_time.Snapshot();
   return s;
 }

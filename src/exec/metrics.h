@@ -56,7 +56,7 @@ struct Metrics {
   Counter detached_results, modules_refused;
   Counter aborted, aborts;
   Counter spare_grants, spare_denied;
-  Counter resets_pages, resets_full, resets_fresh_fallback, reset_pages_copied;
+  Counter resets_pages, resets_full, resets_fresh_fallback, reset_pages_copied, reset_scans;
   Gauge queued, running, instances_live, spare_workers, temporary_instances;
   Histogram queue_wait, run_time, end_to_end, reset_time;
 

@@ -479,6 +479,7 @@ bool Worker::ResetToSnapshot(Slot& slot) {
     metrics.resets_full++;
   }
   metrics.reset_pages_copied += reset->pages_copied;
+  if (reset->scanned) metrics.reset_scans++;
   return true;
 }
 

@@ -187,6 +187,10 @@ std::string RenderPrometheus(const MetricsInput& in) {
   w.Sample("keel_instance_resets_total", Label("how", "fresh_fallback"), m.resets.fresh_fallback);
   w.One("keel_instance_reset_pages_total", "counter", "4 KiB pages written back by resets.",
         m.resets.pages_copied);
+  w.One("keel_instance_reset_scans_total", "counter",
+        "Resets by pages that asked the kernel which pages were written (the others knew none "
+        "it protects could have been).",
+        m.resets.scans);
   w.Histogram("keel_instance_reset_seconds", "Time of one reset to the snapshot.", m.reset_time);
 
   w.One("keel_calls_queued", "gauge", "Calls waiting for an instance.", m.queued);

@@ -1318,6 +1318,7 @@ Result<ResetStats> SmInstance::ResetToSnapshot() {
     if (!restored) return MakeError(restored.error());
     stats.memory = restored->tracked ? ResetStats::Memory::kTracked : ResetStats::Memory::kCompared;
     stats.pages_copied = restored->pages_copied;
+    stats.scanned = restored->scanned;
   }
   auto globals = RestoreGlobals();
   if (!globals) return MakeError(globals.error());
