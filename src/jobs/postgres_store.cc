@@ -30,9 +30,6 @@ using pg::Params;
 using pg::Rows;
 
 constexpr size_t kMaxReaders = 4;
-// Claims go on connections of their own (see ClaimReady): one per runner
-// claiming at once.
-constexpr size_t kMaxClaimers = 4;
 constexpr std::chrono::milliseconds kReapInterval{100};
 // Serializes schema migrations between processes.
 constexpr int64_t kSchemaLockKey = 4242001;
@@ -517,7 +514,6 @@ class PostgresStore final : public JobStore {
       : url_(url),
         poll_interval_(poll_interval),
         readers_([url] { return Connection::Open(url); }, kMaxReaders),
-        claimers_([url] { return Connection::Open(url); }, kMaxClaimers),
         stop_read_(stop_read),
         stop_write_(stop_write),
         notifier_(url, kNotifyChannel) {
@@ -718,15 +714,7 @@ class PostgresStore final : public JobStore {
     return deleted;
   }
 
-  // Claims count among the transactions and operations (one each) though
-  // they are not the lanes'.
-  CommitStats commit_stats() const override {
-    CommitStats stats = lanes_->stats();
-    const uint64_t claims = claim_transactions_.load(std::memory_order_relaxed);
-    stats.transactions += claims;
-    stats.operations += claims;
-    return stats;
-  }
+  CommitStats commit_stats() const override { return lanes_->stats(); }
 
  private:
   // True at most once per kReapInterval: re-queueing expired leases costs a
@@ -764,69 +752,41 @@ class PostgresStore final : public JobStore {
     return out;
   }
 
-  // One claim attempt, in a transaction of its own that does not wait for
-  // its WAL to reach the disk (synchronous_commit off): a claim promises
-  // nothing outside keel. Were the server to crash before writing it, its
-  // jobs would be queued again, as after an expired lease; and an outcome
-  // recorded for them is flushed with it (WAL reaches the disk in order).
+  // One claim attempt: re-queues expired leases, then leases ready jobs.
   Result<std::vector<ClaimedJob>> ClaimReady(const ClaimRequest& request) {
-    bool requeued = false;
-    auto claimed = claimers_.With([&](Connection& db) -> Result<std::vector<ClaimedJob>> {
-      if (Result<void> up = db.EnsureConnected(); !up) return tl::unexpected(up.error());
-      Result<std::string> begun = db.ExecScript("BEGIN; SET LOCAL synchronous_commit TO off");
-      if (!begun) return tl::unexpected(begun.error());
-      auto leased = ClaimIn(db, request, &requeued);
-      if (!leased) {
-        (void)db.ExecScript("ROLLBACK");
-        return leased;
-      }
-      Result<std::string> tag = db.ExecScript("COMMIT");
-      if (!tag) return tl::unexpected(tag.error());
-      if (*tag != "COMMIT") {
-        return MakeError(ErrorCode::kInternal, "postgres: claim ended in " + *tag);
-      }
-      claim_transactions_.fetch_add(1, std::memory_order_relaxed);
-      return leased;
-    });
-    if (claimed && requeued) {
-      wake_.Notify();
-      notifier_.Request();
-    }
-    return claimed;
-  }
-
-  // Re-queues expired leases (at most every kReapInterval), then leases
-  // ready jobs; *requeued tells whether the first made any claimable.
-  Result<std::vector<ClaimedJob>> ClaimIn(Connection& db, const ClaimRequest& request,
-                                          bool* requeued) {
-    if (ReapDue()) {
-      Result<Rows> reaped =
-          db.Exec(kReapSql, Params().Add(kLeaseExpiredMessage).Add(kCancelledMessage));
-      if (!reaped) return tl::unexpected(reaped.error());
-      *requeued = reaped->affected() > 0;
-    }
-    Params lease;
-    lease.Add(static_cast<int64_t>(request.lease.count() * 1000))
-        .Add(request.runner)
-        .Add(static_cast<int64_t>(request.max_jobs));
-    Result<Rows> rows = db.Exec(kLeaseSql, lease);
-    if (!rows) return tl::unexpected(rows.error());
-    std::vector<int> order(rows->size());
-    for (int r = 0; r < rows->size(); ++r) order[r] = r;
-    // RETURNING gives no order; claim order is (not_before, seq).
-    std::sort(order.begin(), order.end(), [&](int a, int b) {
-      return std::make_pair(rows->Int(a, 11), rows->Int(a, 12)) <
-             std::make_pair(rows->Int(b, 11), rows->Int(b, 12));
-    });
     std::vector<ClaimedJob> claimed;
-    for (int r : order) claimed.push_back(ReadClaimed(*rows, r));
+    Result<void> run = Write([&](Connection& db) -> Result<bool> {
+      claimed.clear();
+      bool requeued = false;
+      if (ReapDue()) {
+        Result<Rows> reaped =
+            db.Exec(kReapSql, Params().Add(kLeaseExpiredMessage).Add(kCancelledMessage));
+        if (!reaped) return tl::unexpected(reaped.error());
+        requeued = reaped->affected() > 0;
+      }
+      Params lease;
+      lease.Add(static_cast<int64_t>(request.lease.count() * 1000))
+          .Add(request.runner)
+          .Add(static_cast<int64_t>(request.max_jobs));
+      Result<Rows> rows = db.Exec(kLeaseSql, lease);
+      if (!rows) return tl::unexpected(rows.error());
+      std::vector<int> order(rows->size());
+      for (int r = 0; r < rows->size(); ++r) order[r] = r;
+      // RETURNING gives no order; claim order is (not_before, seq).
+      std::sort(order.begin(), order.end(), [&](int a, int b) {
+        return std::make_pair(rows->Int(a, 11), rows->Int(a, 12)) <
+               std::make_pair(rows->Int(b, 11), rows->Int(b, 12));
+      });
+      for (int r : order) claimed.push_back(ReadClaimed(*rows, r));
+      return requeued;
+    });
+    if (!run) return tl::unexpected(run.error());
     return claimed;
   }
 
   const std::string url_;
   const std::chrono::milliseconds poll_interval_;
   ConnectionPool<Connection> readers_;
-  ConnectionPool<Connection> claimers_;
 
 
   WakeSignal wake_;
@@ -837,7 +797,6 @@ class PostgresStore final : public JobStore {
   std::vector<std::unique_ptr<LaneWrites>> writes_;
   std::unique_ptr<CommitLanes> lanes_;
   std::atomic<int64_t> next_reap_us_ = 0;
-  std::atomic<uint64_t> claim_transactions_ = 0;
   std::thread listener_;  // joined by the destructor
 };
 

@@ -7,12 +7,10 @@
 // transaction, all submits go as one multi-row INSERT and all outcomes as
 // one UPDATE (both FROM unnest of array parameters); if such a statement
 // fails, the transaction's writes are retried one by one, so each caller
-// gets its own answer; so do starts and heartbeats, as one UPDATE. Claims
+// gets its own answer; starts and heartbeats go as one UPDATE too. Claims
 // lease a batch in one statement with FOR UPDATE SKIP LOCKED, so any number
 // of processes on any number of machines can claim from one queue without
-// blocking each other or getting the same job; they run in transactions of
-// their own, outside the lanes, that do not wait for their WAL flush (a
-// claim lost to a server crash only puts its jobs back in the queue). After a commit that made work claimable, NOTIFY keel_jobs is sent on
+// blocking each other or getting the same job. After a commit that made work claimable, NOTIFY keel_jobs is sent on
 // a connection of its own; each store LISTENs on its own connection and
 // wakes its waiting claimers. Reads use a small pool of connections. Times
 // come from the server's clock.
