@@ -178,6 +178,11 @@ class SkippedScanTest : public ::testing::Test {
   void ExpectRestored(std::optional<bool> scanned, uint64_t copied) {
     auto stats = snapshot_->Restore(memory_.span());
     ASSERT_TRUE(stats) << stats.error().ToString();
+    // Under the sanitizers their own allocations fault between restores:
+    // a restore may scan when it need not (never the other way round).
+#ifdef KEEL_SANITIZE
+    if (scanned == false) scanned.reset();
+#endif
     if (scanned) EXPECT_EQ(stats->scanned, *scanned);
     EXPECT_EQ(stats->pages_copied, copied);
     EXPECT_EQ(std::memcmp(memory_.data(), expected_.data(), kSize), 0);
