@@ -122,8 +122,8 @@ class MemorySnapshot {
   // A token for the calling thread (no system call).
   static uint64_t ThisThread();
   Result<uint64_t> RestoreTracked(bool* scanned);
-  // The runs of pages written since they were last protected, from the
-  // kernel; false if it failed.
+  // Replaces unprotected_ with the runs of pages the kernel reports written
+  // since they were last protected.
   Result<void> ScanWritten();
   uint64_t RestoreByComparison();
   // Copies the page at offset `at` back when it differs from the copy.

@@ -221,6 +221,14 @@ Result<bool> LostLease(Connection& db, std::string_view id, uint64_t claim, Resu
   return false;
 }
 
+// The row of each value of the first column of `rows` (a job id or key a
+// batch statement returned), to answer each of the batch's callers.
+std::unordered_map<std::string, int> RowOfFirstColumn(const Rows& rows) {
+  std::unordered_map<std::string, int> row_of;
+  for (int r = 0; r < rows.size(); ++r) row_of.emplace(rows.Text(r, 0), r);
+  return row_of;
+}
+
 // The submits and outcomes queued on one lane during its transaction, sent
 // as one INSERT and one UPDATE before it commits. Each row's caller learns
 // its own answer from what the statements return; if a statement fails the
@@ -328,8 +336,7 @@ Result<bool> LaneWrites::FlushLeases(Connection& db) {
   params.AddTextArray(ids).AddIntArray(claims).AddIntArray(micros).AddBoolArray(starts);
   Result<Rows> rows = db.Exec(kExtendLeasesSql, params);
   if (!rows) return tl::unexpected(rows.error());
-  std::unordered_map<std::string, int> row_of_id;
-  for (int r = 0; r < rows->size(); ++r) row_of_id.emplace(rows->Text(r, 0), r);
+  const std::unordered_map<std::string, int> row_of_id = RowOfFirstColumn(*rows);
   for (const QueuedLease& queued : leases_) {
     auto it = row_of_id.find(std::string(queued.id));
     if (it == row_of_id.end()) {
@@ -397,8 +404,7 @@ Result<void> LaneWrites::AnswerKeyed(Connection& db, const std::vector<QueuedSub
   for (const QueuedSubmit* submit : keyed) keys.push_back(submit->spec->idempotency_key);
   Result<Rows> rows = db.Exec(kKeyedJobsSql, Params().AddTextArray(keys));
   if (!rows) return tl::unexpected(rows.error());
-  std::unordered_map<std::string, int> row_of_key;
-  for (int r = 0; r < rows->size(); ++r) row_of_key.emplace(rows->Text(r, 0), r);
+  const std::unordered_map<std::string, int> row_of_key = RowOfFirstColumn(*rows);
   for (QueuedSubmit* submit : keyed) {
     auto it = row_of_key.find(submit->spec->idempotency_key);
     if (it == row_of_key.end()) {
@@ -454,8 +460,7 @@ Result<bool> LaneWrites::FlushOutcomes(Connection& db) {
       .Add(static_cast<int64_t>(kMaxRetryDelay.count()));
   Result<Rows> rows = db.Exec(CompleteSql(), params);
   if (!rows) return tl::unexpected(rows.error());
-  std::unordered_map<std::string, int> row_of_id;
-  for (int r = 0; r < rows->size(); ++r) row_of_id.emplace(rows->Text(r, 0), r);
+  const std::unordered_map<std::string, int> row_of_id = RowOfFirstColumn(*rows);
   bool wake = false;
   for (const QueuedOutcome& queued : outcomes_) {
     auto it = row_of_id.find(std::string(queued.id));
