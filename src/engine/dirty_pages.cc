@@ -1,6 +1,7 @@
 #include "engine/dirty_pages.h"
 
 #include <fcntl.h>
+#include <linux/perf_event.h>
 #include <linux/userfaultfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -67,10 +68,92 @@ struct Tracker {
 constexpr uint64_t kUnknownFaults = ~uint64_t{0};
 
 // Page faults the calling thread has taken, minor and major.
-uint64_t ThreadFaults() {
+uint64_t RusageFaults() {
   rusage usage{};
   if (getrusage(RUSAGE_THREAD, &usage) != 0) return kUnknownFaults;
   return static_cast<uint64_t>(usage.ru_minflt) + static_cast<uint64_t>(usage.ru_majflt);
+}
+
+// A value that moves on every page fault of the thread that opened it, read
+// without a system call: the head of a perf ring buffer that gets one sample
+// per fault. Linux emits the software page-fault event on entry to its user-
+// address fault handler, also for faults in kernel mode (copy_to_user), but
+// not for faults get_user_pages resolves (host functions force a scan). The
+// mapping is read-only, so the buffer overwrites itself and its head always
+// advances. Refused without CAP_PERFMON where perf_event_paranoid > 1 (the
+// kernel-mode faults are needed): then getrusage, a ~0.2 µs system call.
+class PerfFaults {
+ public:
+  PerfFaults() {
+    perf_event_attr attr{};
+    attr.size = sizeof attr;
+    attr.type = PERF_TYPE_SOFTWARE;
+    attr.config = PERF_COUNT_SW_PAGE_FAULTS;
+    attr.sample_period = 1;
+    attr.exclude_hv = 1;
+    fd_ = static_cast<int>(syscall(SYS_perf_event_open, &attr, 0, -1, -1, PERF_FLAG_FD_CLOEXEC));
+    if (fd_ < 0) return;
+    void* map = mmap(nullptr, kMapSize, PROT_READ, MAP_SHARED, fd_, 0);
+    if (map == MAP_FAILED) {
+      close(fd_);
+      fd_ = -1;
+      return;
+    }
+    page_ = static_cast<perf_event_mmap_page*>(map);
+  }
+  ~PerfFaults() {
+    if (page_) munmap(page_, kMapSize);
+    if (fd_ >= 0) close(fd_);
+  }
+  PerfFaults(const PerfFaults&) = delete;
+  PerfFaults& operator=(const PerfFaults&) = delete;
+
+  bool available() const { return page_ != nullptr; }
+  uint64_t Read() const { return __atomic_load_n(&page_->data_head, __ATOMIC_ACQUIRE); }
+
+  static const PerfFaults& ThisThread() {
+    static thread_local const PerfFaults faults;
+    return faults;
+  }
+
+ private:
+  // The control page and one page of samples (8 bytes each).
+  static constexpr size_t kMapSize = 2 * kHostPageSize;
+  int fd_ = -1;
+  perf_event_mmap_page* page_ = nullptr;
+};
+
+// Whether the probe found the perf ring buffer's head to move on every
+// fault (ProbePerfFaults); set once, before any snapshot.
+std::atomic<bool> perf_faults_trusted{false};
+
+// Moves on every page fault the calling thread takes; kUnknownFaults when it
+// cannot be read. Only compared with itself on one thread: a thread keeps
+// the source it first used.
+uint64_t ThreadFaults() {
+  if (perf_faults_trusted.load(std::memory_order_relaxed)) {
+    const PerfFaults& perf = PerfFaults::ThisThread();
+    if (perf.available()) return perf.Read();
+  }
+  return RusageFaults();
+}
+
+// Whether the calling thread's perf ring buffer took a sample for each of
+// many faults in a row: the kernel throttles sampling events that overflow
+// too often per tick, and a throttled event would miss faults.
+bool ProbePerfFaults() {
+  const PerfFaults& perf = PerfFaults::ThisThread();
+  if (!perf.available()) return false;
+  constexpr size_t kPages = 512;
+  const size_t size = kPages * kHostPageSize;
+  void* map = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (map == MAP_FAILED) return false;
+  const uint64_t before = perf.Read();
+  auto* bytes = static_cast<volatile uint8_t*>(map);
+  for (size_t at = 0; at < size; at += kHostPageSize) bytes[at] = 1;
+  const uint64_t after = perf.Read();
+  munmap(map, size);
+  return after - before >= kPages * sizeof(perf_event_header);
 }
 
 // A userfaultfd that handles user-mode faults only: enough for async write
@@ -135,6 +218,15 @@ Result<void> Scan(int pagemap, uintptr_t begin, uintptr_t end, bool protect,
   return {};
 }
 
+// Whether `write` moves both sources of ThreadFaults (a thread whose perf
+// event could not be opened uses getrusage).
+bool CountsAsFaults(const std::function<void()>& write) {
+  const uint64_t rusage = RusageFaults();
+  const uint64_t perf = ThreadFaults();
+  write();
+  return RusageFaults() > rusage && ThreadFaults() != perf;
+}
+
 // Tracks a scratch page end to end: the kernel must report exactly the
 // page written. Sets *faults_counted when that write counted as a fault.
 Result<void> SelfTest(int uffd, int pagemap, bool* faults_counted) {
@@ -146,9 +238,7 @@ Result<void> SelfTest(int uffd, int pagemap, bool* faults_counted) {
   bytes[0] = 1;
   Result<void> result = Register(uffd, begin, begin + size);
   if (result) {
-    const uint64_t faults = ThreadFaults();
-    static_cast<volatile uint8_t*>(bytes)[kHostPageSize] = 1;
-    *faults_counted = ThreadFaults() > faults;
+    *faults_counted = CountsAsFaults([&] { static_cast<volatile uint8_t*>(bytes)[kHostPageSize] = 1; });
     std::vector<std::pair<uintptr_t, uintptr_t>> runs;
     result = Scan(pagemap, begin, begin + size, /*protect=*/false,
                   [&](uintptr_t b, uintptr_t e) { runs.emplace_back(b, e); });
@@ -158,9 +248,8 @@ Result<void> SelfTest(int uffd, int pagemap, bool* faults_counted) {
                          "PAGEMAP_SCAN did not report the page written");
     }
     // A protected page that was present before, too.
-    const uint64_t before = ThreadFaults();
-    static_cast<volatile uint8_t*>(bytes)[0] = 2;
-    *faults_counted = *faults_counted && ThreadFaults() > before;
+    *faults_counted = *faults_counted &&
+                      CountsAsFaults([&] { static_cast<volatile uint8_t*>(bytes)[0] = 2; });
   }
   munmap(map, size);
   return result;
@@ -168,6 +257,7 @@ Result<void> SelfTest(int uffd, int pagemap, bool* faults_counted) {
 
 Tracker Probe() {
   Tracker t;
+  perf_faults_trusted.store(ProbePerfFaults(), std::memory_order_relaxed);
   t.uffd = OpenUserfaultfd();
   if (t.uffd < 0) {
     t.error = Errno("userfaultfd");
