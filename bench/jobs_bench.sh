@@ -38,12 +38,12 @@ trap 'scripts/pg-test-server stop "$KEEL_TEST_PG_DIR" >/dev/null 2>&1; rm -rf "$
 pg_base=${KEEL_TEST_PG_URL%/*}
 echo "# load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 
-# The jobs table's columns and indexes (jobs/schema.cc, versions 1 and 2).
+# The jobs table's columns and indexes (jobs/schema.cc, versions 1, 2 and 4).
 psql -q -X -v ON_ERROR_STOP=1 "$KEEL_TEST_PG_URL" >/dev/null <<'SQL'
 CREATE TABLE pgbench_jobs (
   seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
   id TEXT NOT NULL UNIQUE, module_digest TEXT NOT NULL, export_name TEXT NOT NULL,
-  deadline_ms BIGINT NOT NULL, idempotency_key TEXT UNIQUE, max_attempts BIGINT NOT NULL,
+  deadline_ms BIGINT NOT NULL, idempotency_key TEXT, max_attempts BIGINT NOT NULL,
   backoff_ms BIGINT NOT NULL, state TEXT NOT NULL, attempts BIGINT NOT NULL DEFAULT 0,
   cancel_requested BOOLEAN NOT NULL DEFAULT false, created_us BIGINT NOT NULL,
   updated_us BIGINT NOT NULL, not_before_us BIGINT NOT NULL, lease_until_us BIGINT,
@@ -52,7 +52,8 @@ CREATE TABLE pgbench_jobs (
 CREATE INDEX ON pgbench_jobs (not_before_us, seq) WHERE state = 'queued';
 CREATE INDEX ON pgbench_jobs (lease_until_us) WHERE state = 'running';
 CREATE INDEX ON pgbench_jobs (finished_us) WHERE finished_us IS NOT NULL;
-CREATE INDEX ON pgbench_jobs (state, seq);
+CREATE INDEX ON pgbench_jobs (state, seq) WHERE state <> 'succeeded';
+CREATE UNIQUE INDEX ON pgbench_jobs (idempotency_key) WHERE idempotency_key IS NOT NULL;
 SQL
 insert_script="$dir/insert.sql"
 cat >"$insert_script" <<'SQL'

@@ -137,6 +137,12 @@ TimePoint FromMicros(int64_t micros) {
 
 int64_t NowMicros() { return ToMicros(Clock::now()); }
 
+std::string StateFilterSql(JobState state, std::string_view param) {
+  std::string sql = " WHERE state = " + std::string(param);
+  if (state != JobState::kSucceeded) sql += " AND state <> 'succeeded'";
+  return sql;
+}
+
 ErrorCode ErrorCodeFromName(std::string_view name) {
   for (int i = 0; i <= static_cast<int>(ErrorCode::kInternal); ++i) {
     auto code = static_cast<ErrorCode>(i);

@@ -71,6 +71,12 @@ int64_t ToMicros(TimePoint t);
 TimePoint FromMicros(int64_t micros);
 int64_t NowMicros();
 
+// The WHERE clause of a listing of jobs in `state`, whose text is bound as
+// parameter `param` ("?1", "$2"). For any state but succeeded it repeats
+// the predicate of the partial keel_jobs_state index (schema version 4),
+// which a plan for a bound state cannot prove on its own.
+std::string StateFilterSql(JobState state, std::string_view param);
+
 // The ErrorCode whose ToString() is `name`; kInternal if none.
 ErrorCode ErrorCodeFromName(std::string_view name);
 

@@ -139,12 +139,13 @@ constexpr char kInsertSql[] =
     "AS r(job_id, digest, export_name, input, deadline, job_key, attempts, backoff, n) "
     "JOIN keel_modules m ON m.digest = r.digest "
     "ORDER BY n FOR KEY SHARE OF m "
-    "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id";
+    "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING id";
 
 // The jobs holding the keys in $1 (submits whose insert met its key).
 constexpr char kKeyedJobsSql[] =
     "SELECT idempotency_key, id, module_digest, export_name, input, deadline_ms, "
-    "max_attempts, backoff_ms FROM keel_jobs WHERE idempotency_key = ANY($1::text[])";
+    "max_attempts, backoff_ms FROM keel_jobs WHERE idempotency_key = ANY($1::text[]) "
+    "AND idempotency_key IS NOT NULL";
 
 // Re-queues jobs whose lease expired ($1 the error, $2 that of a job
 // cancelled before it ran): one that had started has used its attempt and
@@ -595,9 +596,7 @@ class PostgresStore final : public JobStore {
   Result<std::vector<Job>> List(const ListFilter& filter) override {
     std::string sql = std::string("SELECT ") + kJobColumns + " FROM keel_jobs";
     Params params;
-    if (filter.state) {
-      sql += " WHERE state = $2";
-    }
+    if (filter.state) sql += StateFilterSql(*filter.state, "$2");
     sql += filter.newest_first ? " ORDER BY seq DESC" : " ORDER BY seq";
     sql += " LIMIT $1";
     params.Add(static_cast<int64_t>(filter.limit));
@@ -837,6 +836,13 @@ Result<std::unique_ptr<JobStore>> OpenPostgresStore(const std::string& url,
   for (size_t i = 0; i < options.commit_lanes; ++i) {
     Result<std::unique_ptr<Connection>> conn = Connection::Open(url);
     if (!conn) return tl::unexpected(conn.error());
+    // A claim must walk keel_jobs_ready in order and stop at its LIMIT.
+    // Whenever the statistics underestimate the backlog (a new or fast-
+    // growing table), PostgreSQL plans a bitmap scan instead, which reads
+    // every ready row and sorts them, on each claim; the prepared statement
+    // keeps that plan. The writers' other statements find rows by key.
+    Result<std::string> set = (*conn)->ExecScript("SET enable_bitmapscan = off");
+    if (!set) return tl::unexpected(set.error());
     writers.push_back(std::move(*conn));
   }
   if (Result<void> migrated = MigrateSchema(*writers[0]); !migrated) {

@@ -22,7 +22,7 @@
 
 namespace keel::jobs::schema {
 
-inline constexpr int kSchemaVersion = 3;
+inline constexpr int kSchemaVersion = 4;
 
 enum class Dialect : uint8_t { kSqlite, kPostgres };
 

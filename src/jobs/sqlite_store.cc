@@ -262,7 +262,7 @@ class SqliteStore final : public JobStore {
 
   Result<std::vector<Job>> List(const ListFilter& filter) override {
     std::string sql = std::string("SELECT ") + kJobColumns + " FROM keel_jobs";
-    if (filter.state) sql += " WHERE state = ?1";
+    if (filter.state) sql += StateFilterSql(*filter.state, "?1");
     sql += filter.newest_first ? " ORDER BY seq DESC" : " ORDER BY seq";
     sql += " LIMIT ?2";
     return readers_.With([&](Connection& conn) -> Result<std::vector<Job>> {
