@@ -976,6 +976,29 @@ TEST_P(StoreTest, ListAndCountByState) {
   EXPECT_EQ(store_->List(filter)->size(), 1u);
 }
 
+// The state index leaves out succeeded jobs (schema version 4): listing
+// them goes by seq instead, and every other state still lists exactly.
+TEST_P(StoreTest, ListingFindsSucceededJobsAndTheOthersAlike) {
+  std::vector<std::string> ids;
+  for (int i = 0; i < 3; ++i) ids.push_back(SubmitOk(Spec()));
+  std::vector<ClaimedJob> claimed = ClaimOk(*store_, 2);
+  ASSERT_EQ(claimed.size(), 2u);
+  ASSERT_EQ(store_->Complete(ids[0], claimed[0].claim, Outcome::Succeeded({})),
+            JobState::kSucceeded);
+  ASSERT_EQ(store_->Complete(ids[1], claimed[1].claim,
+                             Outcome::Failed(Error(ErrorCode::kTrap, "no"), false)),
+            JobState::kFailed);
+  for (auto [state, id] : {std::pair{JobState::kSucceeded, ids[0]},
+                           std::pair{JobState::kFailed, ids[1]},
+                           std::pair{JobState::kQueued, ids[2]}}) {
+    Result<std::vector<Job>> listed = store_->List({.state = state});
+    ASSERT_TRUE(listed) << listed.error().ToString();
+    ASSERT_EQ(listed->size(), 1u) << ToString(state);
+    EXPECT_EQ((*listed)[0].id, id);
+  }
+  EXPECT_TRUE(store_->List({.state = JobState::kRunning})->empty());
+}
+
 // A waiting claimer is woken by the submit itself, not found by polling:
 // the stores poll once an hour here, and the claim must end long before its
 // wait would. On PostgreSQL the second store is another store object (as
