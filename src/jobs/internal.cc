@@ -143,6 +143,25 @@ std::string StateFilterSql(JobState state, std::string_view param) {
   return sql;
 }
 
+void StateCounter::Add(std::string_view state, int64_t count) {
+  if (state == "finished") {
+    finished_ = count;
+  } else if (std::optional<JobState> parsed = ParseJobState(state)) {
+    counts_[static_cast<size_t>(*parsed)] = count;
+  }
+}
+
+StateCounts StateCounter::Counts() const {
+  StateCounts counts = counts_;
+  int64_t succeeded = finished_;
+  for (size_t i = 0; i < kJobStateCount; ++i) {
+    auto state = static_cast<JobState>(i);
+    if (state != JobState::kSucceeded && IsFinished(state)) succeeded -= counts[i];
+  }
+  counts[static_cast<size_t>(JobState::kSucceeded)] = std::max<int64_t>(succeeded, 0);
+  return counts;
+}
+
 ErrorCode ErrorCodeFromName(std::string_view name) {
   for (int i = 0; i <= static_cast<int>(ErrorCode::kInternal); ++i) {
     auto code = static_cast<ErrorCode>(i);

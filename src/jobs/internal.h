@@ -77,6 +77,25 @@ int64_t NowMicros();
 // which a plan for a bound state cannot prove on its own.
 std::string StateFilterSql(JobState state, std::string_view param);
 
+// Counts jobs by state from indexes alone (schema version 4), as a node
+// refreshes its job gauges every second: every state but succeeded from the
+// partial state index, and succeeded as every finished job (the finished
+// index) less those finished in another state. Rows: (state text, count),
+// one of them ("finished", n); StateCounter adds them up.
+inline constexpr char kCountByStateSql[] =
+    "SELECT state, count(*) FROM keel_jobs WHERE state <> 'succeeded' GROUP BY state "
+    "UNION ALL SELECT 'finished', count(*) FROM keel_jobs WHERE finished_us IS NOT NULL";
+
+class StateCounter {
+ public:
+  void Add(std::string_view state, int64_t count);
+  StateCounts Counts() const;
+
+ private:
+  StateCounts counts_{};
+  int64_t finished_ = 0;
+};
+
 // The ErrorCode whose ToString() is `name`; kInternal if none.
 ErrorCode ErrorCodeFromName(std::string_view name);
 

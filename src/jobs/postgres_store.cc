@@ -612,16 +612,11 @@ class PostgresStore final : public JobStore {
 
   Result<StateCounts> CountByState() override {
     return readers_.With([&](Connection& conn) -> Result<StateCounts> {
-      Result<Rows> rows =
-          conn.Exec("SELECT state, count(*) FROM keel_jobs GROUP BY state", Params());
+      Result<Rows> rows = conn.Exec(kCountByStateSql, Params());
       if (!rows) return tl::unexpected(rows.error());
-      StateCounts counts{};
-      for (int r = 0; r < rows->size(); ++r) {
-        if (std::optional<JobState> state = ParseJobState(rows->Text(r, 0))) {
-          counts[static_cast<size_t>(*state)] = rows->Int(r, 1);
-        }
-      }
-      return counts;
+      StateCounter counter;
+      for (int r = 0; r < rows->size(); ++r) counter.Add(rows->Text(r, 0), rows->Int(r, 1));
+      return counter.Counts();
     });
   }
 

@@ -281,15 +281,13 @@ class SqliteStore final : public JobStore {
 
   Result<StateCounts> CountByState() override {
     return readers_.With([&](Connection& conn) -> Result<StateCounts> {
-      Statement select = conn.Prepare("SELECT state, count(*) FROM keel_jobs GROUP BY state");
-      StateCounts counts{};
+      Statement select = conn.Prepare(kCountByStateSql);
+      StateCounter counter;
       while (true) {
         Result<bool> row = select.Step();
         if (!row) return tl::unexpected(row.error());
-        if (!*row) return counts;
-        if (std::optional<JobState> state = ParseJobState(select.Text(0))) {
-          counts[static_cast<size_t>(*state)] = select.Int(1);
-        }
+        if (!*row) return counter.Counts();
+        counter.Add(select.Text(0), select.Int(1));
       }
     });
   }

@@ -977,7 +977,8 @@ TEST_P(StoreTest, ListAndCountByState) {
 }
 
 // The state index leaves out succeeded jobs (schema version 4): listing
-// them goes by seq instead, and every other state still lists exactly.
+// them goes by seq instead, counting them by the finished index, and every
+// other state still lists and counts exactly.
 TEST_P(StoreTest, ListingFindsSucceededJobsAndTheOthersAlike) {
   std::vector<std::string> ids;
   for (int i = 0; i < 3; ++i) ids.push_back(SubmitOk(Spec()));
@@ -997,6 +998,15 @@ TEST_P(StoreTest, ListingFindsSucceededJobsAndTheOthersAlike) {
     EXPECT_EQ((*listed)[0].id, id);
   }
   EXPECT_TRUE(store_->List({.state = JobState::kRunning})->empty());
+
+  // Counted from the indexes: succeeded as the finished jobs less the failed.
+  Result<StateCounts> counts = store_->CountByState();
+  ASSERT_TRUE(counts) << counts.error().ToString();
+  StateCounts expected{};
+  expected[static_cast<size_t>(JobState::kSucceeded)] = 1;
+  expected[static_cast<size_t>(JobState::kFailed)] = 1;
+  expected[static_cast<size_t>(JobState::kQueued)] = 1;
+  EXPECT_EQ(*counts, expected);
 }
 
 // A waiting claimer is woken by the submit itself, not found by polling:
