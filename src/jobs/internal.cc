@@ -137,10 +137,8 @@ TimePoint FromMicros(int64_t micros) {
 
 int64_t NowMicros() { return ToMicros(Clock::now()); }
 
-std::string StateFilterSql(JobState state, std::string_view param) {
-  std::string sql = " WHERE state = " + std::string(param);
-  if (state != JobState::kSucceeded) sql += " AND state <> 'succeeded'";
-  return sql;
+std::string StateFilterSql(JobState state) {
+  return " WHERE state = '" + std::string(ToString(state)) + "'";
 }
 
 void StateCounter::Add(std::string_view state, int64_t count) {

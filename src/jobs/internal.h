@@ -71,19 +71,22 @@ int64_t ToMicros(TimePoint t);
 TimePoint FromMicros(int64_t micros);
 int64_t NowMicros();
 
-// The WHERE clause of a listing of jobs in `state`, whose text is bound as
-// parameter `param` ("?1", "$2"). For any state but succeeded it repeats
-// the predicate of the partial keel_jobs_state index (schema version 4),
-// which a plan for a bound state cannot prove on its own.
-std::string StateFilterSql(JobState state, std::string_view param);
+// The WHERE clause of a listing of jobs in `state`, the state spelled out
+// so that the planner matches the partial index that holds it (schema
+// version 4): keel_jobs_ready (queued), keel_jobs_leased (running),
+// keel_jobs_state (failed, timed out, cancelled, dead); succeeded jobs are
+// listed by seq.
+std::string StateFilterSql(JobState state);
 
-// Counts jobs by state from indexes alone (schema version 4), as a node
-// refreshes its job gauges every second: every state but succeeded from the
-// partial state index, and succeeded as every finished job (the finished
-// index) less those finished in another state. Rows: (state text, count),
-// one of them ("finished", n); StateCounter adds them up.
+// Counts jobs by state from those partial indexes alone, as a node refreshes
+// its job gauges every second; succeeded jobs are every finished job (the
+// finished index) less those finished in another state. Rows: (state text,
+// count), one of them ("finished", n); StateCounter adds them up.
 inline constexpr char kCountByStateSql[] =
-    "SELECT state, count(*) FROM keel_jobs WHERE state <> 'succeeded' GROUP BY state "
+    "SELECT state, count(*) FROM keel_jobs "
+    "WHERE state IN ('failed', 'timed_out', 'cancelled', 'dead') GROUP BY state "
+    "UNION ALL SELECT 'queued', count(*) FROM keel_jobs WHERE state = 'queued' "
+    "UNION ALL SELECT 'running', count(*) FROM keel_jobs WHERE state = 'running' "
     "UNION ALL SELECT 'finished', count(*) FROM keel_jobs WHERE finished_us IS NOT NULL";
 
 class StateCounter {

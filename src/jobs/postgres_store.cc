@@ -596,11 +596,10 @@ class PostgresStore final : public JobStore {
   Result<std::vector<Job>> List(const ListFilter& filter) override {
     std::string sql = std::string("SELECT ") + kJobColumns + " FROM keel_jobs";
     Params params;
-    if (filter.state) sql += StateFilterSql(*filter.state, "$2");
+    if (filter.state) sql += StateFilterSql(*filter.state);
     sql += filter.newest_first ? " ORDER BY seq DESC" : " ORDER BY seq";
     sql += " LIMIT $1";
     params.Add(static_cast<int64_t>(filter.limit));
-    if (filter.state) params.Add(ToString(*filter.state));
     return readers_.With([&](Connection& conn) -> Result<std::vector<Job>> {
       Result<Rows> rows = conn.Exec(sql, params);
       if (!rows) return tl::unexpected(rows.error());

@@ -184,19 +184,23 @@ CREATE TABLE keel_abort_requests (
 
 // Version 4: fewer index writes per job, as every state change of a job
 // rewrites its row and (not being a HOT update) adds an entry to every index
-// whose predicate the new row meets. The state index leaves out succeeded
-// jobs, the bulk of the table, which a listing finds by seq instead; on
+// whose predicate the new row meets. The state index keeps only jobs that
+// finished without success: queued and running jobs are in the ready and
+// leased indexes already, and succeeded ones, the bulk of the table, are
+// listed by seq and counted through the finished index (internal.h). On
 // PostgreSQL jobs without an idempotency key get no key index entry (the key
 // is unique through a partial index; SQLite's inline UNIQUE cannot be
 // dropped without rebuilding the table).
 constexpr char kSqliteV4[] = R"sql(
 DROP INDEX keel_jobs_state;
-CREATE INDEX keel_jobs_state ON keel_jobs (state, seq) WHERE state <> 'succeeded';
+CREATE INDEX keel_jobs_state ON keel_jobs (state, seq)
+  WHERE state IN ('failed', 'timed_out', 'cancelled', 'dead');
 )sql";
 
 constexpr char kPostgresV4[] = R"sql(
 DROP INDEX keel_jobs_state;
-CREATE INDEX keel_jobs_state ON keel_jobs (state, seq) WHERE state <> 'succeeded';
+CREATE INDEX keel_jobs_state ON keel_jobs (state, seq)
+  WHERE state IN ('failed', 'timed_out', 'cancelled', 'dead');
 ALTER TABLE keel_jobs DROP CONSTRAINT keel_jobs_idempotency_key_key;
 CREATE UNIQUE INDEX keel_jobs_key ON keel_jobs (idempotency_key)
   WHERE idempotency_key IS NOT NULL;
@@ -206,13 +210,13 @@ constexpr Migration kSqliteMigrations[] = {
     {1, "job queue: keel_modules, keel_jobs", kSqliteV1},
     {2, "keel_jobs: claims name leases; started_us", kSqliteV2},
     {3, "cluster: module names, nodes, abort requests", kSqliteV3},
-    {4, "keel_jobs: no state index entries for succeeded jobs", kSqliteV4},
+    {4, "keel_jobs: the state index holds unsuccessful jobs only", kSqliteV4},
 };
 constexpr Migration kPostgresMigrations[] = {
     {1, "job queue: keel_modules, keel_jobs, keel_now_us()", kPostgresV1},
     {2, "keel_jobs: claims name leases; started_us", kPostgresV2},
     {3, "cluster: module names, nodes, abort requests", kPostgresV3},
-    {4, "keel_jobs: partial state and idempotency key indexes", kPostgresV4},
+    {4, "keel_jobs: unsuccessful jobs only in the state index; partial key index", kPostgresV4},
 };
 static_assert(std::size(kSqliteMigrations) == kSchemaVersion);
 static_assert(std::size(kPostgresMigrations) == kSchemaVersion);

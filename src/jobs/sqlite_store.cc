@@ -86,8 +86,9 @@ const std::string& CompleteSql() {
 // Re-queues jobs whose lease expired (?1 now, ?2 the error, ?3 that of a
 // job cancelled before it ran): one that had started has used its attempt
 // and may end dead or cancelled; one only claimed goes back as it was, or
-// ends cancelled. INDEXED BY: without statistics SQLite would
-// pick keel_jobs_state and sort every queued job on each claim.
+// ends cancelled. INDEXED BY: without statistics SQLite may pick
+// another index (before schema version 4 it picked the full state index
+// and sorted every queued job on each claim).
 constexpr char kReapSql[] =
     "UPDATE keel_jobs INDEXED BY keel_jobs_leased SET "
     "state = CASE WHEN cancel_requested THEN 'cancelled' WHEN started_us IS NULL THEN 'queued' "
@@ -262,13 +263,12 @@ class SqliteStore final : public JobStore {
 
   Result<std::vector<Job>> List(const ListFilter& filter) override {
     std::string sql = std::string("SELECT ") + kJobColumns + " FROM keel_jobs";
-    if (filter.state) sql += StateFilterSql(*filter.state, "?1");
+    if (filter.state) sql += StateFilterSql(*filter.state);
     sql += filter.newest_first ? " ORDER BY seq DESC" : " ORDER BY seq";
-    sql += " LIMIT ?2";
+    sql += " LIMIT ?1";
     return readers_.With([&](Connection& conn) -> Result<std::vector<Job>> {
       Statement select = conn.Prepare(sql);
-      if (filter.state) select.Bind(1, ToString(*filter.state));
-      select.Bind(2, static_cast<int64_t>(filter.limit));
+      select.Bind(1, static_cast<int64_t>(filter.limit));
       std::vector<Job> jobs;
       while (true) {
         Result<bool> row = select.Step();
