@@ -222,9 +222,9 @@ Result<void> Scan(int pagemap, uintptr_t begin, uintptr_t end, bool protect,
 // event could not be opened uses getrusage).
 bool CountsAsFaults(const std::function<void()>& write) {
   const uint64_t rusage = RusageFaults();
-  const uint64_t perf = ThreadFaults();
+  const uint64_t thread = ThreadFaults();
   write();
-  return RusageFaults() > rusage && ThreadFaults() != perf;
+  return RusageFaults() > rusage && ThreadFaults() != thread;
 }
 
 // Tracks a scratch page end to end: the kernel must report exactly the
@@ -257,7 +257,6 @@ Result<void> SelfTest(int uffd, int pagemap, bool* faults_counted) {
 
 Tracker Probe() {
   Tracker t;
-  perf_faults_trusted.store(ProbePerfFaults(), std::memory_order_relaxed);
   t.uffd = OpenUserfaultfd();
   if (t.uffd < 0) {
     t.error = Errno("userfaultfd");
@@ -275,6 +274,9 @@ Tracker Probe() {
     t.error = Errno("/proc/self/pagemap");
     return t;
   }
+  // Only where tracking works is a fault count of any use; the self-test
+  // then checks the source chosen here.
+  perf_faults_trusted.store(ProbePerfFaults(), std::memory_order_relaxed);
   if (auto ok = SelfTest(t.uffd, t.pagemap, &t.faults_counted); !ok) t.error = ok.error().message;
   return t;
 }

@@ -141,7 +141,9 @@ constexpr char kInsertSql[] =
     "ORDER BY n FOR KEY SHARE OF m "
     "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING id";
 
-// The jobs holding the keys in $1 (submits whose insert met its key).
+// The jobs holding the keys in $1 (submits whose insert met its key). The
+// IS NOT NULL repeats the predicate of the partial key index (schema
+// version 4) for the planner.
 constexpr char kKeyedJobsSql[] =
     "SELECT idempotency_key, id, module_digest, export_name, input, deadline_ms, "
     "max_attempts, backoff_ms FROM keel_jobs WHERE idempotency_key = ANY($1::text[]) "

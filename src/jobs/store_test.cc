@@ -976,9 +976,10 @@ TEST_P(StoreTest, ListAndCountByState) {
   EXPECT_EQ(store_->List(filter)->size(), 1u);
 }
 
-// The state index leaves out succeeded jobs (schema version 4): listing
-// them goes by seq instead, counting them by the finished index, and every
-// other state still lists and counts exactly.
+// Since schema version 4 each state is found through its own partial index
+// (queued: ready, running: leased, unsuccessful: state) and succeeded jobs
+// by seq, counted through the finished index: every state still lists and
+// counts exactly.
 TEST_P(StoreTest, ListingFindsSucceededJobsAndTheOthersAlike) {
   std::vector<std::string> ids;
   for (int i = 0; i < 3; ++i) ids.push_back(SubmitOk(Spec()));
