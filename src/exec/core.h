@@ -285,6 +285,7 @@ class Worker {
 
   RuntimeCore* core_;
   const int index_;
+  WorkerCounters& counters_;  // core_->metrics.ForWorker(index_)
   const bool spare_;
   pthread_t thread_{};
   bool started_ = false;

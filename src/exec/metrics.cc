@@ -45,17 +45,29 @@ void Histogram::Record(std::chrono::nanoseconds d) {
   size_t bucket = us <= 1 ? 0 : static_cast<size_t>(std::bit_width(us - 1));
   if (bucket > kBuckets) bucket = kBuckets;
   counts_[bucket].fetch_add(1, std::memory_order_relaxed);
-  count_.fetch_add(1, std::memory_order_relaxed);
   sum_ns_.fetch_add(ns, std::memory_order_relaxed);
 }
 
-HistogramSnapshot Histogram::Snapshot() const {
+HistogramSnapshot Histogram::Empty() {
   HistogramSnapshot s;
   for (size_t i = 0; i < kBuckets; ++i) s.bounds.push_back(std::ldexp(1e-6, static_cast<int>(i)));
-  for (const auto& c : counts_) s.counts.push_back(c.load(std::memory_order_relaxed));
-  for (uint64_t c : s.counts) s.count += c;
-  s.sum_seconds = static_cast<double>(sum_ns_.load(std::memory_order_relaxed)) / 1e9;
+  s.counts.assign(kBuckets + 1, 0);
   return s;
+}
+
+HistogramSnapshot Histogram::Snapshot() const {
+  HistogramSnapshot s = Empty();
+  AddTo(s);
+  return s;
+}
+
+void Histogram::AddTo(HistogramSnapshot& s) const {
+  for (size_t i = 0; i < counts_.size(); ++i) {
+    uint64_t c = counts_[i].load(std::memory_order_relaxed);
+    s.counts[i] += c;
+    s.count += c;
+  }
+  s.sum_seconds += static_cast<double>(sum_ns_.load(std::memory_order_relaxed)) / 1e9;
 }
 
 void Metrics::CountResolution(Cause cause, TrapKind trap) {
@@ -73,7 +85,7 @@ void Metrics::CountResolution(Cause cause, TrapKind trap) {
   }
 }
 
-void Metrics::CountRunEnd(RunEnd end) {
+void WorkerCounters::CountRunEnd(RunEnd end) {
   switch (end) {
     case RunEnd::kOk: run_ok++; break;
     case RunEnd::kTrapped: run_trapped++; break;
@@ -99,11 +111,6 @@ MetricsSnapshot Metrics::Snapshot() const {
   s.resolved.shutting_down = shutting_down;
   s.resolved.unavailable = unavailable;
   s.resolved.aborted = aborted;
-  s.runs.started = started;
-  s.runs.run_ok = run_ok;
-  s.runs.run_trapped = run_trapped;
-  s.runs.run_interrupted = run_interrupted;
-  s.runs.run_failed = run_failed;
   s.instances.created = created;
   s.instances.poisoned = poisoned;
   s.instances.replaced = replaced;
@@ -120,15 +127,23 @@ MetricsSnapshot Metrics::Snapshot() const {
   s.queued = queued;
   s.running = running;
   s.instances_live = instances_live;
-  s.queue_wait = queue_wait.Snapshot();
-  s.run_time = run_time.Snapshot();
   s.end_to_end = end_to_end.Snapshot();
-  s.resets.pages = resets_pages;
-  s.resets.full = resets_full;
   s.resets.fresh_fallback = resets_fresh_fallback;
-  s.resets.pages_copied = reset_pages_copied;
-  s.resets.scans = reset_scans;
-  s.reset_time = reset_time.Snapshot();
+  s.queue_wait = s.run_time = s.reset_time = Histogram::Empty();
+  for (const WorkerCounters& w : per_worker) {
+    s.runs.started += w.started;
+    s.runs.run_ok += w.run_ok;
+    s.runs.run_trapped += w.run_trapped;
+    s.runs.run_interrupted += w.run_interrupted;
+    s.runs.run_failed += w.run_failed;
+    s.resets.pages += w.resets_pages;
+    s.resets.full += w.resets_full;
+    s.resets.pages_copied += w.reset_pages_copied;
+    s.resets.scans += w.reset_scans;
+    w.queue_wait.AddTo(s.queue_wait);
+    w.run_time.AddTo(s.run_time);
+    w.reset_time.AddTo(s.reset_time);
+  }
   return s;
 }
 

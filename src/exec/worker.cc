@@ -39,7 +39,8 @@ bool IsOutOfMemory(const Error& error) {
 
 }  // namespace
 
-Worker::Worker(RuntimeCore* core, int index, bool spare) : core_(core), index_(index), spare_(spare) {}
+Worker::Worker(RuntimeCore* core, int index, bool spare)
+    : core_(core), index_(index), counters_(core->metrics.ForWorker(index)), spare_(spare) {}
 
 Worker::~Worker() { Stop(); }
 
@@ -373,10 +374,9 @@ void Worker::Execute(Slot& slot, std::shared_ptr<CallRecord> record, const PoolI
   uint64_t tag = core_->next_tag.fetch_add(1);
   if (!BeginCall(record, tag)) return;
   PassOnClaim(claim, &slot);
-  Metrics& metrics = core_->metrics;
   Clock::time_point start = Clock::now();
-  metrics.started++;
-  metrics.queue_wait.Record(start - record->submitted);
+  counters_.started++;
+  counters_.queue_wait.Record(start - record->submitted);
   if (!slot.temporary()) slot.pool->SlotBusy(true);
   running_since_.store(start.time_since_epoch().count());
   running_pool_.store(slot.pool.get());
@@ -400,8 +400,8 @@ void Worker::FinishCall(Slot& slot, const std::shared_ptr<CallRecord>& record, C
   // Before the resolution, so that a caller that wakes up finds the gauges
   // consistent.
   metrics.running--;
-  metrics.run_time.Record(end - start);
-  metrics.CountRunEnd(RunEndOf(result));
+  counters_.run_time.Record(end - start);
+  counters_.CountRunEnd(RunEndOf(result));
   if (!slot.temporary()) slot.pool->SlotBusy(false);
   slot.calls++;
   slot.last_used = end;
@@ -471,15 +471,14 @@ bool Worker::ResetToSnapshot(Slot& slot) {
   Clock::time_point start = Clock::now();
   auto reset = slot.instance->Reset();
   if (!reset) return false;
-  Metrics& metrics = core_->metrics;
-  metrics.reset_time.Record(Clock::now() - start);
+  counters_.reset_time.Record(Clock::now() - start);
   if (reset->memory == engine::ResetStats::Memory::kTracked) {
-    metrics.resets_pages++;
+    counters_.resets_pages++;
   } else {
-    metrics.resets_full++;
+    counters_.resets_full++;
   }
-  metrics.reset_pages_copied += reset->pages_copied;
-  if (reset->scanned) metrics.reset_scans++;
+  counters_.reset_pages_copied += reset->pages_copied;
+  if (reset->scanned) counters_.reset_scans++;
   return true;
 }
 
