@@ -64,11 +64,13 @@ struct PendingCall {
   std::string export_name;
   bool json = false;  // a numeric call (JSON), else a byte call
 };
-// POST /v1/modules/{module}/call/{export}: submits the call, or answers at
-// once when it is refused (bad input, unknown names, admission control).
-// Never blocks and never waits: the connection waits for `call`.
-std::variant<Response, PendingCall> StartCall(Service& service, RequestContext& ctx, std::string module,
-                                              std::string export_name);
+// POST /v1/modules/{module}/call/{export}: submits the call to `entry`
+// (the module's, from Registry::Find or Load; nullptr: no such module), or
+// answers at once when it is refused (bad input, unknown names, admission
+// control). Never blocks and never waits: the connection waits for `call`.
+std::variant<Response, PendingCall> StartCall(Service& service, RequestContext& ctx,
+                                              std::shared_ptr<const ModuleEntry> entry,
+                                              std::string module, std::string export_name);
 // The answer of a call that succeeded: its body, sent with this content type
 // and the call's id (X-Keel-Call-Id). Kept apart from Response, whose
 // fields cost allocations on the hottest path.

@@ -83,13 +83,14 @@ std::optional<std::string> InternalExportReason(std::string_view name) {
   return std::nullopt;
 }
 
-std::variant<Response, PendingCall> StartCall(Service& service, RequestContext& ctx, std::string module,
-                                              std::string export_name) {
+std::variant<Response, PendingCall> StartCall(Service& service, RequestContext& ctx,
+                                              std::shared_ptr<const ModuleEntry> entry,
+                                              std::string module, std::string export_name) {
   auto timeout = CallTimeout(service.options(), ctx.query);
   if (!timeout) return ErrorResponse(timeout.error());
   PendingCall pending;
   pending.json = IsJson(ctx.request);
-  pending.entry = service.registry().Find(module);
+  pending.entry = std::move(entry);
   if (!pending.entry) return ErrorResponse(Error(ErrorCode::kNotFound, "no module named '" + module + "'"));
   const Module::Export* exp = pending.entry->module->FindExport(export_name);
   if (!exp || exp->kind != ExternKind::kFunc) {

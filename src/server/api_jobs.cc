@@ -42,9 +42,16 @@ json::object JobJson(const jobs::Job& job) {
   return out;
 }
 
-// Reads the submit body into a spec; the module is named by `module` (a
-// name, resolved to its current digest) or `module_digest`.
-Result<jobs::JobSpec> ParseJobSpec(Service& service, std::string_view body) {
+// A submit body: the spec, and the module's name when the body names one
+// (the spec's digest is then the name's, set by UseModule).
+struct ParsedJob {
+  jobs::JobSpec spec;
+  std::string module_name;
+};
+
+// Reads the submit body; the module is named by `module` (a name, resolved
+// to its current digest by UseModule) or `module_digest`.
+Result<ParsedJob> ParseJobSpec(Service& service, std::string_view body) {
   auto bad = [](std::string m) { return MakeError(ErrorCode::kInvalidArgument, std::move(m)); };
   auto parsed = ParseJson(body);
   if (!parsed) return MakeError(parsed.error());
@@ -106,27 +113,37 @@ Result<jobs::JobSpec> ParseJobSpec(Service& service, std::string_view body) {
   if (spec.export_name.empty()) return bad("\"export\" is required");
   if (auto why = InternalExportReason(spec.export_name)) return MakeError(ErrorCode::kNotFound, *why);
   if (module_name.empty() == spec.module_digest.empty()) return bad("give one of \"module\" or \"module_digest\"");
-  if (!module_name.empty()) {
-    auto entry = service.registry().Find(module_name);
-    if (!entry) return MakeError(ErrorCode::kNotFound, "no module named '" + module_name + "'");
-    const Module::Export* exp = entry->module->FindExport(spec.export_name);
-    if (!exp || exp->kind != ExternKind::kFunc) {
-      return MakeError(ErrorCode::kNotFound,
-                       "module '" + module_name + "' has no function export '" + spec.export_name + "'");
-    }
-    if (!exp->byte_callable) {
-      return bad("jobs are byte calls, and '" + spec.export_name + "' does not follow the byte convention");
-    }
-    spec.module_digest = entry->module->digest();
+  return ParsedJob{std::move(spec), std::move(module_name)};
+}
+
+// Checks the job's export against `entry`, the module named in the body,
+// and makes the job run that module's bytes.
+Result<void> UseModule(const ModuleEntry& entry, ParsedJob& job) {
+  jobs::JobSpec& spec = job.spec;
+  const Module::Export* exp = entry.module->FindExport(spec.export_name);
+  if (!exp || exp->kind != ExternKind::kFunc) {
+    return MakeError(ErrorCode::kNotFound,
+                     "module '" + job.module_name + "' has no function export '" + spec.export_name + "'");
   }
-  return spec;
+  if (!exp->byte_callable) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "jobs are byte calls, and '" + spec.export_name + "' does not follow the byte convention");
+  }
+  spec.module_digest = entry.module->digest();
+  return {};
 }
 
 boost::asio::awaitable<Response> Submit(Service& service, RequestContext& ctx) {
   const auto& body = ctx.request.body();
-  auto spec = ParseJobSpec(service, std::string_view(reinterpret_cast<const char*>(body.data()), body.size()));
-  if (!spec) co_return ErrorResponse(spec.error());
-  auto submit = [&service, spec = std::move(*spec)] { return service.store().Submit(spec); };
+  auto job = ParseJobSpec(service, std::string_view(reinterpret_cast<const char*>(body.data()), body.size()));
+  if (!job) co_return ErrorResponse(job.error());
+  if (!job->module_name.empty()) {
+    auto loading = service.LoadModule(job->module_name);
+    auto entry = co_await std::move(loading);
+    if (!entry) co_return ErrorResponse(entry.error());
+    if (auto used = UseModule(**entry, *job); !used) co_return ErrorResponse(used.error());
+  }
+  auto submit = [&service, spec = std::move(job->spec)] { return service.store().Submit(spec); };
   auto submitted = co_await OffThread(service, std::move(submit));
   // NUL or invalid UTF-8 in the key: 400 from the store, never truncated.
   if (!submitted) co_return ErrorResponse(submitted.error());

@@ -1,4 +1,6 @@
 // /v1/modules: upload, list, inspect and delete modules.
+#include <map>
+
 #include <boost/json.hpp>
 
 #include "server/api.h"
@@ -38,6 +40,7 @@ json::object ModuleJson(const ModuleEntry& entry, bool detail) {
       {"state", ToString(entry.state)},
       {"loaded_at", FormatTime(entry.loaded_at)},
       {"exports", std::move(exports)},
+      {"compiled", true},
   };
   // The registry version of the upload, shared by every node.
   if (entry.persisted) out["version"] = entry.version;
@@ -60,8 +63,20 @@ json::object ModuleJson(const ModuleEntry& entry, bool detail) {
   return out;
 }
 
-Response NoModule(const std::string& name) {
-  return ErrorResponse(Error(ErrorCode::kNotFound, "no module named '" + name + "'"));
+// Every name, sorted; names another node uploaded and nobody has used here
+// yet have no exports to show (not compiled: "compiled": false).
+json::array ModulesJson(const Registry& registry) {
+  std::map<std::string, json::object> sorted;
+  for (const auto& entry : registry.List()) sorted[entry->name] = ModuleJson(*entry, /*detail=*/false);
+  for (const jobs::ModuleName& known : registry.Unloaded()) {
+    sorted[known.name] = {
+        {"name", known.name},   {"digest", known.digest}, {"source", "upload"},
+        {"state", known.state}, {"version", known.version}, {"compiled", false},
+    };
+  }
+  json::array out;
+  for (auto& [name, module] : sorted) out.push_back(std::move(module));
+  return out;
 }
 
 }  // namespace
@@ -72,16 +87,15 @@ boost::asio::awaitable<Response> HandleModules(Service& service, RequestContext&
   Registry& registry = service.registry();
   if (segments.empty()) {
     if (method != http::verb::get) co_return MethodNotAllowed("GET");
-    json::array modules;
-    for (const auto& entry : registry.List()) modules.push_back(ModuleJson(*entry, /*detail=*/false));
-    co_return JsonResponse(200, json::value{{"modules", std::move(modules)}});
+    co_return JsonResponse(200, json::value{{"modules", ModulesJson(registry)}});
   }
   const std::string& name = segments[0];
   switch (method) {
     case http::verb::get: {
-      auto entry = registry.Find(name);
-      if (!entry) co_return NoModule(name);
-      co_return JsonResponse(200, ModuleJson(*entry, /*detail=*/true));
+      auto loading = service.LoadModule(name);
+      auto entry = co_await std::move(loading);
+      if (!entry) co_return ErrorResponse(entry.error());
+      co_return JsonResponse(200, ModuleJson(**entry, /*detail=*/true));
     }
     case http::verb::put: {
       auto state_text = QueryParam(ctx.query, "state");
@@ -107,12 +121,10 @@ boost::asio::awaitable<Response> HandleModules(Service& service, RequestContext&
       co_return co_await OffThread(service.compiling(), std::move(put));
     }
     case http::verb::delete_: {
-      auto entry = registry.Find(name);
-      if (!entry) co_return NoModule(name);
       auto remove = [&registry, name] { return registry.Remove(name); };
       auto removed = co_await OffThread(service, std::move(remove));
       if (!removed) co_return ErrorResponse(removed.error());
-      co_return JsonResponse(200, json::value{{"name", name}, {"digest", entry->module->digest()}, {"deleted", true}});
+      co_return JsonResponse(200, json::value{{"name", name}, {"digest", *removed}, {"deleted", true}});
     }
     default:
       co_return MethodNotAllowed("GET, PUT, DELETE");

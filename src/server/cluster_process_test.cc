@@ -188,8 +188,30 @@ TEST_F(ClusterTest, UploadReplaceAndDeleteReachEveryNode) {
   // A node started afterwards knows the names as they are now.
   ASSERT_EQ(Client(Port(0)).Put("/v1/modules/later", ReadBytes(Guest("sha256"))).status, 201);
   Restart(1);
+  // Known at start, compiled at the first use: listed without exports
+  // until then.
+  // "compiled" of `name` in node 1's list; null when not listed.
+  auto compiled = [&](std::string_view name) -> json::value {
+    json::value list = Client(Port(1)).Get("/v1/modules").json();
+    for (const json::value& m : list.at("modules").as_array()) {
+      if (m.at("name").as_string() == name) return m.at("compiled");
+    }
+    return nullptr;
+  };
+  EXPECT_EQ(compiled("later"), false);
   EXPECT_EQ(Call(1, "later", "hash", "abc").body, sha) << nodes_[1]->log();
+  EXPECT_EQ(compiled("later"), true);
+  EXPECT_EQ(Client(Port(1)).Get("/v1/modules/later").json().at("compiled"), true);
   EXPECT_EQ(Client(Port(1)).Get("/v1/modules/shared").status, 404);
+  // A name never used on a node is deleted through it all the same.
+  Reply unused = Client(Port(0)).Put("/v1/modules/unused", ReadBytes(Guest("sha256")));
+  ASSERT_EQ(unused.status, 201);
+  ASSERT_TRUE(Eventually([&] { return compiled("unused") == false; }, kPropagation));
+  Reply deleted = Client(Port(1)).Send(http::verb::delete_, "/v1/modules/unused");
+  EXPECT_EQ(deleted.status, 200) << deleted.body;
+  EXPECT_EQ(deleted.json().at("digest"), unused.json().at("digest"));
+  EXPECT_TRUE(Eventually([&] { return Client(Port(0)).Get("/v1/modules/unused").status == 404; },
+                         kPropagation));
 }
 
 TEST_F(ClusterTest, NodesListShowsDeathAndReturnUnderTheSameName) {

@@ -136,14 +136,55 @@ std::shared_ptr<const ModuleEntry> Registry::Install(
     entry->pool = digests_[key].pool;
   }
   if (previous) Unreference(KeyOf(*previous));
+  unloaded_.erase(entry->name);
   names_[entry->name] = entry;
   return entry;
 }
 
-std::shared_ptr<const ModuleEntry> Registry::Find(std::string_view name) const {
+std::shared_ptr<const ModuleEntry> Registry::Find(std::string_view name, bool* unloaded) const {
   MutexLock lock(mu_);
   auto it = names_.find(name);
-  return it == names_.end() ? nullptr : it->second;
+  if (it != names_.end()) return it->second;
+  if (unloaded) *unloaded = unloaded_.contains(name);
+  return nullptr;
+}
+
+Result<std::shared_ptr<const ModuleEntry>> Registry::Load(std::string_view name) {
+  if (auto entry = Find(name)) return entry;
+  MutexLock write_lock(write_mu_);
+  std::optional<jobs::ModuleName> known;
+  {
+    MutexLock lock(mu_);
+    // Compiled by a Load that held write_mu_ before this one.
+    if (auto it = names_.find(name); it != names_.end()) return it->second;
+    if (auto it = unloaded_.find(name); it != unloaded_.end()) known = it->second;
+  }
+  if (!known) return MakeError(ErrorCode::kNotFound, "no module named '" + std::string(name) + "'");
+  return Compile(*known);
+}
+
+Result<std::shared_ptr<const ModuleEntry>> Registry::Compile(const jobs::ModuleName& name) {
+  auto policy = ParseStatePolicy(name.state);
+  if (!policy) return MakeError(policy.error());
+  auto bytes = store_->GetModule(name.digest);
+  if (!bytes) return MakeError(bytes.error());
+  auto module = runtime_->Compile(*bytes, {.name = name.name});
+  if (!module) return MakeError(module.error());
+  bool new_pool = false;
+  auto pool = PoolFor({name.digest, *policy}, *module, new_pool);
+  if (!pool) return MakeError(pool.error());
+  spdlog::info("module name={} digest={} version={} compiled at its first use", name.name,
+               name.digest, name.version);
+  return Install(name.name, *module, *pool, new_pool, *policy, /*persist=*/true, name.version,
+                 nullptr);
+}
+
+std::vector<jobs::ModuleName> Registry::Unloaded() const {
+  MutexLock lock(mu_);
+  std::vector<jobs::ModuleName> out;
+  out.reserve(unloaded_.size());
+  for (const auto& [name, known] : unloaded_) out.push_back(known);
+  return out;
 }
 
 std::vector<std::shared_ptr<const ModuleEntry>> Registry::List() const {
@@ -154,22 +195,30 @@ std::vector<std::shared_ptr<const ModuleEntry>> Registry::List() const {
   return out;
 }
 
-Result<void> Registry::Remove(std::string_view name) {
+Result<std::string> Registry::Remove(std::string_view name) {
   MutexLock write_lock(write_mu_);
-  auto entry = Find(name);
-  if (!entry) return MakeError(ErrorCode::kNotFound, "no module named '" + std::string(name) + "'");
-  if (entry->persisted) {
+  std::shared_ptr<const ModuleEntry> entry;
+  std::optional<jobs::ModuleName> unloaded;
+  {
+    MutexLock lock(mu_);
+    if (auto it = names_.find(name); it != names_.end()) entry = it->second;
+    if (auto it = unloaded_.find(name); it != unloaded_.end()) unloaded = it->second;
+  }
+  if (!entry && !unloaded) return MakeError(ErrorCode::kNotFound, "no module named '" + std::string(name) + "'");
+  const bool persisted = unloaded || entry->persisted;
+  if (persisted) {
     // Gone from the store already (another node deleted it): drop it here.
-    auto deleted = cluster_->DeleteName(entry->name);
+    auto deleted = cluster_->DeleteName(name);
     if (!deleted && deleted.error().code != ErrorCode::kNotFound) return MakeError(deleted.error());
   }
   {
     MutexLock lock(mu_);
-    names_.erase(entry->name);
-    Unreference(KeyOf(*entry));
+    names_.erase(std::string(name));
+    unloaded_.erase(std::string(name));
+    if (entry) Unreference(KeyOf(*entry));
   }
-  if (entry->persisted) (void)CollectGarbage();
-  return {};
+  if (persisted) (void)CollectGarbage();
+  return entry ? entry->module->digest() : unloaded->digest;
 }
 
 Result<int64_t> Registry::CollectGarbage() {
@@ -207,35 +256,33 @@ Result<uint64_t> Registry::Sync() {
     names_.erase(entry->name);
     Unreference(KeyOf(*entry));
   }
+  {
+    MutexLock lock(mu_);
+    std::erase_if(unloaded_, [&](const auto& known) { return !in_store.contains(known.first); });
+  }
   synced_ = true;
   synced_version_ = snapshot->version;
   return snapshot->version;
 }
 
 void Registry::SyncName(const jobs::ModuleName& name) {
-  std::shared_ptr<const ModuleEntry> previous = Find(name.name);
   auto policy = ParseStatePolicy(name.state);
   if (!policy) {
     spdlog::warn("module name={} skipped: {}", name.name, policy.error().ToString());
     return;
   }
-  if (previous && previous->persisted && previous->module->digest() == name.digest &&
-      previous->state == *policy) {
-    return;
+  MutexLock lock(mu_);
+  if (auto it = names_.find(name.name); it != names_.end()) {
+    const ModuleEntry& previous = *it->second;
+    if (previous.persisted && previous.module->digest() == name.digest && previous.state == *policy) {
+      return;
+    }
+    // Replaced through another node (or a --modules file overridden): the
+    // new bytes are compiled at the name's next use here.
+    Unreference(KeyOf(previous));
+    names_.erase(it);
   }
-  auto warn = [&](const Error& error) {
-    spdlog::warn("module name={} digest={} skipped: {}", name.name, name.digest, error.ToString());
-  };
-  auto bytes = store_->GetModule(name.digest);
-  if (!bytes) return warn(bytes.error());
-  auto module = runtime_->Compile(*bytes, {.name = name.name});
-  if (!module) return warn(module.error());
-  bool new_pool = false;
-  auto pool = PoolFor({name.digest, *policy}, *module, new_pool);
-  if (!pool) return warn(pool.error());
-  Install(name.name, *module, *pool, new_pool, *policy, /*persist=*/true, name.version, previous);
-  spdlog::info("module name={} digest={} version={} loaded from the store", name.name, name.digest,
-               name.version);
+  unloaded_[name.name] = name;
 }
 
 Result<std::shared_ptr<Pool>> Registry::PoolForDigest(const std::string& digest) {
@@ -253,6 +300,19 @@ Result<std::shared_ptr<Pool>> Registry::PoolForDigest(const std::string& digest)
       if (found->names == 0) found->idle_since = std::chrono::steady_clock::now();
       return found->pool;
     }
+  }
+  // A name of these bytes not compiled here yet: the job follows its policy.
+  std::optional<std::string> unloaded_name;
+  {
+    MutexLock lock(mu_);
+    for (const auto& [name, known] : unloaded_) {
+      if (known.digest == digest) unloaded_name = name;
+    }
+  }
+  if (unloaded_name) {
+    auto loaded = Load(*unloaded_name);
+    if (loaded) return (*loaded)->pool;
+    if (loaded.error().code != ErrorCode::kNotFound) return MakeError(loaded.error());
   }
   if (!IsHexDigest(digest)) return MakeError(ErrorCode::kNotFound, "no module with digest '" + digest + "'");
   auto bytes = store_->GetModule(digest);
@@ -389,9 +449,9 @@ Result<size_t> Registry::LoadPersisted() {
   }
   auto synced = Sync();
   if (!synced) return MakeError(synced.error());
-  size_t loaded = 0;
-  for (const auto& entry : List()) loaded += entry->persisted ? 1 : 0;
-  return loaded;
+  size_t known = Unloaded().size();
+  for (const auto& entry : List()) known += entry->persisted ? 1 : 0;
+  return known;
 }
 
 }  // namespace keel::server

@@ -5,8 +5,9 @@
 // Persistence: uploaded names live in the cluster store
 // (jobs/cluster_store.h) with their bytes, state policy and a version per
 // change; on PostgreSQL every node shares them. Sync() brings this node's
-// names to the store's (compiling what changed), and is called when the
-// store reports a change. Names a keel before the cluster store kept as
+// names to the store's, and is called when the store reports a change; a
+// name this node did not upload is compiled at its first use here
+// (Load()), so that a node compiles only what it serves. Names a keel before the cluster store kept as
 // files <data>/modules/<name> are moved into the store at start. Bytes no
 // name and no job refers to any more are deleted from the store.
 //
@@ -74,9 +75,10 @@ class Registry {
   [[nodiscard]] Result<size_t> LoadPersisted();
 
   // Makes this node's uploaded names those of the cluster store, if its
-  // version changed since the last Sync: compiles names new or changed,
-  // drops names deleted. Calls queued on a replaced or dropped module still
-  // run on it. Returns the version synced to; store errors.
+  // version changed since the last Sync: names new or changed become known
+  // but unloaded (compiled by their first Load), names deleted are dropped.
+  // Calls queued on a replaced or dropped module still run on it. Returns
+  // the version synced to; store errors.
   [[nodiscard]] Result<uint64_t> Sync();
   // Deletes module bytes that no name and no job refers to any more.
   [[nodiscard]] Result<int64_t> CollectGarbage();
@@ -89,12 +91,21 @@ class Registry {
   // A name put again with the same bytes and policy is unchanged.
   [[nodiscard]] Result<PutResult> Put(std::string_view name, std::span<const uint8_t> bytes,
                                       bool persist, std::optional<StatePolicy> state = std::nullopt);
-  // nullptr if unknown.
-  std::shared_ptr<const ModuleEntry> Find(std::string_view name) const;
-  // Sorted by name.
+  // The compiled module of `name`; nullptr if unknown or not loaded yet
+  // (then `*unloaded`, if given, is set: Load() compiles it).
+  std::shared_ptr<const ModuleEntry> Find(std::string_view name, bool* unloaded = nullptr) const;
+  // The module of `name`, compiled now if this node has not yet (blocks:
+  // call off the HTTP threads). kNotFound if unknown; kInvalidModule,
+  // kLinkError, kResourceExhausted or store errors when it cannot be
+  // compiled here.
+  [[nodiscard]] Result<std::shared_ptr<const ModuleEntry>> Load(std::string_view name);
+  // Compiled names, sorted.
   std::vector<std::shared_ptr<const ModuleEntry>> List() const;
-  // kNotFound if unknown; errors removing the persisted name.
-  [[nodiscard]] Result<void> Remove(std::string_view name);
+  // Names known from the store and not compiled on this node, sorted.
+  std::vector<jobs::ModuleName> Unloaded() const;
+  // Returns the digest the name referred to. kNotFound if unknown; errors
+  // removing the persisted name.
+  [[nodiscard]] Result<std::string> Remove(std::string_view name);
 
   // The pool of the module with `digest`: a named module's, or one built
   // from the store's bytes. kNotFound if the store has no such module.
@@ -139,6 +150,9 @@ class Registry {
       EXCLUDES(mu_);
   // Sync() of one name of the store.
   void SyncName(const jobs::ModuleName& name) REQUIRES(write_mu_);
+  // Load() of a name in unloaded_.
+  [[nodiscard]] Result<std::shared_ptr<const ModuleEntry>> Compile(const jobs::ModuleName& name)
+      REQUIRES(write_mu_);
   // Moves the name file `path` into the store; false if skipped.
   bool MigrateFile(const std::filesystem::path& path, const jobs::RegistrySnapshot& snapshot);
   // Takes a reference to `key`'s pool, adding `pool` if there is none
@@ -159,6 +173,8 @@ class Registry {
   bool synced_ GUARDED_BY(write_mu_) = false;
   mutable Mutex mu_;
   std::map<std::string, std::shared_ptr<const ModuleEntry>, std::less<>> names_ GUARDED_BY(mu_);
+  // Names of the store not compiled here yet; never also in names_.
+  std::map<std::string, jobs::ModuleName, std::less<>> unloaded_ GUARDED_BY(mu_);
   std::map<PoolKey, DigestPool> digests_ GUARDED_BY(mu_);
 };
 

@@ -280,6 +280,13 @@ MetricsInput Service::CollectMetrics() {
   return in;
 }
 
+boost::asio::awaitable<Result<std::shared_ptr<const ModuleEntry>>> Service::LoadModule(
+    std::string name) {
+  if (auto entry = registry_->Find(name)) co_return entry;
+  auto load = [this, name = std::move(name)] { return registry_->Load(name); };
+  co_return co_await OffThread(compiling_, std::move(load));
+}
+
 Service::PoolsRendering Service::RenderPools() {
   std::vector<PoolMetrics> pools;
   json::array status;

@@ -59,6 +59,10 @@ class Service {
   boost::asio::thread_pool& blocking() { return blocking_; }
   // Module uploads: compiling takes long, and must not hold up queries.
   boost::asio::thread_pool& compiling() { return compiling_; }
+  // The module `name` (Registry::Load), compiled on the compile threads
+  // first when this node has not compiled it yet: names uploaded through
+  // other nodes are compiled at their first use here.
+  boost::asio::awaitable<Result<std::shared_ptr<const ModuleEntry>>> LoadModule(std::string name);
   // Waits for both pools' work to finish (shutdown).
   void JoinThreads();
 

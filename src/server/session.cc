@@ -63,6 +63,16 @@ Response ToResponse(const Refusal& refusal) {
   return ErrorResponse(refusal.status, Error(refusal.code, refusal.message));
 }
 
+// The answer to a request whose handler threw (a bug: logged).
+Response Failed(std::exception_ptr e) {
+  try {
+    std::rethrow_exception(e);
+  } catch (const std::exception& ex) {
+    spdlog::error("request failed: {}", ex.what());
+  }
+  return ErrorResponse(500, Error(ErrorCode::kInternal, "internal error"));
+}
+
 }  // namespace
 
 void InputBuffer::Consume(size_t n) {
@@ -353,36 +363,50 @@ void Session::Dispatch() {
   ctx_.emplace(RequestContext{req, path, query});
   if (req.method() == http::verb::post) {
     if (auto target = CallTarget(path)) {
-      auto started = StartCall(service_, *ctx_, std::move(target->first), std::move(target->second));
-      if (auto* res = std::get_if<Response>(&started)) {
-        Respond(std::move(*res));
+      bool unloaded = false;
+      auto entry = service_.registry().Find(target->first, &unloaded);
+      if (entry || !unloaded) {
+        BeginCall(std::move(entry), std::move(*target));
         return;
       }
-      call_.emplace(std::move(std::get<PendingCall>(started)));
-      service_.CallStarted();
-      // The completion runs on the worker that resolves the call and only
-      // posts back here. It owns the session until then, so no session
-      // outlives its io_context's handlers (an unrun handler releases it).
-      self_while_calling_ = shared_from_this();
-      call_->call.OnCompleteInline([this](const CallResult&) {
-        asio::post(socket_.get_executor(), [self = std::move(self_while_calling_)] { self->OnCallDone(); });
-      });
-      Read();  // watch the client: a read fails when it goes away
+      // A name another node uploaded, not compiled here yet: compiled on
+      // the compile threads, then called.
+      // Named first: the handler below takes `target` over.
+      auto loading = service_.LoadModule(target->first);
+      asio::co_spawn(socket_.get_executor(), std::move(loading),
+                     [self = shared_from_this(), target = std::move(*target)](
+                         std::exception_ptr e, Result<std::shared_ptr<const ModuleEntry>> loaded) mutable {
+                       if (e) return self->Respond(Failed(e));
+                       if (!loaded) return self->Respond(ErrorResponse(loaded.error()));
+                       self->BeginCall(std::move(*loaded), std::move(target));
+                     });
       return;
     }
   }
   asio::co_spawn(socket_.get_executor(), Route(service_, *ctx_),
                  [self = shared_from_this()](std::exception_ptr e, Response res) {
-                   if (e) {
-                     try {
-                       std::rethrow_exception(e);
-                     } catch (const std::exception& ex) {
-                       spdlog::error("request failed: {}", ex.what());
-                     }
-                     res = ErrorResponse(500, Error(ErrorCode::kInternal, "internal error"));
-                   }
-                   self->Respond(std::move(res));
+                   self->Respond(e ? Failed(e) : std::move(res));
                  });
+}
+
+void Session::BeginCall(std::shared_ptr<const ModuleEntry> entry,
+                        std::pair<std::string, std::string> target) {
+  auto started =
+      StartCall(service_, *ctx_, std::move(entry), std::move(target.first), std::move(target.second));
+  if (auto* res = std::get_if<Response>(&started)) {
+    Respond(std::move(*res));
+    return;
+  }
+  call_.emplace(std::move(std::get<PendingCall>(started)));
+  service_.CallStarted();
+  // The completion runs on the worker that resolves the call and only
+  // posts back here. It owns the session until then, so no session
+  // outlives its io_context's handlers (an unrun handler releases it).
+  self_while_calling_ = shared_from_this();
+  call_->call.OnCompleteInline([this](const CallResult&) {
+    asio::post(socket_.get_executor(), [self = std::move(self_while_calling_)] { self->OnCallDone(); });
+  });
+  Read();  // watch the client: a read fails when it goes away
 }
 
 void Session::OnCallDone() {

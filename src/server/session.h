@@ -115,6 +115,9 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // Handling.
   void Dispatch();
+  // Submits the call to `target` (module, export) on `entry` (nullptr:
+  // unknown module) and waits for it, or answers at once.
+  void BeginCall(std::shared_ptr<const ModuleEntry> entry, std::pair<std::string, std::string> target);
   void OnCallDone();
 
   // Answering.
