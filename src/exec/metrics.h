@@ -78,7 +78,9 @@ struct Metrics {
   static constexpr size_t kWorkerShards = 16;
   std::array<WorkerCounters, kWorkerShards> per_worker;
 
-  WorkerCounters& ForWorker(int index) { return per_worker[static_cast<size_t>(index) % kWorkerShards]; }
+  WorkerCounters& ForWorker(int index) {
+    return per_worker[static_cast<size_t>(index) % kWorkerShards];
+  }
   void CountResolution(Cause cause, TrapKind trap);
   MetricsSnapshot Snapshot() const;
 };

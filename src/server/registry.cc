@@ -213,9 +213,11 @@ Result<std::string> Registry::Remove(std::string_view name) {
   }
   {
     MutexLock lock(mu_);
-    names_.erase(std::string(name));
-    unloaded_.erase(std::string(name));
-    if (entry) Unreference(KeyOf(*entry));
+    if (entry) {
+      names_.erase(entry->name);
+      Unreference(KeyOf(*entry));
+    }
+    if (unloaded) unloaded_.erase(unloaded->name);
   }
   if (persisted) (void)CollectGarbage();
   return entry ? entry->module->digest() : unloaded->digest;
@@ -305,9 +307,9 @@ Result<std::shared_ptr<Pool>> Registry::PoolForDigest(const std::string& digest)
   std::optional<std::string> unloaded_name;
   {
     MutexLock lock(mu_);
-    for (const auto& [name, known] : unloaded_) {
-      if (known.digest == digest) unloaded_name = name;
-    }
+    auto it = std::find_if(unloaded_.begin(), unloaded_.end(),
+                           [&](const auto& known) { return known.second.digest == digest; });
+    if (it != unloaded_.end()) unloaded_name = it->first;
   }
   if (unloaded_name) {
     auto loaded = Load(*unloaded_name);

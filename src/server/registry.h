@@ -7,9 +7,10 @@
 // change; on PostgreSQL every node shares them. Sync() brings this node's
 // names to the store's, and is called when the store reports a change; a
 // name this node did not upload is compiled at its first use here
-// (Load()), so that a node compiles only what it serves. Names a keel before the cluster store kept as
-// files <data>/modules/<name> are moved into the store at start. Bytes no
-// name and no job refers to any more are deleted from the store.
+// (Load()), so that a node compiles only what it serves. Names a keel
+// before the cluster store kept as files <data>/modules/<name> are moved
+// into the store at start. Bytes no name and no job refers to any more are
+// deleted from the store.
 //
 // Pools are per digest and state policy: names with the same bytes and
 // policy share one; a job runs on a pool of its digest (a name's, if one
