@@ -3,11 +3,13 @@
 # directory and a throwaway PostgreSQL on loopback. Beside keel on
 # PostgreSQL, pgbench (64 clients) inserts single rows into a table shaped
 # like keel_jobs on the same server: the database's insert ceiling, each
-# insert its own durable transaction. The ratio keel/pgbench is printed.
+# insert its own durable transaction. The ratio keel/pgbench is printed per
+# round (pgbench before and after keel, averaged) and as a median.
 #   bench/jobs_bench.sh [--quick]
 # Environment:
-#   KEEL_BENCH_ROUNDS=N        rounds (default 1); each runs pgbench and every
-#                              binary on both stores, in alternating order
+#   KEEL_BENCH_ROUNDS=N        rounds (default 1); each runs pgbench, every
+#                              binary on both stores (in alternating order),
+#                              then pgbench again
 #   KEEL_BENCH_BASELINE=PATH   another keel-jobs-bench binary to run beside
 #                              build/bench/keel-jobs-bench (e.g. an older one)
 #   KEEL_BENCH_PGBENCH_SECONDS=S  length of each pgbench run (default 5)
@@ -26,7 +28,7 @@ rounds=${KEEL_BENCH_ROUNDS:-1}
 pgbench_seconds=${KEEL_BENCH_PGBENCH_SECONDS:-5}
 cmake -S . -B build -G Ninja -DKEEL_BENCH=ON >/dev/null
 cmake --build build -j2 --target keel-jobs-bench >/dev/null
-binaries=(build/bench/keel-jobs-bench)
+binaries=(${KEEL_BENCH_BINARY:-build/bench/keel-jobs-bench})
 labels=(keel)
 if [ -n "${KEEL_BENCH_BASELINE:-}" ]; then
   binaries+=("$KEEL_BENCH_BASELINE")
@@ -93,18 +95,31 @@ run_keel() {
   "$bin" --store "$pg_base/$db" --jobs "$jobs" --label postgres | tee -a "$dir/$label.out"
 }
 
+# pgbench runs before and after the keel runs of each round, and keel is
+# compared with the mean of the two: the server's speed drifts on a shared
+# machine, and a ceiling taken on one side only would favour whichever
+# binary ran nearer a quiet moment.
+ratios="$dir/ratios"
 for round in $(seq 1 "$rounds"); do
-  tps=$(run_pgbench)
-  echo "{\"metric\": \"pgbench_insert_tps\", \"value\": $tps, \"unit\": \"tps\"}"
+  before=$(run_pgbench)
   order=("${!binaries[@]}")
   if [ $((round % 2)) -eq 0 ]; then order=($(printf '%s\n' "${order[@]}" | tac)); fi
   for i in "${order[@]}"; do run_keel "${binaries[$i]}" "${labels[$i]}" "$round"; done
+  after=$(run_pgbench)
+  tps=$(awk -v a="$before" -v b="$after" 'BEGIN { printf "%.1f", (a + b) / 2 }')
+  echo "{\"metric\": \"pgbench_insert_tps\", \"value\": $tps, \"unit\": \"tps\"}"
   for i in "${!binaries[@]}"; do
     label=${labels[$i]}
     pg=$(metric "$dir/$label.out" postgres_end_to_end_jobs_per_s)
     sqlite=$(metric "$dir/$label.out" sqlite_end_to_end_jobs_per_s)
-    awk -v l="$label" -v r="$round" -v pg="$pg" -v t="$tps" -v s="$sqlite" 'BEGIN {
-      printf "# round %d %s: postgres %.0f jobs/s = %.2fx pgbench %.0f tps; sqlite %.0f jobs/s\n",
-        r, l, pg, pg / t, t, s }'
+    awk -v l="$label" -v pg="$pg" -v t="$tps" 'BEGIN { print l, pg / t }' >>"$ratios"
+    awk -v l="$label" -v r="$round" -v pg="$pg" -v t="$tps" -v s="$sqlite" -v a="$before" -v b="$after" 'BEGIN {
+      printf "# round %d %s: postgres %.0f jobs/s = %.2fx pgbench %.0f tps (%.0f before, %.0f after); sqlite %.0f jobs/s\n",
+        r, l, pg, pg / t, t, a, b, s }'
   done
+done
+for label in "${labels[@]}"; do
+  awk -v l="$label" '$1 == l { print $2 }' "$ratios" | sort -g | awk -v l="$label" -v n="$rounds" '
+    { v[NR] = $1 } END { m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+      printf "# %s: median postgres/pgbench over %d rounds %.2fx (min %.2f, max %.2f)\n", l, n, m, v[1], v[NR] }'
 done

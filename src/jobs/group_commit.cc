@@ -20,12 +20,12 @@ GroupCommitter::~GroupCommitter() {
   for (std::thread& thread : threads_) thread.join();
 }
 
-Result<void> GroupCommitter::Run(Op op) {
-  return RunOnLane([&op](size_t) { return op(); });
+Result<void> GroupCommitter::Run(Op op, size_t writes) {
+  return RunOnLane([&op](size_t) { return op(); }, writes);
 }
 
-Result<void> GroupCommitter::RunOnLane(LaneOp op) {
-  Pending pending{std::move(op), {}, false, {}};
+Result<void> GroupCommitter::RunOnLane(LaneOp op, size_t writes) {
+  Pending pending{std::move(op), writes, {}, false, {}};
   MutexLock lock(mu_);
   queue_.push_back(&pending);
   ++waiting_;
@@ -88,7 +88,9 @@ Result<void> GroupCommitter::RunTransaction(size_t lane, const std::vector<Pendi
   *op_failed = false;
   if (Result<void> begun = hooks.begin(); !begun) return begun;
   bool wake = false;
+  size_t writes = 0;
   for (Pending* p : ops) {
+    writes += p->writes;
     Result<bool> done = p->op(lane);
     if (!done) {
       hooks.rollback();
@@ -113,7 +115,7 @@ Result<void> GroupCommitter::RunTransaction(size_t lane, const std::vector<Pendi
   {
     MutexLock lock(mu_);
     stats_.transactions += 1;
-    stats_.operations += ops.size();
+    stats_.operations += writes;
   }
   hooks.committed(wake);
   return {};

@@ -58,15 +58,17 @@ class GroupCommitter {
   GroupCommitter& operator=(const GroupCommitter&) = delete;
 
   // Runs `op` in the next transaction and waits for the commit. Returns the
-  // operation's error, or the transaction's if the commit failed.
-  [[nodiscard]] Result<void> Run(Op op);
-  [[nodiscard]] Result<void> RunOnLane(LaneOp op) EXCLUDES(mu_);
+  // operation's error, or the transaction's if the commit failed. `writes`:
+  // how many writes the operation makes, for stats() (several for a batch).
+  [[nodiscard]] Result<void> Run(Op op, size_t writes = 1);
+  [[nodiscard]] Result<void> RunOnLane(LaneOp op, size_t writes = 1) EXCLUDES(mu_);
 
   CommitStats stats() const EXCLUDES(mu_);
 
  private:
   struct Pending {
     LaneOp op;
+    size_t writes;
     Result<void> result;
     bool done = false;
     CondVar done_cv;  // one per caller: no thundering herd

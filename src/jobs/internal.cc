@@ -67,6 +67,22 @@ tl::unexpected<Error> NoSuchJob(std::string_view id) {
   return MakeError(ErrorCode::kNotFound, "no job " + ToValidText(id));
 }
 
+Result<bool> RecordEach(std::span<const Completion> completions,
+                        std::vector<Result<JobState>>* out, const RecordOutcome& record) {
+  out->assign(completions.size(), Result<JobState>());
+  bool wake = false;
+  for (size_t i = 0; i < completions.size(); ++i) {
+    if (!IsJobId(completions[i].id)) {
+      (*out)[i] = NoSuchJob(completions[i].id);
+      continue;
+    }
+    Result<bool> recorded = record(completions[i], &(*out)[i]);
+    if (!recorded) return recorded;
+    wake = wake || *recorded;
+  }
+  return wake;
+}
+
 tl::unexpected<Error> NoSuchModule(std::string_view digest) {
   return MakeError(ErrorCode::kNotFound, "no module " + std::string(digest));
 }

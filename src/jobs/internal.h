@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -52,6 +53,15 @@ bool IsJobId(std::string_view id);
 tl::unexpected<Error> NoSuchJob(std::string_view id);
 // kNotFound "no module ..." naming `digest` (a valid digest).
 tl::unexpected<Error> NoSuchModule(std::string_view digest);
+
+// Records outcome i of `completions` into (*out)[i] with `record`, inside
+// one transaction: CompleteAll's operation. Ids that are not job ids are
+// answered kNotFound without a write. Returns whether one made work
+// claimable, or the first error `record` returned (nothing is committed).
+using RecordOutcome = std::function<Result<bool>(const Completion&, Result<JobState>*)>;
+[[nodiscard]] Result<bool> RecordEach(std::span<const Completion> completions,
+                                      std::vector<Result<JobState>>* out,
+                                      const RecordOutcome& record);
 
 // The error for an operation on lease (id, claim) that matched no row:
 // kNotFound unless the job `exists`; else kFailedPrecondition, saying the

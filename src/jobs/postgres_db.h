@@ -196,8 +196,8 @@ class CommitLanes {
               Notifier& notifier, std::vector<Deferred*> deferred);
 
   // See GroupCommitter::Run.
-  [[nodiscard]] Result<void> Run(const Op& op) {
-    return committer_.RunOnLane([&](size_t lane) { return op(*conns_[lane], lane); });
+  [[nodiscard]] Result<void> Run(const Op& op, size_t writes = 1) {
+    return committer_.RunOnLane([&](size_t lane) { return op(*conns_[lane], lane); }, writes);
   }
 
   CommitStats stats() const { return committer_.stats(); }

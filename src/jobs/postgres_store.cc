@@ -649,6 +649,17 @@ class PostgresStore final : public JobStore {
     return out;
   }
 
+  std::vector<Result<JobState>> CompleteAll(std::span<const Completion> completions) override {
+    std::vector<Result<JobState>> out;
+    Result<void> run = Defer([&](Connection& db, LaneWrites& writes) -> Result<bool> {
+      return RecordEach(completions, &out, [&](const Completion& c, Result<JobState>* one) {
+        return writes.AddOutcome(db, c.id, c.claim, *c.outcome, one);
+      });
+    }, completions.size());
+    if (!run) return CompleteEach(*this, completions);
+    return out;
+  }
+
   Result<void> Release(std::string_view id, uint64_t claim) override {
     if (!IsJobId(id)) return NoSuchJob(id);
     Result<void> out;
@@ -734,8 +745,9 @@ class PostgresStore final : public JobStore {
   // Like Write, for operations that queue rows on the lane's LaneWrites
   // (sent with the others of the transaction just before it commits).
   using DeferredOp = std::function<Result<bool>(Connection&, LaneWrites&)>;
-  [[nodiscard]] Result<void> Defer(const DeferredOp& op) {
-    return lanes_->Run([&](Connection& db, size_t lane) { return op(db, *writes_[lane]); });
+  [[nodiscard]] Result<void> Defer(const DeferredOp& op, size_t writes = 1) {
+    return lanes_->Run([&](Connection& db, size_t lane) { return op(db, *writes_[lane]); },
+                       writes);
   }
 
   // Start() and Heartbeat(): extends the lease (id, claim); Start also

@@ -1,6 +1,6 @@
 // The scale-out job store on PostgreSQL, through libpq.
 //
-// Writes go through commit lanes (StoreOptions::commit_lanes, 8 by
+// Writes go through commit lanes (StoreOptions::commit_lanes, 4 by
 // default), each a connection and a thread; they share one queue, and a free
 // lane takes everything waiting as one transaction (group commit; commits
 // are durable with the server's default synchronous_commit=on). In a

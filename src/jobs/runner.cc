@@ -24,11 +24,15 @@ namespace {
 using SteadyClock = std::chrono::steady_clock;
 using Key = std::pair<std::string, uint64_t>;  // (job id, claim): names a lease
 
-// Threads that make the store calls of starts, outcomes and releases;
-// many let the store's group commit batch them (on PostgreSQL, outcomes
-// that share a transaction go as one statement), as each call blocks
-// until its commit.
+// Threads that make the store calls of starts and releases; many let the
+// store's group commit batch them, as each call blocks until its commit.
 constexpr int kStoreWorkers = 256;
+// Threads that record outcomes, each taking every outcome waiting (up to
+// kMaxOutcomeBatch) as one CompleteAll: a burst of short jobs costs a
+// hand-off per batch, not per job. Several, so that outcomes keep being
+// taken while a batch waits for its commit.
+constexpr int kOutcomeRecorders = 4;
+constexpr size_t kMaxOutcomeBatch = 512;
 constexpr std::chrono::milliseconds kMaxClaimLease{5000};
 constexpr std::chrono::milliseconds kBackpressureRetry{5};
 constexpr std::chrono::milliseconds kClaimErrorDelay{100};
@@ -253,6 +257,7 @@ class RunnerState {
   CondVar claim_cv;     // the claimer: room for claims, or stopping
   CondVar dispatch_cv;  // the dispatcher: jobs admitted, or stopping
   CondVar task_cv;      // store workers: tasks, or closed
+  CondVar outcome_cv;   // outcome recorders: outcomes, or closed
   CondVar beat_cv;      // the heartbeater: leases to renew, or closed
   CondVar idle_cv;      // Stop(): jobs recorded
 
@@ -263,7 +268,8 @@ class RunnerState {
   std::map<Key, Entry> entries GUARDED_BY(mu);  // every job held
   std::deque<Key> waiting GUARDED_BY(mu);       // kWaiting, in claim order
   std::deque<Key> admitted GUARDED_BY(mu);      // kAdmitted, for the dispatcher
-  std::deque<Task> tasks GUARDED_BY(mu);
+  std::deque<Task> tasks GUARDED_BY(mu);     // starts and releases
+  std::deque<Task> outcomes GUARDED_BY(mu);  // kComplete tasks
 
   std::atomic<uint64_t> claimed{0}, started{0}, released{0}, succeeded{0}, failed{0},
       timed_out{0}, retried{0}, lost_leases{0}, backpressure_waits{0};
@@ -330,8 +336,18 @@ class RunnerState {
       entry.after_start = std::move(task);
       return;
     }
-    tasks.push_back(std::move(task));
-    task_cv.Signal();
+    Push(std::move(task));
+  }
+
+  // Hands `task` to the threads that write it.
+  void Push(Task task) REQUIRES(mu) {
+    if (task.kind == Task::Kind::kComplete) {
+      outcomes.push_back(std::move(task));
+      outcome_cv.Signal();
+    } else {
+      tasks.push_back(std::move(task));
+      task_cv.Signal();
+    }
   }
 
   // Maintains the load; every phase change goes through here.
@@ -354,6 +370,11 @@ class RunnerState {
 
 
   // Forgets a job (recorded, released, or its lease lost).
+  void Forget(const Key& key) REQUIRES(mu) {
+    auto it = entries.find(key);
+    if (it != entries.end()) Erase(it);
+  }
+
   void Erase(std::map<Key, Entry>::iterator it) REQUIRES(mu) {
     SetPhase(it->second, Phase::kRecording);
     entries.erase(it);
@@ -417,6 +438,9 @@ class Runner::Impl {
     dispatcher_ = std::thread([this] { DispatchLoop(); });
     heartbeater_ = std::thread([this] { HeartbeatLoop(); });
     for (int i = 0; i < kStoreWorkers; ++i) store_workers_.emplace_back([this] { StoreLoop(); });
+    for (int i = 0; i < kOutcomeRecorders; ++i) {
+      store_workers_.emplace_back([this] { RecordLoop(); });
+    }
   }
 
   void Stop(std::chrono::milliseconds grace) {
@@ -453,6 +477,7 @@ class Runner::Impl {
       }
       state_->closed = true;
       state_->task_cv.SignalAll();
+      state_->outcome_cv.SignalAll();
       state_->beat_cv.SignalAll();
     }
     for (auto& worker : store_workers_) worker.join();
@@ -648,16 +673,11 @@ class Runner::Impl {
         task = std::move(state_->tasks.front());
         state_->tasks.pop_front();
       }
-      switch (task.kind) {
-        case Task::Kind::kStart:
-          RunStart(task.key);
-          break;
-        case Task::Kind::kComplete:
-          RunComplete(task);
-          break;
-        case Task::Kind::kRelease:
-          RunRelease(task.key);
-          break;
+      // Outcomes go to the recorders (Push), not here.
+      if (task.kind == Task::Kind::kStart) {
+        RunStart(task.key);
+      } else {
+        RunRelease(task.key);
       }
     }
   }
@@ -687,8 +707,7 @@ class Runner::Impl {
       }
       if (entry.after_start) {
         if (started) {
-          state_->tasks.push_back(std::move(*entry.after_start));
-          state_->task_cv.Signal();
+          state_->Push(std::move(*entry.after_start));
         } else {
           state_->Erase(it);
         }
@@ -697,29 +716,57 @@ class Runner::Impl {
     if (cancel) cancel->Cancel();  // its callback forgets the job
   }
 
-  void RunComplete(const Task& task) {
+  // Takes every outcome waiting, up to kMaxOutcomeBatch, and records them
+  // together, until closed and none is left.
+  void RecordLoop() {
+    for (;;) {
+      std::vector<Task> batch;
+      {
+        MutexLock lock(state_->mu);
+        while (state_->outcomes.empty() && !state_->closed) state_->outcome_cv.Wait(state_->mu);
+        if (state_->outcomes.empty()) return;  // closed, and every outcome handed over recorded
+        size_t n = std::min(state_->outcomes.size(), kMaxOutcomeBatch);
+        auto end = state_->outcomes.begin() + static_cast<ptrdiff_t>(n);
+        batch.assign(std::make_move_iterator(state_->outcomes.begin()), std::make_move_iterator(end));
+        state_->outcomes.erase(state_->outcomes.begin(), end);
+      }
+      RecordOutcomes(batch);
+    }
+  }
+
+  void RecordOutcomes(const std::vector<Task>& batch) {
+    std::vector<Completion> completions;
+    completions.reserve(batch.size());
+    for (const Task& task : batch) {
+      completions.push_back({task.key.first, task.key.second, &task.outcome});
+    }
+    std::vector<Result<JobState>> recorded = store_->CompleteAll(completions);
+    for (size_t i = 0; i < batch.size(); ++i) Count(batch[i], recorded[i]);
+    MutexLock lock(state_->mu);
+    for (const Task& task : batch) state_->Forget(task.key);
+  }
+
+  void Count(const Task& task, const Result<JobState>& recorded) {
     const Outcome& outcome = task.outcome;
-    auto recorded = store_->Complete(task.key.first, task.key.second, outcome);
     if (!recorded) {
       if (recorded.error().code == ErrorCode::kFailedPrecondition) state_->lost_leases++;
       // Either way the job is not lost: its lease expires and it runs again.
       spdlog::warn("job {} claim {}: outcome not recorded: {}", task.key.first, task.key.second,
                    recorded.error().ToString());
-    } else {
-      switch (outcome.kind) {
-        case Outcome::Kind::kSucceeded:
-          state_->succeeded++;
-          break;
-        case Outcome::Kind::kFailed:
-          state_->failed++;
-          break;
-        case Outcome::Kind::kTimedOut:
-          state_->timed_out++;
-          break;
-      }
-      if (*recorded == JobState::kQueued) state_->retried++;
+      return;
     }
-    Forget(task.key);
+    switch (outcome.kind) {
+      case Outcome::Kind::kSucceeded:
+        state_->succeeded++;
+        break;
+      case Outcome::Kind::kFailed:
+        state_->failed++;
+        break;
+      case Outcome::Kind::kTimedOut:
+        state_->timed_out++;
+        break;
+    }
+    if (*recorded == JobState::kQueued) state_->retried++;
   }
 
   void RunRelease(const Key& key) {
@@ -736,8 +783,7 @@ class Runner::Impl {
 
   void Forget(const Key& key) {
     MutexLock lock(state_->mu);
-    auto it = state_->entries.find(key);
-    if (it != state_->entries.end()) state_->Erase(it);
+    state_->Forget(key);
   }
 
   // Renews each lease when it is due.
@@ -789,8 +835,7 @@ class Runner::Impl {
       return false;
     }
     entry.start = StartRecord::kPending;
-    state_->tasks.push_back({Task::Kind::kStart, key, {}});
-    state_->task_cv.Signal();
+    state_->Push({Task::Kind::kStart, key, {}});
     return true;
   }
 
@@ -852,7 +897,7 @@ class Runner::Impl {
   std::thread claimer_;
   std::thread dispatcher_;
   std::thread heartbeater_;
-  std::vector<std::thread> store_workers_;
+  std::vector<std::thread> store_workers_;  // StoreLoop and RecordLoop
 };
 
 Result<std::unique_ptr<Runner>> Runner::Start(JobStore* store, PoolResolver resolver,

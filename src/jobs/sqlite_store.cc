@@ -312,33 +312,21 @@ class SqliteStore final : public JobStore {
   Result<JobState> Complete(std::string_view id, uint64_t claim,
                             const Outcome& outcome) override {
     if (!IsJobId(id)) return NoSuchJob(id);
-    bool succeeded = outcome.kind == Outcome::Kind::kSucceeded;
-    std::string message = succeeded ? std::string() : ToValidText(outcome.error.message);
     Result<JobState> out;
-    Result<void> run = committer_.Run([&]() -> Result<bool> {
-      Statement update = writer_->Prepare(CompleteSql());
-      update.Bind(1, id)
-          .Bind(2, static_cast<int64_t>(claim))
-          .Bind(3, int64_t{succeeded})
-          .Bind(4, int64_t{!succeeded && outcome.retry})
-          .Bind(5, outcome.kind == Outcome::Kind::kTimedOut ? "timed_out" : "failed")
-          .Bind(6, NowMicros())
-          .Bind(10, static_cast<int64_t>(kMaxRetryDelay.count()));
-      if (succeeded) {
-        update.BindBlob(7, outcome.result).BindNull(8).BindNull(9);
-      } else {
-        update.BindNull(7).Bind(8, ToString(outcome.error.code)).Bind(9, message);
-      }
-      Result<bool> row = update.Step();
-      if (!row) return tl::unexpected(row.error());
-      if (!*row) return LostLease(id, claim, &out);
-      JobState state = ParseJobState(update.Text(0)).value_or(JobState::kFailed);
-      bool ready_now = state == JobState::kQueued && update.Int(1) == 0;
-      if (Result<void> done = update.Run(); !done) return tl::unexpected(done.error());
-      out = state;
-      return ready_now;
-    });
+    Result<void> run =
+        committer_.Run([&]() -> Result<bool> { return WriteOutcome(id, claim, outcome, &out); });
     if (!run) return tl::unexpected(run.error());
+    return out;
+  }
+
+  std::vector<Result<JobState>> CompleteAll(std::span<const Completion> completions) override {
+    std::vector<Result<JobState>> out;
+    Result<void> run = committer_.Run([&]() -> Result<bool> {
+      return RecordEach(completions, &out, [&](const Completion& c, Result<JobState>* one) {
+        return WriteOutcome(c.id, c.claim, *c.outcome, one);
+      });
+    }, completions.size());
+    if (!run) return CompleteEach(*this, completions);
     return out;
   }
 
@@ -468,6 +456,35 @@ class SqliteStore final : public JobStore {
     });
     if (!run) return tl::unexpected(run.error());
     return out;
+  }
+
+  // Complete()'s write, on the writer inside the open transaction.
+  Result<bool> WriteOutcome(std::string_view id, uint64_t claim, const Outcome& outcome,
+                            Result<JobState>* out) {
+    bool succeeded = outcome.kind == Outcome::Kind::kSucceeded;
+    Statement update = writer_->Prepare(CompleteSql());
+    update.Bind(1, id)
+        .Bind(2, static_cast<int64_t>(claim))
+        .Bind(3, int64_t{succeeded})
+        .Bind(4, int64_t{!succeeded && outcome.retry})
+        .Bind(5, outcome.kind == Outcome::Kind::kTimedOut ? "timed_out" : "failed")
+        .Bind(6, NowMicros())
+        .Bind(10, static_cast<int64_t>(kMaxRetryDelay.count()));
+    if (succeeded) {
+      update.BindBlob(7, outcome.result).BindNull(8).BindNull(9);
+    } else {
+      update.BindNull(7)
+          .Bind(8, ToString(outcome.error.code))
+          .Bind(9, ToValidText(outcome.error.message));
+    }
+    Result<bool> row = update.Step();
+    if (!row) return tl::unexpected(row.error());
+    if (!*row) return LostLease(id, claim, out);
+    JobState state = ParseJobState(update.Text(0)).value_or(JobState::kFailed);
+    bool ready_now = state == JobState::kQueued && update.Int(1) == 0;
+    if (Result<void> done = update.Run(); !done) return tl::unexpected(done.error());
+    *out = state;
+    return ready_now;
   }
 
   // Inside a write transaction, when (id, claim) matched no row: sets *out

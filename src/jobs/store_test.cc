@@ -515,6 +515,38 @@ TEST_P(StoreTest, StartCountsTheAttemptOnceAndTakesTheRunLease) {
   EXPECT_EQ(GetOk(id).attempts, 1u);
 }
 
+// CompleteAll() answers each completion as Complete() would, in order,
+// whatever the others in the batch: a success, a retry, a lost lease, the
+// same job twice, an unknown and a malformed id.
+TEST_P(StoreTest, CompleteAllAnswersEachCompletionOnItsOwn) {
+  std::string done = SubmitOk(Spec("done"));
+  std::string retried = SubmitOk(Spec("retried"));
+  std::string stale = SubmitOk(Spec("stale"));
+  ASSERT_EQ(ClaimOk(*store_, 3).size(), 3u);
+  Outcome ok = Outcome::Succeeded(Bytes("out"));
+  Outcome again = Outcome::Failed(Error(ErrorCode::kTrap, "try again"), true);
+  std::vector<Completion> batch = {{done, 1, &ok},
+                                   {retried, 1, &again},
+                                   {stale, 7, &ok},
+                                   {done, 1, &ok},
+                                   {"01NOSUCHJOB0000000000000000", 1, &ok},
+                                   {"not a job id", 1, &ok}};
+  std::vector<Result<JobState>> recorded = store_->CompleteAll(batch);
+  ASSERT_EQ(recorded.size(), batch.size());
+  EXPECT_EQ(recorded[0], JobState::kSucceeded);
+  EXPECT_EQ(recorded[1], JobState::kQueued);
+  EXPECT_EQ(recorded[2].error().code, ErrorCode::kFailedPrecondition);
+  EXPECT_EQ(recorded[3].error().code, ErrorCode::kFailedPrecondition);
+  EXPECT_EQ(recorded[4].error().code, ErrorCode::kNotFound);
+  EXPECT_EQ(recorded[5].error().code, ErrorCode::kNotFound);
+  Job job = GetOk(done);
+  EXPECT_EQ(job.state, JobState::kSucceeded);
+  EXPECT_EQ(job.result, Bytes("out"));
+  EXPECT_EQ(GetOk(retried).state, JobState::kQueued);
+  EXPECT_EQ(GetOk(stale).state, JobState::kRunning);
+  EXPECT_TRUE(store_->CompleteAll({}).empty());
+}
+
 // Release() gives a claim back at once; an attempt it had started does not
 // count, and the old claim can do nothing more.
 TEST_P(StoreTest, ReleasedJobsComeBackAtOnceUncounted) {
