@@ -10,8 +10,10 @@
 #   KEEL_BENCH_ROUNDS=N        rounds (default 1); each runs pgbench, every
 #                              binary on both stores (in alternating order),
 #                              then pgbench again
+#   KEEL_BENCH_BINARY=PATH     the keel-jobs-bench to measure (default
+#                              build/bench/keel-jobs-bench, built first)
 #   KEEL_BENCH_BASELINE=PATH   another keel-jobs-bench binary to run beside
-#                              build/bench/keel-jobs-bench (e.g. an older one)
+#                              it (e.g. an older one)
 #   KEEL_BENCH_PGBENCH_SECONDS=S  length of each pgbench run (default 5)
 #   KEEL_BENCH_PRIORITY=1      as root: run at nice -20 in an autogroup of its
 #                              own (server, pgbench and keel alike), so that
