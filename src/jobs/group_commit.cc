@@ -20,18 +20,19 @@ GroupCommitter::~GroupCommitter() {
   for (std::thread& thread : threads_) thread.join();
 }
 
-Result<void> GroupCommitter::Run(Op op, size_t writes) {
-  return RunOnLane([&op](size_t) { return op(); }, writes);
+Result<void> GroupCommitter::Run(Op op, size_t writes, bool* rolled_back) {
+  return RunOnLane([&op](size_t) { return op(); }, writes, rolled_back);
 }
 
-Result<void> GroupCommitter::RunOnLane(LaneOp op, size_t writes) {
-  Pending pending{std::move(op), writes, {}, false, {}};
+Result<void> GroupCommitter::RunOnLane(LaneOp op, size_t writes, bool* rolled_back) {
+  Pending pending{std::move(op), writes, {}, false, false, {}};
   MutexLock lock(mu_);
   queue_.push_back(&pending);
   ++waiting_;
   work_cv_.Signal();
   while (!pending.done) pending.done_cv.Wait(mu_);
   --waiting_;
+  if (rolled_back) *rolled_back = pending.rolled_back;
   return std::move(pending.result);
 }
 
@@ -76,10 +77,16 @@ void GroupCommitter::RunBatch(size_t lane, const std::vector<Pending*>& batch) {
   if (result || !op_failed || batch.size() == 1) {
     // Success, or a failed commit whose outcome is unknown: retrying could
     // apply operations twice, so everyone sees the error.
-    for (Pending* p : batch) p->result = result;
+    for (Pending* p : batch) {
+      p->result = result;
+      p->rolled_back = op_failed;
+    }
     return;
   }
-  for (Pending* p : batch) p->result = RunTransaction(lane, {p}, &op_failed);
+  for (Pending* p : batch) {
+    p->result = RunTransaction(lane, {p}, &op_failed);
+    p->rolled_back = op_failed;
+  }
 }
 
 Result<void> GroupCommitter::RunTransaction(size_t lane, const std::vector<Pending*>& ops,

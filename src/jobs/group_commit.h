@@ -60,8 +60,12 @@ class GroupCommitter {
   // Runs `op` in the next transaction and waits for the commit. Returns the
   // operation's error, or the transaction's if the commit failed. `writes`:
   // how many writes the operation makes, for stats() (several for a batch).
-  [[nodiscard]] Result<void> Run(Op op, size_t writes = 1);
-  [[nodiscard]] Result<void> RunOnLane(LaneOp op, size_t writes = 1) EXCLUDES(mu_);
+  // On an error, *rolled_back (if given) says whether the operation or the
+  // flush failed, so that nothing was committed (else begin or commit did,
+  // and a failed commit may or may not have been applied).
+  [[nodiscard]] Result<void> Run(Op op, size_t writes = 1, bool* rolled_back = nullptr);
+  [[nodiscard]] Result<void> RunOnLane(LaneOp op, size_t writes = 1,
+                                       bool* rolled_back = nullptr) EXCLUDES(mu_);
 
   CommitStats stats() const EXCLUDES(mu_);
 
@@ -70,6 +74,7 @@ class GroupCommitter {
     LaneOp op;
     size_t writes;
     Result<void> result;
+    bool rolled_back = false;  // `result` is an operation's or the flush's error
     bool done = false;
     CondVar done_cv;  // one per caller: no thundering herd
   };

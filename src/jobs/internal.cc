@@ -67,20 +67,28 @@ tl::unexpected<Error> NoSuchJob(std::string_view id) {
   return MakeError(ErrorCode::kNotFound, "no job " + ToValidText(id));
 }
 
-Result<bool> RecordEach(std::span<const Completion> completions,
-                        std::vector<Result<JobState>>* out, const RecordOutcome& record) {
-  out->assign(completions.size(), Result<JobState>());
+Result<bool> OutcomeBatch::Record(const RecordOutcome& record) {
+  answers_.assign(completions_.size(), Result<JobState>());
   bool wake = false;
-  for (size_t i = 0; i < completions.size(); ++i) {
-    if (!IsJobId(completions[i].id)) {
-      (*out)[i] = NoSuchJob(completions[i].id);
+  for (size_t i = 0; i < completions_.size(); ++i) {
+    if (!IsJobId(completions_[i].id)) {
+      answers_[i] = NoSuchJob(completions_[i].id);
       continue;
     }
-    Result<bool> recorded = record(completions[i], &(*out)[i]);
+    Result<bool> recorded = record(completions_[i], &answers_[i]);
     if (!recorded) return recorded;
     wake = wake || *recorded;
   }
   return wake;
+}
+
+std::vector<Result<JobState>> OutcomeBatch::Answers(JobStore& store, const Result<void>& run,
+                                                    bool rolled_back) {
+  if (run) return std::move(answers_);
+  if (rolled_back && run.error().code != ErrorCode::kUnavailable) {
+    return CompleteEach(store, completions_);
+  }
+  return std::vector<Result<JobState>>(completions_.size(), tl::unexpected(run.error()));
 }
 
 tl::unexpected<Error> NoSuchModule(std::string_view digest) {

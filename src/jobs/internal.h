@@ -54,14 +54,38 @@ tl::unexpected<Error> NoSuchJob(std::string_view id);
 // kNotFound "no module ..." naming `digest` (a valid digest).
 tl::unexpected<Error> NoSuchModule(std::string_view digest);
 
-// Records outcome i of `completions` into (*out)[i] with `record`, inside
-// one transaction: CompleteAll's operation. Ids that are not job ids are
-// answered kNotFound without a write. Returns whether one made work
-// claimable, or the first error `record` returned (nothing is committed).
-using RecordOutcome = std::function<Result<bool>(const Completion&, Result<JobState>*)>;
-[[nodiscard]] Result<bool> RecordEach(std::span<const Completion> completions,
-                                      std::vector<Result<JobState>>* out,
-                                      const RecordOutcome& record);
+// CompleteAll() as one operation of a store's group commit. Not
+// thread-safe; the completions must outlive it.
+class OutcomeBatch {
+ public:
+  // Writes (or queues, to be sent before the commit) one outcome and sets
+  // *out to its answer; returns whether it made work claimable.
+  using RecordOutcome = std::function<Result<bool>(const Completion&, Result<JobState>*)>;
+
+  explicit OutcomeBatch(std::span<const Completion> completions) : completions_(completions) {}
+
+  // The operation: records each completion, answering ids that are not job
+  // ids kNotFound without a write. Returns whether one made work claimable,
+  // or the first error `record` returned (then nothing is committed). May
+  // run again (the group commit retries); answers are reset each time.
+  [[nodiscard]] Result<bool> Record(const RecordOutcome& record);
+
+  // The answers, given how the operation's transaction ended: `run` and
+  // GroupCommitter's `rolled_back`. If the operation or the flush failed,
+  // nothing was committed: each completion is recorded again on its own
+  // (Complete()), so that only a bad one fails, unless the database is
+  // unreachable. If begin or commit failed (a commit's result is unknown),
+  // every completion gets that error: its lease expires, and the job runs
+  // again if the outcome was lost.
+  std::vector<Result<JobState>> Answers(JobStore& store, const Result<void>& run,
+                                        bool rolled_back);
+
+  size_t size() const { return completions_.size(); }
+
+ private:
+  std::span<const Completion> completions_;
+  std::vector<Result<JobState>> answers_;
+};
 
 // The error for an operation on lease (id, claim) that matched no row:
 // kNotFound unless the job `exists`; else kFailedPrecondition, saying the

@@ -104,17 +104,19 @@ TEST(GroupCommitterTest, ConcurrentOperationsShareTransactions) {
     for (int t = 0; t < 8; ++t) {
       threads.emplace_back([&, t] {
         for (int i = 0; i < 100; ++i) {
-          Result<void> done = committer.Run([&, v = t * 1000 + i]() -> Result<bool> {
-            db.pending.push_back(v);
-            return v % 2 == 0;
-          });
+          Result<void> done = committer.Run(
+              [&, v = t * 1000 + i]() -> Result<bool> {
+                db.pending.push_back(v);
+                return v % 2 == 0;
+              },
+              /*writes=*/2);
           EXPECT_TRUE(done);
         }
       });
     }
     for (auto& thread : threads) thread.join();
     CommitStats stats = committer.stats();
-    EXPECT_EQ(stats.operations, 800u);
+    EXPECT_EQ(stats.operations, 1600u);
     EXPECT_EQ(stats.transactions, static_cast<uint64_t>(db.commits));
   }
   EXPECT_EQ(db.committed.size(), 800u);
@@ -131,15 +133,19 @@ TEST(GroupCommitterTest, FailingOperationFailsAloneAndCommitsNothing) {
     threads.emplace_back([&, t] {
       for (int i = 0; i < 50; ++i) {
         bool bad = (t * 50 + i) % 10 == 0;
-        Result<void> done = committer.Run([&, bad, v = t * 1000 + i]() -> Result<bool> {
-          db.pending.push_back(v);
-          if (bad) return MakeError(ErrorCode::kInternal, "bad op");
-          return false;
-        });
+        bool rolled_back = false;
+        Result<void> done = committer.Run(
+            [&, bad, v = t * 1000 + i]() -> Result<bool> {
+              db.pending.push_back(v);
+              if (bad) return MakeError(ErrorCode::kInternal, "bad op");
+              return false;
+            },
+            1, &rolled_back);
         if (done) {
           ++ok;
         } else {
           EXPECT_EQ(done.error().message, "bad op");
+          EXPECT_TRUE(rolled_back);
           ++failed;
         }
       }
@@ -162,9 +168,11 @@ TEST(GroupCommitterTest, FailedCommitFailsTheWholeBatch) {
                             .rollback = [] {},
                             .committed = [](bool) {}},
                            8);
-  Result<void> done = committer.Run([]() -> Result<bool> { return false; });
+  bool rolled_back = true;
+  Result<void> done = committer.Run([]() -> Result<bool> { return false; }, 1, &rolled_back);
   ASSERT_FALSE(done);
   EXPECT_EQ(done.error().code, ErrorCode::kUnavailable);
+  EXPECT_FALSE(rolled_back);
   EXPECT_EQ(commits, 1);  // not retried: the outcome of a failed commit is unknown
   EXPECT_EQ(committer.stats().transactions, 0u);
 }

@@ -196,8 +196,9 @@ class CommitLanes {
               Notifier& notifier, std::vector<Deferred*> deferred);
 
   // See GroupCommitter::Run.
-  [[nodiscard]] Result<void> Run(const Op& op, size_t writes = 1) {
-    return committer_.RunOnLane([&](size_t lane) { return op(*conns_[lane], lane); }, writes);
+  [[nodiscard]] Result<void> Run(const Op& op, size_t writes = 1, bool* rolled_back = nullptr) {
+    return committer_.RunOnLane([&](size_t lane) { return op(*conns_[lane], lane); }, writes,
+                                rolled_back);
   }
 
   CommitStats stats() const { return committer_.stats(); }

@@ -650,14 +650,16 @@ class PostgresStore final : public JobStore {
   }
 
   std::vector<Result<JobState>> CompleteAll(std::span<const Completion> completions) override {
-    std::vector<Result<JobState>> out;
-    Result<void> run = Defer([&](Connection& db, LaneWrites& writes) -> Result<bool> {
-      return RecordEach(completions, &out, [&](const Completion& c, Result<JobState>* one) {
-        return writes.AddOutcome(db, c.id, c.claim, *c.outcome, one);
-      });
-    }, completions.size());
-    if (!run) return CompleteEach(*this, completions);
-    return out;
+    OutcomeBatch batch(completions);
+    bool rolled_back = false;
+    Result<void> run = Defer(
+        [&](Connection& db, LaneWrites& writes) {
+          return batch.Record([&](const Completion& c, Result<JobState>* out) {
+            return writes.AddOutcome(db, c.id, c.claim, *c.outcome, out);
+          });
+        },
+        batch.size(), &rolled_back);
+    return batch.Answers(*this, run, rolled_back);
   }
 
   Result<void> Release(std::string_view id, uint64_t claim) override {
@@ -745,9 +747,10 @@ class PostgresStore final : public JobStore {
   // Like Write, for operations that queue rows on the lane's LaneWrites
   // (sent with the others of the transaction just before it commits).
   using DeferredOp = std::function<Result<bool>(Connection&, LaneWrites&)>;
-  [[nodiscard]] Result<void> Defer(const DeferredOp& op, size_t writes = 1) {
+  [[nodiscard]] Result<void> Defer(const DeferredOp& op, size_t writes = 1,
+                                  bool* rolled_back = nullptr) {
     return lanes_->Run([&](Connection& db, size_t lane) { return op(db, *writes_[lane]); },
-                       writes);
+                       writes, rolled_back);
   }
 
   // Start() and Heartbeat(): extends the lease (id, claim); Start also

@@ -264,6 +264,9 @@ class RunnerState {
   bool claiming GUARDED_BY(mu) = true;
   bool dispatching GUARDED_BY(mu) = true;
   bool closed GUARDED_BY(mu) = false;
+  // Set once the store workers have ended: a start they record may still
+  // hand its job's outcome to the recorders.
+  bool recording_closed GUARDED_BY(mu) = false;
 
   std::map<Key, Entry> entries GUARDED_BY(mu);  // every job held
   std::deque<Key> waiting GUARDED_BY(mu);       // kWaiting, in claim order
@@ -438,9 +441,7 @@ class Runner::Impl {
     dispatcher_ = std::thread([this] { DispatchLoop(); });
     heartbeater_ = std::thread([this] { HeartbeatLoop(); });
     for (int i = 0; i < kStoreWorkers; ++i) store_workers_.emplace_back([this] { StoreLoop(); });
-    for (int i = 0; i < kOutcomeRecorders; ++i) {
-      store_workers_.emplace_back([this] { RecordLoop(); });
-    }
+    for (int i = 0; i < kOutcomeRecorders; ++i) recorders_.emplace_back([this] { RecordLoop(); });
   }
 
   void Stop(std::chrono::milliseconds grace) {
@@ -477,10 +478,15 @@ class Runner::Impl {
       }
       state_->closed = true;
       state_->task_cv.SignalAll();
-      state_->outcome_cv.SignalAll();
       state_->beat_cv.SignalAll();
     }
     for (auto& worker : store_workers_) worker.join();
+    {
+      MutexLock lock(state_->mu);
+      state_->recording_closed = true;
+      state_->outcome_cv.SignalAll();
+    }
+    for (auto& recorder : recorders_) recorder.join();
     heartbeater_.join();
   }
 
@@ -723,7 +729,9 @@ class Runner::Impl {
       std::vector<Task> batch;
       {
         MutexLock lock(state_->mu);
-        while (state_->outcomes.empty() && !state_->closed) state_->outcome_cv.Wait(state_->mu);
+        while (state_->outcomes.empty() && !state_->recording_closed) {
+          state_->outcome_cv.Wait(state_->mu);
+        }
         if (state_->outcomes.empty()) return;  // closed, and every outcome handed over recorded
         size_t n = std::min(state_->outcomes.size(), kMaxOutcomeBatch);
         auto end = state_->outcomes.begin() + static_cast<ptrdiff_t>(n);
@@ -897,7 +905,8 @@ class Runner::Impl {
   std::thread claimer_;
   std::thread dispatcher_;
   std::thread heartbeater_;
-  std::vector<std::thread> store_workers_;  // StoreLoop and RecordLoop
+  std::vector<std::thread> store_workers_;
+  std::vector<std::thread> recorders_;
 };
 
 Result<std::unique_ptr<Runner>> Runner::Start(JobStore* store, PoolResolver resolver,

@@ -1,6 +1,12 @@
 #include "jobs/sqlite_store.h"
 
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <utility>
 
 #include "base/sha256.h"
@@ -320,14 +326,16 @@ class SqliteStore final : public JobStore {
   }
 
   std::vector<Result<JobState>> CompleteAll(std::span<const Completion> completions) override {
-    std::vector<Result<JobState>> out;
-    Result<void> run = committer_.Run([&]() -> Result<bool> {
-      return RecordEach(completions, &out, [&](const Completion& c, Result<JobState>* one) {
-        return WriteOutcome(c.id, c.claim, *c.outcome, one);
-      });
-    }, completions.size());
-    if (!run) return CompleteEach(*this, completions);
-    return out;
+    OutcomeBatch batch(completions);
+    bool rolled_back = false;
+    Result<void> run = committer_.Run(
+        [&] {
+          return batch.Record([&](const Completion& c, Result<JobState>* out) {
+            return WriteOutcome(c.id, c.claim, *c.outcome, out);
+          });
+        },
+        batch.size(), &rolled_back);
+    return batch.Answers(*this, run, rolled_back);
   }
 
   Result<void> Release(std::string_view id, uint64_t claim) override {
@@ -545,6 +553,41 @@ class SqliteStore final : public JobStore {
   GroupCommitter committer_;  // last: destroyed first, finishing its writes
 };
 
+// An exclusive flock on a file beside the database, held while a store
+// opens it, so that openers (processes or threads) take turns: switching a
+// new file to WAL needs its exclusive lock, and SQLite answers a second
+// opener asking for it at the same moment "database is locked" at once,
+// without waiting (its busy handler could deadlock there).
+class OpenLock {
+ public:
+  static Result<OpenLock> Take(const std::string& db_path) {
+    std::string path = db_path + "-open.lock";
+    int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) {
+      return MakeError(ErrorCode::kUnavailable, "open " + path + ": " + std::strerror(errno));
+    }
+    OpenLock lock(fd);
+    int rc;
+    do {
+      rc = flock(fd, LOCK_EX);
+    } while (rc != 0 && errno == EINTR);
+    if (rc != 0) {
+      return MakeError(ErrorCode::kUnavailable, "flock " + path + ": " + std::strerror(errno));
+    }
+    return lock;
+  }
+
+  OpenLock(OpenLock&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+  OpenLock& operator=(OpenLock&&) = delete;
+  ~OpenLock() {
+    if (fd_ >= 0) close(fd_);  // releases the flock
+  }
+
+ private:
+  explicit OpenLock(int fd) : fd_(fd) {}
+  int fd_;
+};
+
 // Brings the schema to the current version in one write transaction, which
 // other processes opening the file wait for.
 Result<void> MigrateSchema(Connection& writer, const std::string& path) {
@@ -565,6 +608,8 @@ Result<void> MigrateSchema(Connection& writer, const std::string& path) {
 
 Result<std::unique_ptr<JobStore>> OpenSqliteStore(const std::string& path,
                                                const StoreOptions& options) {
+  Result<OpenLock> lock = OpenLock::Take(path);
+  if (!lock) return tl::unexpected(lock.error());
   Result<std::unique_ptr<Connection>> writer = Connection::Open(path);
   if (!writer) return tl::unexpected(writer.error());
   // WAL lets readers run beside the writer; FULL makes each commit durable

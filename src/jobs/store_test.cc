@@ -547,6 +547,33 @@ TEST_P(StoreTest, CompleteAllAnswersEachCompletionOnItsOwn) {
   EXPECT_TRUE(store_->CompleteAll({}).empty());
 }
 
+// How CompleteAll answers when its one write fails: a write that was rolled
+// back is retried one completion at a time (so only a bad one fails), unless
+// the database is unreachable; a failed commit, whose result is unknown, is
+// not retried.
+TEST_P(StoreTest, CompleteAllRetriesOneByOneOnlyWhatWasRolledBack) {
+  std::string a = SubmitOk(Spec("a"));
+  std::string b = SubmitOk(Spec("b"));
+  ASSERT_EQ(ClaimOk(*store_, 2).size(), 2u);
+  Outcome ok = Outcome::Succeeded(Bytes("out"));
+  std::vector<Completion> batch = {{a, 1, &ok}, {b, 9, &ok}};
+  Result<void> bad_write = MakeError(ErrorCode::kInternal, "bad statement");
+  Result<void> unreachable = MakeError(ErrorCode::kUnavailable, "connection lost");
+
+  std::vector<Result<JobState>> answers = OutcomeBatch(batch).Answers(*store_, unreachable, true);
+  ASSERT_EQ(answers.size(), 2u);
+  EXPECT_EQ(answers[0].error().message, "connection lost");
+  answers = OutcomeBatch(batch).Answers(*store_, bad_write, false);  // a failed commit
+  EXPECT_EQ(answers[1].error().message, "bad statement");
+  EXPECT_EQ(GetOk(a).state, JobState::kRunning);
+
+  answers = OutcomeBatch(batch).Answers(*store_, bad_write, true);
+  ASSERT_EQ(answers.size(), 2u);
+  EXPECT_EQ(answers[0], JobState::kSucceeded);
+  EXPECT_EQ(answers[1].error().code, ErrorCode::kFailedPrecondition);
+  EXPECT_EQ(GetOk(a).state, JobState::kSucceeded);
+}
+
 // Release() gives a claim back at once; an attempt it had started does not
 // count, and the old claim can do nothing more.
 TEST_P(StoreTest, ReleasedJobsComeBackAtOnceUncounted) {
