@@ -85,7 +85,7 @@ Result<bool> OutcomeBatch::Record(const RecordOutcome& record) {
 std::vector<Result<JobState>> OutcomeBatch::Answers(JobStore& store, const Result<void>& run,
                                                     bool rolled_back) {
   if (run) return std::move(answers_);
-  if (rolled_back && run.error().code != ErrorCode::kUnavailable) {
+  if (rolled_back) {
     return CompleteEach(store, completions_);
   }
   return std::vector<Result<JobState>>(completions_.size(), tl::unexpected(run.error()));

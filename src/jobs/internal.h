@@ -73,8 +73,9 @@ class OutcomeBatch {
   // The answers, given how the operation's transaction ended: `run` and
   // GroupCommitter's `rolled_back`. If the operation or the flush failed,
   // nothing was committed: each completion is recorded again on its own
-  // (Complete()), so that only a bad one fails, unless the database is
-  // unreachable. If begin or commit failed (a commit's result is unknown),
+  // (Complete()), so that only a bad one fails, as the group commit does
+  // for separate operations. If begin or commit failed (a commit's result
+  // is unknown),
   // every completion gets that error: its lease expires, and the job runs
   // again if the outcome was lost.
   std::vector<Result<JobState>> Answers(JobStore& store, const Result<void>& run,

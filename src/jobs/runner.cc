@@ -480,6 +480,9 @@ class Runner::Impl {
       state_->task_cv.SignalAll();
       state_->beat_cv.SignalAll();
     }
+    // The heartbeater first: once it has seen `closed` it hands nothing
+    // more to the store workers or the recorders.
+    heartbeater_.join();
     for (auto& worker : store_workers_) worker.join();
     {
       MutexLock lock(state_->mu);
@@ -487,7 +490,6 @@ class Runner::Impl {
       state_->outcome_cv.SignalAll();
     }
     for (auto& recorder : recorders_) recorder.join();
-    heartbeater_.join();
   }
 
   void StopClaiming() EXCLUDES(state_->mu) {

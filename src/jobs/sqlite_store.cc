@@ -6,7 +6,7 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstring>
+#include <system_error>
 #include <utility>
 
 #include "base/sha256.h"
@@ -563,17 +563,13 @@ class OpenLock {
   static Result<OpenLock> Take(const std::string& db_path) {
     std::string path = db_path + "-open.lock";
     int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (fd < 0) {
-      return MakeError(ErrorCode::kUnavailable, "open " + path + ": " + std::strerror(errno));
-    }
+    if (fd < 0) return Failed("open ", path, errno);
     OpenLock lock(fd);
     int rc;
     do {
       rc = flock(fd, LOCK_EX);
     } while (rc != 0 && errno == EINTR);
-    if (rc != 0) {
-      return MakeError(ErrorCode::kUnavailable, "flock " + path + ": " + std::strerror(errno));
-    }
+    if (rc != 0) return Failed("flock ", path, errno);
     return lock;
   }
 
@@ -585,6 +581,11 @@ class OpenLock {
 
  private:
   explicit OpenLock(int fd) : fd_(fd) {}
+  // `error` is errno, read before anything else can change it.
+  static tl::unexpected<Error> Failed(const char* what, const std::string& path, int error) {
+    return MakeError(ErrorCode::kUnavailable,
+                     what + path + ": " + std::system_category().message(error));
+  }
   int fd_;
 };
 
