@@ -372,7 +372,7 @@ class RunnerState {
   }
 
 
-  // Forgets a job (recorded, released, or its lease lost).
+  // Forgets a job (recorded, released, or its lease lost), if still held.
   void Forget(const Key& key) REQUIRES(mu) {
     auto it = entries.find(key);
     if (it != entries.end()) Erase(it);
@@ -756,6 +756,7 @@ class Runner::Impl {
     for (const Task& task : batch) state_->Forget(task.key);
   }
 
+  // Counts one outcome's recording in the stats, or logs why it failed.
   void Count(const Task& task, const Result<JobState>& recorded) {
     const Outcome& outcome = task.outcome;
     if (!recorded) {
