@@ -183,7 +183,9 @@ class SkippedScanTest : public ::testing::Test {
 #ifdef KEEL_SANITIZE
     if (scanned == false) scanned.reset();
 #endif
-    if (scanned) EXPECT_EQ(stats->scanned, *scanned);
+    if (scanned) {
+      EXPECT_EQ(stats->scanned, *scanned);
+    }
     EXPECT_EQ(stats->pages_copied, copied);
     EXPECT_EQ(std::memcmp(memory_.data(), expected_.data(), kSize), 0);
   }

@@ -176,13 +176,13 @@ TEST_F(StrictHttpTest, SlowRequestsAre408) {
 TEST_F(StrictHttpTest, MalformedEscapesAndDurationsAre400) {
   Start();
   Client c(port());
-  for (const std::string& query : {"timeout=%ZZ", "timeout=%2", "x=%G1&timeout=1s", "timeout=9223372036854775807ns",
+  for (const std::string query : {"timeout=%ZZ", "timeout=%2", "x=%G1&timeout=1s", "timeout=9223372036854775807ns",
                                    "timeout=99999999999999999h"}) {
     Reply r = c.PostJson("/v1/modules/add/call/add?" + query, "{\"args\":[1,2]}");
     EXPECT_EQ(r.status, 400) << query << ": " << r.body;
     EXPECT_EQ(r.error_code(), "invalid_argument") << query;
   }
-  for (const std::string& query : {"state=%ZZ", "limit=%ZZ", "order=%Z"}) {
+  for (const std::string query : {"state=%ZZ", "limit=%ZZ", "order=%Z"}) {
     Reply r = c.Get("/v1/jobs?" + query);
     EXPECT_EQ(r.status, 400) << query << ": " << r.body;
     EXPECT_THAT(r.body, HasSubstr("percent-escape")) << query;
@@ -294,13 +294,13 @@ TEST_F(StrictHttpTest, WithATokenHostsAreFreeAndMetricsMayBePublic) {
 TEST_F(StrictHttpTest, DuplicateKeysAre400) {
   Start();
   Client c(port());
-  for (const std::string& body : {R"({"args": [1, 2], "args": [3, 4]})", R"({"x": 1, "x": 2, "args": [1, 2]})",
+  for (const std::string body : {R"({"args": [1, 2], "args": [3, 4]})", R"({"x": 1, "x": 2, "args": [1, 2]})",
                                   R"({"x": {"a": 1, "a": 2}, "args": [1, 2]})"}) {
     Reply r = c.PostJson("/v1/modules/add/call/add", body);
     EXPECT_EQ(r.status, 400) << body;
     EXPECT_THAT(r.body, HasSubstr("appears twice")) << body;
   }
-  for (const std::string& body :
+  for (const std::string body :
        {R"({"module": "sha256", "export": "hash", "export": "nope", "input_base64": "YWJj"})",
         R"({"module": "sha256", "export": "hash", "input_base64": "YWJj", "idempotency_key": "a", "idempotency_key": "b"})",
         R"({"module": "sha256", "export": "hash", "input_base64": "", "input_base64": "YWJj"})"}) {
