@@ -356,7 +356,11 @@ TEST_F(ExecTest, InterruptHookMayTakeALockTheHostHolds) {
 
 TEST_F(ExecTest, AnInterruptHookThatThrowsDoesNotHoldItsWorker) {
   auto pool = MakePool();
-  Call call = Submit(*pool, "throwing_hook", {Value::I32(45)}, {.timeout = 50ms});
+  // The deadline must pass after the host function set its hook (the first
+  // thing it does), or the hook runs at once on the worker, not on the
+  // waker that counts its exception: 50 ms was too short on a loaded CI
+  // machine; no gate can hold back a deadline.
+  Call call = Submit(*pool, "throwing_hook", {Value::I32(45)}, {.timeout = 1s});
   EXPECT_EQ(call.Wait().error().code, ErrorCode::kDeadlineExceeded);
   ASSERT_TRUE(Eventually([&] { return runtime_->Metrics().instances.replaced == 1; }));
   EXPECT_TRUE(Submit(*pool, "add", {Value::I32(1), Value::I32(1)}, {.timeout = 10s}).Wait());
