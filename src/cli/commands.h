@@ -48,6 +48,7 @@ struct WorkerArgs {
   std::string name;
   size_t max_in_flight = 256;
   std::chrono::nanoseconds lease{std::chrono::seconds(30)};
+  size_t commit_lanes = 0;  // PostgreSQL write connections; 0: the store's default
 };
 // Runs jobs from a shared queue until SIGTERM or SIGINT.
 int Worker(const WorkerArgs& args);
@@ -59,6 +60,8 @@ struct ServeArgs {
 };
 // Registers the subcommand and its options, filling `args` when parsed.
 CLI::App* AddServeCommand(CLI::App& app, ServeArgs& args);
+// --commit-lanes N (1..64) on `cmd` (serve, worker), into `lanes`.
+void AddCommitLanesOption(CLI::App& cmd, size_t& lanes);
 int Serve(const ServeArgs& args);
 
 }  // namespace keel::cli

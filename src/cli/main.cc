@@ -59,6 +59,7 @@ int main(int argc, char** argv) {
   worker_cmd->add_option("--max-in-flight", worker.max_in_flight, "Jobs claimed at once");
   worker_cmd->add_option("--lease", lease, "Lease duration, e.g. 30s")
       ->check(CLI::Validator(DurationInto(&worker.lease), "DURATION"));
+  AddCommitLanesOption(*worker_cmd, worker.commit_lanes);
 
   ServeArgs serve;
   auto* serve_cmd = AddServeCommand(app, serve);  // serve.cc

@@ -68,12 +68,19 @@ Result<std::string> ReadToken(const std::string& path) {
 
 }  // namespace
 
+void AddCommitLanesOption(CLI::App& cmd, size_t& lanes) {
+  cmd.add_option("--commit-lanes", lanes,
+                 "PostgreSQL store: write connections, whose transactions overlap (default 4)")
+      ->check(CLI::Range(1, 64));
+}
+
 CLI::App* AddServeCommand(CLI::App& app, ServeArgs& args) {
   server::ServerOptions& o = args.options;
   auto* cmd = app.add_subcommand("serve", "Serve the HTTP API, metrics and status page until SIGTERM");
   cmd->add_option("--listen", o.listen, "ADDR:PORT (non-loopback needs --token-file)")->capture_default_str();
   cmd->add_option("--data", o.data_dir, "Data directory: uploaded modules and the SQLite job store")->required();
   cmd->add_option("--store", o.store, "Job store: a directory or postgresql:// URL (default: --data)");
+  AddCommitLanesOption(*cmd, o.commit_lanes);
   cmd->add_option("--node-name", o.node_name, "This node's name in the cluster (default: hostname:port)");
   cmd->add_option("--lease", "Job lease once started, and how long a silent node counts as alive (30s)")
       ->check(Millis(&o.lease));

@@ -19,7 +19,9 @@ int Worker(const WorkerArgs& args) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  auto store = jobs::OpenStore(args.store);
+  jobs::StoreOptions store_options;
+  if (args.commit_lanes > 0) store_options.commit_lanes = args.commit_lanes;
+  auto store = jobs::OpenStore(args.store, store_options);
   if (!store) {
     std::fprintf(stderr, "keel: %s\n", store.error().ToString().c_str());
     return kExitFailure;

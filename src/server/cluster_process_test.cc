@@ -61,8 +61,8 @@ class Node {
     log_ = dir + "/" + name + "." + std::to_string(++runs) + ".log";
     pid_ = keel::testing::SpawnProcess(
         {KEEL_BIN, "serve", "--listen", "127.0.0.1:0", "--data", dir + "/" + name, "--store", store,
-         "--node-name", name, "--lease", "2s", "--modules", KEEL_GUEST_DIR, "--workers", "2", "--engine",
-         std::string(ToString(TestEngine()))},
+         "--node-name", name, "--lease", "2s", "--commit-lanes", "2", "--modules", KEEL_GUEST_DIR,
+         "--workers", "2", "--engine", std::string(ToString(TestEngine()))},
         log_);
     std::smatch m;
     std::regex re("listening on http://127\\.0\\.0\\.1:(\\d+)");

@@ -25,6 +25,9 @@ struct ServerOptions {
   std::string data_dir;
   // Empty: the data directory. Otherwise a directory or postgresql:// URL.
   std::string store;
+  // PostgreSQL: the store's write connections (jobs::StoreOptions::
+  // commit_lanes); 0: the store's default.
+  size_t commit_lanes = 0;
   // This node's name in the cluster (the nodes table, the lease holder of
   // its jobs); empty: hostname:port.
   std::string node_name;

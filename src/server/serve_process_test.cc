@@ -137,6 +137,16 @@ TEST(ServeProcessTest, MemoryBudgetFlag) {
   EXPECT_EQ(serve.Wait(), 0);
 }
 
+// --commit-lanes takes 1 to 64; a bad value exits 64 naming the flag.
+TEST(ServeProcessTest, CommitLanesFlag) {
+  TempDir dir;
+  for (const char* bad : {"0", "-1", "65", "two"}) {
+    auto r = keel::testing::RunProcess({KEEL_BIN, "serve", "--data", dir.path(), "--commit-lanes", bad});
+    EXPECT_EQ(r.exit_code, 64) << bad;
+    EXPECT_THAT(r.err, HasSubstr("--commit-lanes")) << bad;
+  }
+}
+
 TEST(ServeProcessTest, TokenFile) {
   TempDir dir;
   std::ofstream(dir.path() + "/token") << "from-a-file\n";

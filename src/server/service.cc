@@ -63,7 +63,9 @@ Result<std::unique_ptr<Service>> Service::Create(ServerOptions options) {
   Service* s = service.get();
   const ServerOptions& o = s->options_;
 
-  auto store = jobs::OpenStore(o.store.empty() ? o.data_dir : o.store);
+  jobs::StoreOptions store_options;
+  if (o.commit_lanes > 0) store_options.commit_lanes = o.commit_lanes;
+  auto store = jobs::OpenStore(o.store.empty() ? o.data_dir : o.store, store_options);
   if (!store) return MakeError(store.error());
   s->store_ = std::move(*store);
   auto cluster = jobs::OpenClusterStore(o.store.empty() ? o.data_dir : o.store);
