@@ -85,10 +85,15 @@ Result<bool> OutcomeBatch::Record(const RecordOutcome& record) {
 std::vector<Result<JobState>> OutcomeBatch::Answers(JobStore& store, const Result<void>& run,
                                                     bool rolled_back) {
   if (run) return std::move(answers_);
-  if (rolled_back) {
-    return CompleteEach(store, completions_);
+  if (!rolled_back) {
+    return std::vector<Result<JobState>>(completions_.size(), tl::unexpected(run.error()));
   }
-  return std::vector<Result<JobState>>(completions_.size(), tl::unexpected(run.error()));
+  std::vector<Result<JobState>> answers;
+  answers.reserve(completions_.size());
+  for (const Completion& c : completions_) {
+    answers.push_back(store.Complete(c.id, c.claim, *c.outcome));
+  }
+  return answers;
 }
 
 tl::unexpected<Error> NoSuchModule(std::string_view digest) {

@@ -75,9 +75,8 @@ class OutcomeBatch {
   // nothing was committed: each completion is recorded again on its own
   // (Complete()), so that only a bad one fails, as the group commit does
   // for separate operations. If begin or commit failed (a commit's result
-  // is unknown),
-  // every completion gets that error: its lease expires, and the job runs
-  // again if the outcome was lost.
+  // is unknown), every completion gets that error: its lease expires, and
+  // the job runs again if the outcome was lost.
   std::vector<Result<JobState>> Answers(JobStore& store, const Result<void>& run,
                                         bool rolled_back);
 

@@ -94,7 +94,8 @@ enum class Phase : uint8_t {
 // Whether the store knows the job started (kNone: not yet, and not asked).
 enum class StartRecord : uint8_t { kNone, kPending, kDone, kFailed };
 
-// A store write for the store workers.
+// A store write: starts and releases for the store workers, outcomes
+// (kComplete) for the recorders.
 struct Task {
   enum class Kind : uint8_t { kStart, kComplete, kRelease };
   Kind kind = Kind::kStart;

@@ -41,15 +41,6 @@ bool IsFinished(JobState state) {
   return state != JobState::kQueued && state != JobState::kRunning;
 }
 
-std::vector<Result<JobState>> CompleteEach(JobStore& store, std::span<const Completion> completions) {
-  std::vector<Result<JobState>> recorded;
-  recorded.reserve(completions.size());
-  for (const Completion& completion : completions) {
-    recorded.push_back(store.Complete(completion.id, completion.claim, *completion.outcome));
-  }
-  return recorded;
-}
-
 Outcome Outcome::Succeeded(std::vector<uint8_t> result) {
   Outcome outcome;
   outcome.kind = Kind::kSucceeded;

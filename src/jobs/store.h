@@ -231,8 +231,9 @@ class JobStore {
   // Records several outcomes, each as Complete() would, in one operation of
   // the store's group commit where it can (one hand-off, and on PostgreSQL
   // one statement, for the lot). Returns one result per completion, in
-  // order; if the batch as a whole fails, each is recorded on its own, so
-  // that one bad completion does not fail the others.
+  // order. If the batch's write fails and is rolled back, each is recorded
+  // on its own, so that one bad completion does not fail the others; if its
+  // commit fails (its result unknown), every completion gets that error.
   [[nodiscard]] virtual std::vector<Result<JobState>> CompleteAll(
       std::span<const Completion> completions) = 0;
 
@@ -252,9 +253,6 @@ class JobStore {
 
   virtual CommitStats commit_stats() const = 0;
 };
-
-// CompleteAll's fallback: Complete() on each completion in turn.
-std::vector<Result<JobState>> CompleteEach(JobStore& store, std::span<const Completion> completions);
 
 // Settings of one store object; the defaults suit production.
 struct StoreOptions {
